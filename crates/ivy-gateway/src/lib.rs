@@ -1,0 +1,1 @@
+//! The IVY gateway service (placeholder).

@@ -1,0 +1,2 @@
+//! `ivy-gateway` binary (placeholder).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Meter simulator (placeholder until the simulator lands).
