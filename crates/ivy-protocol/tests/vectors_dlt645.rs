@@ -1,3 +1,4 @@
+//! Placeholder.
 mod common;
 #[test]
 fn placeholder() {}
