@@ -42,10 +42,10 @@ fn check_stream(v: &Vector) -> Result<(), String> {
     if frames != expected {
         return Err(format!("chunked: frames {frames:?}, expected {expected:?}"));
     }
-    if let Some(min) = v.expected.get("min_errors_reported").and_then(|m| m.as_u64()) {
-        if (discards as u64) < min {
-            return Err(format!("{discards} discards reported, expected at least {min}"));
-        }
+    if let Some(min) = v.expected.get("min_errors_reported").and_then(|m| m.as_u64())
+        && (discards as u64) < min
+    {
+        return Err(format!("{discards} discards reported, expected at least {min}"));
     }
     let bytewise: Vec<Vec<u8>> = v.bytes.iter().map(|b| vec![*b]).collect();
     let (frames_bytewise, _) = run_framer(&bytewise);
