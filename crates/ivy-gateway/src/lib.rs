@@ -1,1 +1,4 @@
-//! The IVY gateway service (placeholder).
+//! The IVY gateway service: meter sessions, polling, commands, alarms and the MQTT bridge, on top of the sans-IO
+//! [`ivy_protocol`] crate.
+
+pub mod decode;
