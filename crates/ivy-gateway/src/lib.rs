@@ -1,4 +1,5 @@
 //! The IVY gateway service: meter sessions, polling, commands, alarms and the MQTT bridge, on top of the sans-IO
 //! [`ivy_protocol`] crate.
 
+pub mod config;
 pub mod decode;

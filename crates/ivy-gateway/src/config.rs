@@ -1,0 +1,1065 @@
+//! Configuration (SPEC 9): built-in defaults < `ivy-gateway.toml` (or `--config`) < `.env` < environment.
+//!
+//! The TOML file mirrors [`Config`] section by section; unknown keys are errors (a typo must not silently fall
+//! back to a default). Environment variables use the original product's names (`TCP_PORT`, `POLLING_INTERVAL`,
+//! `MQTT_USERS`, ...) and mean what they say; see [`ENV_VARS`] for the full list. Hex values such as `0x0010` parse
+//! as hex. Every problem names the key it comes from.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    /// The TOML path (`polling.interval_secs`) or environment variable (`POLLING_INTERVAL`).
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError { key: key.into(), problem: problem.into() }
+    }
+}
+
+/// Every configuration problem found at once, so an operator fixes them in one go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Gateway identity, data directory, logs, stats.
+    pub gateway: GatewayConfig,
+    /// The meter-facing TCP listener and its limits.
+    pub meters: MetersConfig,
+    /// DL/T 645 behaviour.
+    pub dlt645: Dlt645Config,
+    /// DLMS/COSEM behaviour.
+    pub dlms: DlmsConfig,
+    /// Polling schedule and register groups.
+    pub polling: PollingConfig,
+    /// Commands from MQTT/HTTP.
+    pub commands: CommandsConfig,
+    /// Alarm rules.
+    pub alarms: AlarmsConfig,
+    /// MQTT broker and topics.
+    pub mqtt: MqttConfig,
+    /// HTTP API and dashboard.
+    pub http: HttpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gateway: GatewayConfig::default(),
+            meters: MetersConfig::default(),
+            dlt645: Dlt645Config::default(),
+            dlms: DlmsConfig::default(),
+            polling: PollingConfig::default(),
+            commands: CommandsConfig::default(),
+            alarms: AlarmsConfig::default(),
+            mqtt: MqttConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Name published in the gateway status.
+    pub name: String,
+    /// When set, gateway topics become `{prefix}/gateways/{gateway_id}/...` (several gateways on one broker).
+    pub gateway_id: Option<String>,
+    /// Where users, the database and other state live.
+    pub data_dir: PathBuf,
+    /// Seconds between `gateway/stats` messages.
+    pub stats_interval_secs: u64,
+    /// `text` (default) or `json` log lines.
+    pub log_format: LogFormat,
+    /// Seconds a graceful shutdown may take before the process exits anyway.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            name: "IVY Gateway".into(),
+            gateway_id: None,
+            data_dir: PathBuf::from("./data"),
+            stats_interval_secs: 30,
+            log_format: LogFormat::Text,
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[meters]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetersConfig {
+    /// Listen address for meters.
+    pub host: IpAddr,
+    /// Listen port for meters (`TCP_PORT`).
+    pub port: u16,
+    /// Maximum concurrent meter connections.
+    pub max_connections: usize,
+    /// Maximum concurrent connections from one IP (DTUs behind carrier NAT share IPs).
+    pub max_connections_per_ip: usize,
+    /// Whether connection attempts per IP are rate limited.
+    pub rate_limiting_enabled: bool,
+    /// Connection attempts allowed per IP per window.
+    pub max_connection_attempts: u32,
+    /// The rate-limit window in milliseconds.
+    pub rate_limit_window_ms: u64,
+    /// How long an IP that exceeded the rate stays blocked, in milliseconds.
+    pub rate_limit_block_duration_ms: u64,
+    /// Seconds without bytes *from* the meter before the connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Seconds between idle sweeps.
+    pub sweep_interval_secs: u64,
+    /// TCP keepalive idle time in seconds (0 = off).
+    pub tcp_keepalive_secs: u64,
+    /// Per-connection receive buffer cap in bytes; a peer that exceeds it is disconnected.
+    pub buffer_cap: usize,
+    /// Seconds to decide the protocol before the connection is closed.
+    pub detection_timeout_secs: u64,
+    /// Seconds of silence after which a DL/T 645 connection is probed with read-address, or a DLMS one asked for
+    /// its logical device name.
+    pub identify_after_secs: u64,
+    /// What to do with a registration packet carrying an all-zero id.
+    pub zero_address_action: ZeroAddressAction,
+    /// Send this acknowledgement (hex) after each EM114070 heartbeat (`HEARTBEAT_ACK_PAYLOAD`).
+    pub heartbeat_ack: Option<String>,
+    /// Extra registration rules, tried after the built-in EM114070 heartbeat.
+    pub registration_rules: Vec<RegistrationRuleConfig>,
+}
+
+impl Default for MetersConfig {
+    fn default() -> Self {
+        MetersConfig {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 8899,
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+            rate_limiting_enabled: true,
+            max_connection_attempts: 60,
+            rate_limit_window_ms: 60_000,
+            rate_limit_block_duration_ms: 300_000,
+            idle_timeout_secs: 120,
+            sweep_interval_secs: 30,
+            tcp_keepalive_secs: 60,
+            buffer_cap: 64 * 1024,
+            detection_timeout_secs: 30,
+            identify_after_secs: 10,
+            zero_address_action: ZeroAddressAction::Accept,
+            heartbeat_ack: None,
+            registration_rules: Vec::new(),
+        }
+    }
+}
+
+/// Policy for all-zero registration ids (SPEC 2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZeroAddressAction {
+    /// Keep `000000000000`.
+    Accept,
+    /// Use `auto_<ip>_<port>`.
+    UseIp,
+}
+
+/// One `[[meters.registration_rules]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationRuleConfig {
+    /// A name for logs.
+    pub name: String,
+    /// The packet prefix, hex.
+    pub prefix: String,
+    /// Offset of the id from the start of the packet.
+    pub id_offset: usize,
+    /// Length of the id in bytes.
+    pub id_length: usize,
+    /// Whole packet length (default: id offset + id length).
+    pub packet_length: Option<usize>,
+    /// `ascii`, `bcd` or `hex`.
+    #[serde(default = "default_id_encoding")]
+    pub encoding: String,
+    /// Acknowledgement to send back, hex.
+    pub ack: Option<String>,
+}
+
+fn default_id_encoding() -> String {
+    "ascii".into()
+}
+
+/// `[dlt645]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dlt645Config {
+    /// Reply timeout per request, milliseconds.
+    pub timeout_ms: u64,
+    /// Retries after a timeout.
+    pub retries: u32,
+    /// Password level for write and relay control (PA).
+    pub password_level: u8,
+    /// Password, 6 digits (P0..P2 as BCD).
+    pub password: String,
+    /// Operator code, 8 digits (C0..C3 as BCD).
+    pub operator_code: String,
+    /// Minutes a relay command stays valid (N3..N8 deadline).
+    pub relay_validity_minutes: u32,
+    /// AES-128 key (32 hex digits) for meters that expect an encrypted relay block; off when unset.
+    pub relay_aes_key: Option<String>,
+    /// Encrypt relay blocks for every meter (otherwise only the meters listed in `meter_overrides`).
+    pub relay_aes_enabled: bool,
+    /// Per-meter overrides keyed by meter id.
+    pub meter_overrides: BTreeMap<String, Dlt645MeterOverride>,
+    /// Optional TOML file with extra register definitions.
+    pub register_file: Option<PathBuf>,
+}
+
+impl Default for Dlt645Config {
+    fn default() -> Self {
+        Dlt645Config {
+            timeout_ms: 5_000,
+            retries: 2,
+            password_level: 2,
+            password: "000000".into(),
+            operator_code: "00000000".into(),
+            relay_validity_minutes: 10,
+            relay_aes_key: None,
+            relay_aes_enabled: false,
+            meter_overrides: BTreeMap::new(),
+            register_file: None,
+        }
+    }
+}
+
+/// Per-meter DL/T 645 settings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dlt645MeterOverride {
+    /// Password level.
+    pub password_level: Option<u8>,
+    /// Password, 6 digits.
+    pub password: Option<String>,
+    /// Operator code, 8 digits.
+    pub operator_code: Option<String>,
+    /// AES-encrypt the relay block for this meter.
+    pub relay_aes: Option<bool>,
+    /// AES key for this meter, 32 hex digits.
+    pub relay_aes_key: Option<String>,
+}
+
+/// `[dlms]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DlmsConfig {
+    /// Only listen to what meters push; no active polling (the original's default).
+    pub passive_only: bool,
+    /// Our wrapper source wPort (`DLMS_CLIENT_ADDRESS`; the standard public client is 0x0010).
+    pub client_wport: u16,
+    /// The meter's wrapper destination wPort (`DLMS_IVY_DESTINATION`).
+    pub server_wport: u16,
+    /// Maximum wrapper payload accepted.
+    pub max_payload: usize,
+    /// Milliseconds to wait for an AARE.
+    pub association_timeout_ms: u64,
+    /// Milliseconds to wait for each response.
+    pub response_timeout_ms: u64,
+    /// Keep the association open between polls when the meter allows it.
+    pub keep_association: bool,
+    /// Proposed conformance block, hex (24 bits).
+    pub conformance: u32,
+    /// Client max receive PDU size.
+    pub max_pdu_size: u16,
+    /// Low-level-security password; none = lowest-level security.
+    pub lls_password: Option<String>,
+    /// Set the high-priority bit of invoke-id-and-priority.
+    pub priority_high: bool,
+    /// Set the confirmed service-class bit.
+    pub service_class_confirmed: bool,
+    /// Send `integer(0)` with disconnect-control methods (standard), or no parameter (`false`).
+    pub disconnect_integer_parameter: bool,
+    /// Optional TOML file with extra OBIS definitions.
+    pub obis_file: Option<PathBuf>,
+}
+
+impl Default for DlmsConfig {
+    fn default() -> Self {
+        DlmsConfig {
+            passive_only: true,
+            client_wport: 0x0001,
+            server_wport: 0x0001,
+            max_payload: 4096,
+            association_timeout_ms: 5_000,
+            response_timeout_ms: 5_000,
+            keep_association: false,
+            conformance: 0x00_1E1D,
+            max_pdu_size: 0xFFFF,
+            lls_password: None,
+            priority_high: false,
+            service_class_confirmed: false,
+            disconnect_integer_parameter: true,
+            obis_file: None,
+        }
+    }
+}
+
+/// `[polling]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollingConfig {
+    /// Poll at all.
+    pub enabled: bool,
+    /// Milliseconds between polls of one meter (`POLLING_INTERVAL`, default 60 s).
+    pub interval_ms: u64,
+    /// Group polled by default (`POLLING_REGISTER_GROUP`).
+    pub group: String,
+    /// Maximum meters polled at the same time.
+    pub max_concurrent: usize,
+    /// Random jitter of the first and later polls, percent of the interval.
+    pub jitter_percent: u8,
+    /// Delay before the first poll after identification, milliseconds (jitter is added).
+    pub first_poll_delay_ms: u64,
+    /// DL/T 645 groups: name → register keys or DIs. Merged over the built-in groups.
+    pub dlt645_groups: BTreeMap<String, Vec<String>>,
+    /// DLMS groups: name → OBIS codes or keys. Merged over the built-in groups.
+    pub dlms_groups: BTreeMap<String, Vec<String>>,
+    /// Per-meter overrides keyed by meter id.
+    pub meter_overrides: BTreeMap<String, PollOverride>,
+}
+
+impl Default for PollingConfig {
+    fn default() -> Self {
+        PollingConfig {
+            enabled: true,
+            interval_ms: 60_000,
+            group: "all".into(),
+            max_concurrent: 1000,
+            jitter_percent: 10,
+            first_poll_delay_ms: 1_000,
+            dlt645_groups: BTreeMap::new(),
+            dlms_groups: BTreeMap::new(),
+            meter_overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// Per-meter polling settings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollOverride {
+    /// Poll this meter at all.
+    pub enabled: Option<bool>,
+    /// Interval in milliseconds.
+    pub interval_ms: Option<u64>,
+    /// Group name.
+    pub group: Option<String>,
+    /// An explicit list of keys/DIs/OBIS codes (wins over `group`).
+    pub registers: Option<Vec<String>>,
+}
+
+/// `[commands]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// Deadline of one command (queue wait + exchange), milliseconds.
+    pub timeout_ms: u64,
+    /// Requests queued per meter connection before `busy` is answered.
+    pub queue_depth: usize,
+    /// Commands executing at once across the gateway.
+    pub max_concurrent: usize,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig { timeout_ms: 15_000, queue_depth: 32, max_concurrent: 1_000 }
+    }
+}
+
+/// `[alarms]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlarmsConfig {
+    /// Evaluate alarms at all.
+    pub enabled: bool,
+    /// Overvoltage threshold, V.
+    pub overvoltage_v: f64,
+    /// Undervoltage threshold, V (only when voltage > 0; 0 V is `voltage_loss`).
+    pub undervoltage_v: f64,
+    /// Overcurrent threshold, A.
+    pub overcurrent_a: f64,
+    /// Overload threshold (active power), kW.
+    pub overload_kw: f64,
+    /// Low power factor threshold (only when |P| > `low_power_factor_min_power_kw`).
+    pub low_power_factor: f64,
+    /// Minimum |active power| for the power-factor rule, kW.
+    pub low_power_factor_min_power_kw: f64,
+    /// Hysteresis, percent of the threshold.
+    pub hysteresis_percent: f64,
+    /// Seconds a condition must hold before it raises (0 = next reading).
+    pub min_duration_secs: u64,
+    /// Seconds offline before `communication_lost`.
+    pub offline_grace_secs: u64,
+    /// Per-meter overrides keyed by meter id.
+    pub meter_overrides: BTreeMap<String, AlarmOverride>,
+}
+
+impl Default for AlarmsConfig {
+    fn default() -> Self {
+        AlarmsConfig {
+            enabled: true,
+            overvoltage_v: 253.0,
+            undervoltage_v: 207.0,
+            overcurrent_a: 60.0,
+            overload_kw: 10.0,
+            low_power_factor: 0.5,
+            low_power_factor_min_power_kw: 0.1,
+            hysteresis_percent: 2.0,
+            min_duration_secs: 0,
+            offline_grace_secs: 300,
+            meter_overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// Per-meter alarm thresholds.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlarmOverride {
+    /// Overvoltage threshold, V.
+    pub overvoltage_v: Option<f64>,
+    /// Undervoltage threshold, V.
+    pub undervoltage_v: Option<f64>,
+    /// Overcurrent threshold, A.
+    pub overcurrent_a: Option<f64>,
+    /// Overload threshold, kW.
+    pub overload_kw: Option<f64>,
+    /// Low power factor threshold.
+    pub low_power_factor: Option<f64>,
+    /// Hysteresis percent.
+    pub hysteresis_percent: Option<f64>,
+    /// Minimum duration seconds.
+    pub min_duration_secs: Option<u64>,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Topic prefix (`MQTT_TOPIC_PREFIX`).
+    pub topic_prefix: String,
+    /// Listen address of the embedded broker.
+    pub host: IpAddr,
+    /// MQTT TCP port (`MQTT_PORT`).
+    pub port: u16,
+    /// MQTT over WebSocket port (`MQTT_WS_PORT`; 0 = off).
+    pub ws_port: u16,
+    /// Require user name and password (`MQTT_AUTH_ENABLED`).
+    pub auth_enabled: bool,
+    /// Plain users in the original's format `u:p[:role],...` (`MQTT_USERS`; deprecated, use the users file).
+    pub users: Option<String>,
+    /// Maximum MQTT client connections.
+    pub max_connections: usize,
+    /// Capacity of the in-process publish queue.
+    pub publish_queue: usize,
+    /// TLS listener port (0 = off).
+    pub tls_port: u16,
+    /// WebSocket-over-TLS port (0 = off).
+    pub wss_port: u16,
+    /// PEM certificate chain for the TLS listeners.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listeners.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            topic_prefix: "ivy/v1".into(),
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 1883,
+            ws_port: 9001,
+            auth_enabled: true,
+            users: None,
+            max_connections: 10_000,
+            publish_queue: 65_536,
+            tls_port: 0,
+            wss_port: 0,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve HTTP at all.
+    pub enabled: bool,
+    /// Listen address (`HTTP_HOST`).
+    pub host: IpAddr,
+    /// Listen port (`HTTP_PORT`).
+    pub port: u16,
+    /// Requests per minute per IP.
+    pub rate_limit_per_minute: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { enabled: true, host: IpAddr::from([0, 0, 0, 0]), port: 3000, rate_limit_per_minute: 300 }
+    }
+}
+
+/// How an environment variable changes the configuration.
+type Setter = fn(&mut Config, &str) -> Result<(), String>;
+
+/// Environment variables understood (the original's names first), with what they set.
+pub const ENV_VARS: &[(&str, &str, Setter)] = &[
+    ("TCP_HOST", "meters.host", |c, v| set(&mut c.meters.host, v)),
+    ("TCP_PORT", "meters.port", |c, v| set(&mut c.meters.port, v)),
+    ("TCP_CONNECTION_TIMEOUT", "meters.idle_timeout_secs (ms)", |c, v| {
+        c.meters.idle_timeout_secs = parse_u64(v)?.div_ceil(1000);
+        Ok(())
+    }),
+    ("IDLE_TIMEOUT_SECS", "meters.idle_timeout_secs", |c, v| set(&mut c.meters.idle_timeout_secs, v)),
+    ("MAX_CONNECTIONS", "meters.max_connections", |c, v| set(&mut c.meters.max_connections, v)),
+    ("MAX_CONNECTIONS_PER_IP", "meters.max_connections_per_ip", |c, v| set(&mut c.meters.max_connections_per_ip, v)),
+    ("RATE_LIMITING_ENABLED", "meters.rate_limiting_enabled", |c, v| set_bool(&mut c.meters.rate_limiting_enabled, v)),
+    ("MAX_CONNECTION_ATTEMPTS", "meters.max_connection_attempts", |c, v| set(&mut c.meters.max_connection_attempts, v)),
+    ("RATE_LIMIT_WINDOW_MS", "meters.rate_limit_window_ms", |c, v| set(&mut c.meters.rate_limit_window_ms, v)),
+    ("RATE_LIMIT_BLOCK_DURATION", "meters.rate_limit_block_duration_ms", |c, v| {
+        set(&mut c.meters.rate_limit_block_duration_ms, v)
+    }),
+    ("BUFFER_CAP", "meters.buffer_cap", |c, v| set(&mut c.meters.buffer_cap, v)),
+    ("HEARTBEAT_ZERO_ADDRESS_ACTION", "meters.zero_address_action", |c, v| {
+        c.meters.zero_address_action = match v.trim().to_ascii_lowercase().as_str() {
+            "accept" => ZeroAddressAction::Accept,
+            "use_ip" | "use-ip" => ZeroAddressAction::UseIp,
+            other => return Err(format!("'{other}' is not accept or use_ip")),
+        };
+        Ok(())
+    }),
+    ("HEARTBEAT_ACK_PAYLOAD", "meters.heartbeat_ack", |c, v| {
+        c.meters.heartbeat_ack = non_empty(v);
+        Ok(())
+    }),
+    ("METER_PASSWORD", "dlt645.password", |c, v| {
+        c.dlt645.password = v.trim().to_owned();
+        Ok(())
+    }),
+    ("METER_OPERATOR_CODE", "dlt645.operator_code", |c, v| {
+        c.dlt645.operator_code = v.trim().to_owned();
+        Ok(())
+    }),
+    ("AES_ENCRYPTION_KEY", "dlt645.relay_aes_key", |c, v| {
+        c.dlt645.relay_aes_key = non_empty(v);
+        Ok(())
+    }),
+    ("DLT645_TIMEOUT_MS", "dlt645.timeout_ms", |c, v| set(&mut c.dlt645.timeout_ms, v)),
+    ("DLT645_RETRIES", "dlt645.retries", |c, v| set(&mut c.dlt645.retries, v)),
+    ("DLMS_PASSIVE_ONLY", "dlms.passive_only", |c, v| set_bool(&mut c.dlms.passive_only, v)),
+    ("DLMS_CLIENT_ADDRESS", "dlms.client_wport", |c, v| set_u16_hex(&mut c.dlms.client_wport, v)),
+    ("DLMS_IVY_DESTINATION", "dlms.server_wport", |c, v| set_u16_hex(&mut c.dlms.server_wport, v)),
+    ("DLMS_ASSOCIATION_TIMEOUT", "dlms.association_timeout_ms", |c, v| set(&mut c.dlms.association_timeout_ms, v)),
+    ("DLMS_QUERY_TIMEOUT", "dlms.response_timeout_ms", |c, v| set(&mut c.dlms.response_timeout_ms, v)),
+    ("DLMS_MAX_PAYLOAD", "dlms.max_payload", |c, v| set(&mut c.dlms.max_payload, v)),
+    ("POLLING_ENABLED", "polling.enabled", |c, v| set_bool(&mut c.polling.enabled, v)),
+    ("POLLING_INTERVAL", "polling.interval_ms", |c, v| set(&mut c.polling.interval_ms, v)),
+    ("POLLING_INTERVAL_MS", "polling.interval_ms", |c, v| set(&mut c.polling.interval_ms, v)),
+    ("POLLING_REGISTER_GROUP", "polling.group", |c, v| {
+        c.polling.group = v.trim().to_owned();
+        Ok(())
+    }),
+    ("POLLING_MAX_CONCURRENT", "polling.max_concurrent", |c, v| set(&mut c.polling.max_concurrent, v)),
+    ("COMMAND_TIMEOUT_MS", "commands.timeout_ms", |c, v| set(&mut c.commands.timeout_ms, v)),
+    ("MQTT_HOST", "mqtt.host", |c, v| set(&mut c.mqtt.host, v)),
+    ("MQTT_PORT", "mqtt.port", |c, v| set(&mut c.mqtt.port, v)),
+    ("MQTT_WS_PORT", "mqtt.ws_port", |c, v| set(&mut c.mqtt.ws_port, v)),
+    ("MQTT_TOPIC_PREFIX", "mqtt.topic_prefix", |c, v| {
+        c.mqtt.topic_prefix = v.trim().to_owned();
+        Ok(())
+    }),
+    ("MQTT_AUTH_ENABLED", "mqtt.auth_enabled", |c, v| set_bool(&mut c.mqtt.auth_enabled, v)),
+    ("MQTT_USERS", "mqtt.users", |c, v| {
+        c.mqtt.users = non_empty(v);
+        Ok(())
+    }),
+    ("MQTT_TLS_PORT", "mqtt.tls_port", |c, v| set(&mut c.mqtt.tls_port, v)),
+    ("MQTT_WSS_PORT", "mqtt.wss_port", |c, v| set(&mut c.mqtt.wss_port, v)),
+    ("MQTT_TLS_CERT", "mqtt.tls_cert", |c, v| {
+        c.mqtt.tls_cert = non_empty(v).map(PathBuf::from);
+        Ok(())
+    }),
+    ("MQTT_TLS_KEY", "mqtt.tls_key", |c, v| {
+        c.mqtt.tls_key = non_empty(v).map(PathBuf::from);
+        Ok(())
+    }),
+    ("HTTP_HOST", "http.host", |c, v| set(&mut c.http.host, v)),
+    ("HTTP_PORT", "http.port", |c, v| set(&mut c.http.port, v)),
+    ("HTTP_RATE_LIMIT", "http.rate_limit_per_minute", |c, v| set(&mut c.http.rate_limit_per_minute, v)),
+    ("DATA_DIR", "gateway.data_dir", |c, v| {
+        c.gateway.data_dir = PathBuf::from(v.trim());
+        Ok(())
+    }),
+    ("GATEWAY_NAME", "gateway.name", |c, v| {
+        c.gateway.name = v.trim().to_owned();
+        Ok(())
+    }),
+    ("GATEWAY_ID", "gateway.gateway_id", |c, v| {
+        c.gateway.gateway_id = non_empty(v);
+        Ok(())
+    }),
+    ("STATS_INTERVAL", "gateway.stats_interval_secs", |c, v| set(&mut c.gateway.stats_interval_secs, v)),
+    ("LOG_FORMAT", "gateway.log_format", |c, v| {
+        c.gateway.log_format = match v.trim().to_ascii_lowercase().as_str() {
+            "json" => LogFormat::Json,
+            "text" | "pretty" | "" => LogFormat::Text,
+            other => return Err(format!("'{other}' is not text or json")),
+        };
+        Ok(())
+    }),
+    ("ALARM_OFFLINE_GRACE", "alarms.offline_grace_secs", |c, v| set(&mut c.alarms.offline_grace_secs, v)),
+];
+
+fn non_empty(v: &str) -> Option<String> {
+    let v = v.trim();
+    (!v.is_empty()).then(|| v.to_owned())
+}
+
+/// Parses an integer, decimal or `0x` hex.
+fn parse_u64(v: &str) -> Result<u64, String> {
+    let v = v.trim().replace('_', "");
+    let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => v.parse(),
+    };
+    parsed.map_err(|_| format!("'{v}' is not a non-negative integer"))
+}
+
+fn set<T: std::str::FromStr>(slot: &mut T, v: &str) -> Result<(), String> {
+    let v = v.trim();
+    // Integers may be hex; everything else parses as itself.
+    if let Ok(n) = parse_u64(v)
+        && let Ok(t) = n.to_string().parse::<T>()
+    {
+        *slot = t;
+        return Ok(());
+    }
+    *slot = v.parse::<T>().map_err(|_| format!("'{v}' is not a valid {}", std::any::type_name::<T>()))?;
+    Ok(())
+}
+
+fn set_u16_hex(slot: &mut u16, v: &str) -> Result<(), String> {
+    let n = parse_u64(v)?;
+    *slot = u16::try_from(n).map_err(|_| format!("{n} does not fit in 16 bits"))?;
+    Ok(())
+}
+
+fn set_bool(slot: &mut bool, v: &str) -> Result<(), String> {
+    *slot = match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => true,
+        "0" | "false" | "no" | "off" => false,
+        other => return Err(format!("'{other}' is not true or false")),
+    };
+    Ok(())
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The TOML file; `None` = `ivy-gateway.toml` in the working directory when it exists.
+    pub file: Option<PathBuf>,
+    /// The `.env` file; `None` = `.env` in the working directory when it exists.
+    pub dotenv: Option<PathBuf>,
+    /// Environment variables (later wins over `.env`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The process environment and the default file names.
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        Sources { file, dotenv: None, env: std::env::vars().collect() }
+    }
+}
+
+/// Loads and validates the configuration.
+pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut config = Config::default();
+
+    let explicit_file = sources.file.is_some();
+    let file = sources.file.clone().unwrap_or_else(|| PathBuf::from("ivy-gateway.toml"));
+    if explicit_file || file.exists() {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => match toml::from_str::<Config>(&text) {
+                Ok(c) => config = c,
+                Err(e) => errors.push(ConfigError::new(file.display().to_string(), toml_error(&e))),
+            },
+            Err(e) => errors.push(ConfigError::new(file.display().to_string(), format!("cannot read: {e}"))),
+        }
+    }
+
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    let explicit_dotenv = sources.dotenv.is_some();
+    let dotenv = sources.dotenv.clone().unwrap_or_else(|| PathBuf::from(".env"));
+    if explicit_dotenv || dotenv.exists() {
+        match dotenvy::from_path_iter(&dotenv) {
+            Ok(iter) => {
+                for item in iter {
+                    match item {
+                        Ok((k, v)) => {
+                            vars.insert(k, v);
+                        }
+                        Err(e) => errors.push(ConfigError::new(dotenv.display().to_string(), e.to_string())),
+                    }
+                }
+            }
+            Err(e) => errors.push(ConfigError::new(dotenv.display().to_string(), format!("cannot read: {e}"))),
+        }
+    }
+    for (k, v) in &sources.env {
+        vars.insert(k.clone(), v.clone());
+    }
+    for (name, _, setter) in ENV_VARS {
+        if let Some(value) = vars.get(*name)
+            && let Err(problem) = setter(&mut config, value)
+        {
+            errors.push(ConfigError::new(*name, problem));
+        }
+    }
+
+    errors.extend(config.validate());
+    if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
+}
+
+fn toml_error(e: &toml::de::Error) -> String {
+    e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+fn check(errors: &mut Vec<ConfigError>, ok: bool, key: &str, problem: &str) {
+    if !ok {
+        errors.push(ConfigError::new(key, problem));
+    }
+}
+
+fn is_digits(s: &str, n: usize) -> bool {
+    s.len() == n && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_aes_key(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Config {
+    /// Checks values against each other and their ranges; returns every problem.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut e = Vec::new();
+        let m = &self.meters;
+        check(&mut e, m.port != 0, "meters.port", "must not be 0");
+        check(&mut e, m.max_connections > 0, "meters.max_connections", "must be at least 1");
+        check(&mut e, m.max_connections_per_ip > 0, "meters.max_connections_per_ip", "must be at least 1");
+        check(&mut e, m.max_connection_attempts > 0, "meters.max_connection_attempts", "must be at least 1");
+        check(&mut e, m.rate_limit_window_ms >= 1000, "meters.rate_limit_window_ms", "must be at least 1000");
+        check(&mut e, m.idle_timeout_secs > 0, "meters.idle_timeout_secs", "must be at least 1");
+        check(&mut e, m.sweep_interval_secs > 0, "meters.sweep_interval_secs", "must be at least 1");
+        check(&mut e, (1024..=16 << 20).contains(&m.buffer_cap), "meters.buffer_cap", "must be 1024..=16777216");
+        check(&mut e, m.detection_timeout_secs > 0, "meters.detection_timeout_secs", "must be at least 1");
+        check(&mut e, m.identify_after_secs > 0, "meters.identify_after_secs", "must be at least 1");
+        if let Some(ack) = &m.heartbeat_ack {
+            check(&mut e, hex::decode(ack.replace(' ', "")).is_ok(), "meters.heartbeat_ack", "must be hex");
+        }
+        for (i, rule) in m.registration_rules.iter().enumerate() {
+            if let Err(problem) = rule.to_rule() {
+                e.push(ConfigError::new(format!("meters.registration_rules[{i}]"), problem));
+            }
+        }
+
+        let d = &self.dlt645;
+        check(&mut e, d.timeout_ms >= 100, "dlt645.timeout_ms", "must be at least 100");
+        check(&mut e, d.retries <= 10, "dlt645.retries", "must be at most 10");
+        check(&mut e, is_digits(&d.password, 6), "dlt645.password", "must be 6 digits");
+        check(&mut e, is_digits(&d.operator_code, 8), "dlt645.operator_code", "must be 8 digits");
+        if let Some(key) = &d.relay_aes_key {
+            check(&mut e, is_aes_key(key), "dlt645.relay_aes_key", "must be 32 hex digits (AES-128)");
+        }
+        check(
+            &mut e,
+            !d.relay_aes_enabled || d.relay_aes_key.is_some(),
+            "dlt645.relay_aes_enabled",
+            "needs dlt645.relay_aes_key",
+        );
+        for (id, o) in &d.meter_overrides {
+            let key = |f: &str| format!("dlt645.meter_overrides.{id}.{f}");
+            if let Some(p) = &o.password {
+                check(&mut e, is_digits(p, 6), &key("password"), "must be 6 digits");
+            }
+            if let Some(c) = &o.operator_code {
+                check(&mut e, is_digits(c, 8), &key("operator_code"), "must be 8 digits");
+            }
+            if let Some(k) = &o.relay_aes_key {
+                check(&mut e, is_aes_key(k), &key("relay_aes_key"), "must be 32 hex digits (AES-128)");
+            }
+        }
+
+        let l = &self.dlms;
+        check(&mut e, (16..=65535).contains(&l.max_payload), "dlms.max_payload", "must be 16..=65535");
+        check(&mut e, l.conformance <= 0xFF_FFFF, "dlms.conformance", "must fit in 24 bits");
+        check(&mut e, l.max_pdu_size >= 64, "dlms.max_pdu_size", "must be at least 64");
+        check(&mut e, l.response_timeout_ms >= 100, "dlms.response_timeout_ms", "must be at least 100");
+        check(&mut e, l.association_timeout_ms >= 100, "dlms.association_timeout_ms", "must be at least 100");
+
+        let p = &self.polling;
+        check(&mut e, p.interval_ms >= 100, "polling.interval_ms", "must be at least 100 (milliseconds)");
+        check(&mut e, p.max_concurrent > 0, "polling.max_concurrent", "must be at least 1");
+        check(&mut e, p.jitter_percent <= 50, "polling.jitter_percent", "must be at most 50");
+        check(&mut e, !p.group.trim().is_empty(), "polling.group", "must not be empty");
+
+        let c = &self.commands;
+        check(&mut e, c.timeout_ms >= 100, "commands.timeout_ms", "must be at least 100");
+        check(&mut e, (1..=10_000).contains(&c.queue_depth), "commands.queue_depth", "must be 1..=10000");
+        check(&mut e, c.max_concurrent > 0, "commands.max_concurrent", "must be at least 1");
+
+        let a = &self.alarms;
+        check(&mut e, (0.0..=50.0).contains(&a.hysteresis_percent), "alarms.hysteresis_percent", "must be 0..=50");
+        check(&mut e, a.undervoltage_v < a.overvoltage_v, "alarms.undervoltage_v", "must be below overvoltage_v");
+
+        let q = &self.mqtt;
+        check(&mut e, q.port != 0, "mqtt.port", "must not be 0");
+        check(&mut e, q.publish_queue >= 16, "mqtt.publish_queue", "must be at least 16");
+        check(
+            &mut e,
+            valid_prefix(&q.topic_prefix),
+            "mqtt.topic_prefix",
+            "must be non-empty, without +, # or empty levels",
+        );
+        let tls = q.tls_port != 0 || q.wss_port != 0;
+        check(
+            &mut e,
+            !tls || (q.tls_cert.is_some() && q.tls_key.is_some()),
+            "mqtt.tls_cert",
+            "TLS ports need tls_cert and tls_key",
+        );
+        let mut ports = vec![("meters.port", m.port), ("mqtt.port", q.port)];
+        for (k, p) in [("mqtt.ws_port", q.ws_port), ("mqtt.tls_port", q.tls_port), ("mqtt.wss_port", q.wss_port)] {
+            if p != 0 {
+                ports.push((k, p));
+            }
+        }
+        if self.http.enabled {
+            ports.push(("http.port", self.http.port));
+        }
+        for (i, (ka, pa)) in ports.iter().enumerate() {
+            for (kb, pb) in ports.iter().skip(i + 1) {
+                check(&mut e, pa != pb, kb, &format!("port {pb} is also used by {ka}"));
+            }
+        }
+        check(&mut e, self.http.rate_limit_per_minute > 0, "http.rate_limit_per_minute", "must be at least 1");
+        check(&mut e, self.gateway.stats_interval_secs > 0, "gateway.stats_interval_secs", "must be at least 1");
+        if let Some(id) = &self.gateway.gateway_id {
+            check(
+                &mut e,
+                ivy_protocol::registration::MeterId::new(id.clone()).is_ok(),
+                "gateway.gateway_id",
+                "must match ^[A-Za-z0-9_-]{1,64}$",
+            );
+        }
+        e
+    }
+
+    /// Duration helper for millisecond fields.
+    pub fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    /// The registration rules: the built-in EM114070 heartbeat (with the configured ack), then the configured ones.
+    pub fn registration_rules(&self) -> Vec<ivy_protocol::registration::RegistrationRule> {
+        let mut builtin = ivy_protocol::registration::RegistrationRule::em114070();
+        builtin.ack = self.meters.heartbeat_ack.as_ref().and_then(|h| hex::decode(h.replace(' ', "")).ok());
+        let mut rules = vec![builtin];
+        rules.extend(self.meters.registration_rules.iter().filter_map(|r| r.to_rule().ok()));
+        rules
+    }
+
+    /// Writes the effective configuration as TOML (for `check-config`), with secrets masked.
+    pub fn to_toml_masked(&self) -> String {
+        let mut masked = self.clone();
+        let mask = |s: &mut String| *s = "*".repeat(s.len().min(8));
+        mask(&mut masked.dlt645.password);
+        mask(&mut masked.dlt645.operator_code);
+        for o in masked.dlt645.meter_overrides.values_mut() {
+            o.password.as_mut().map(mask);
+            o.operator_code.as_mut().map(mask);
+            o.relay_aes_key.as_mut().map(mask);
+        }
+        masked.dlt645.relay_aes_key.as_mut().map(mask);
+        masked.dlms.lls_password.as_mut().map(mask);
+        if let Some(users) = masked.mqtt.users.as_mut() {
+            *users = users
+                .split(',')
+                .map(|u| {
+                    let mut parts: Vec<String> = u.split(':').map(str::to_owned).collect();
+                    if let Some(p) = parts.get_mut(1) {
+                        *p = "***".into();
+                    }
+                    parts.join(":")
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+
+    /// The data directory, created if missing.
+    pub fn ensure_data_dir(&self) -> std::io::Result<&Path> {
+        std::fs::create_dir_all(&self.gateway.data_dir)?;
+        Ok(&self.gateway.data_dir)
+    }
+}
+
+fn valid_prefix(p: &str) -> bool {
+    !p.is_empty() && !p.contains(['+', '#', '\0']) && p.split('/').all(|l| !l.is_empty())
+}
+
+impl RegistrationRuleConfig {
+    /// The protocol-crate rule, or why it is invalid.
+    pub fn to_rule(&self) -> Result<ivy_protocol::registration::RegistrationRule, String> {
+        let prefix = hex::decode(self.prefix.replace(' ', "")).map_err(|e| format!("prefix: {e}"))?;
+        let ack = match &self.ack {
+            Some(a) => Some(hex::decode(a.replace(' ', "")).map_err(|e| format!("ack: {e}"))?),
+            None => None,
+        };
+        let rule = ivy_protocol::registration::RegistrationRule {
+            name: self.name.clone(),
+            prefix,
+            id_offset: self.id_offset,
+            id_length: self.id_length,
+            packet_length: self.packet_length.unwrap_or(self.id_offset + self.id_length),
+            encoding: self.encoding.parse()?,
+            ack,
+        };
+        rule.validate().map_err(|e| e.to_string())?;
+        Ok(rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(toml_text: Option<&str>, dotenv: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = toml_text.map(|t| {
+            let p = dir.path().join("ivy-gateway.toml");
+            std::fs::write(&p, t).unwrap();
+            p
+        });
+        let dotenv_path = dir.path().join(".env");
+        if let Some(d) = dotenv {
+            std::fs::write(&dotenv_path, d).unwrap();
+        }
+        let sources = Sources {
+            file,
+            dotenv: Some(dotenv_path).filter(|_| dotenv.is_some()),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        load(&sources)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_spec() {
+        let c = load_with(None, None, &[]).unwrap();
+        assert_eq!(c.meters.port, 8899);
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.mqtt.ws_port, 9001);
+        assert_eq!(c.http.port, 3000);
+        assert_eq!(c.gateway.data_dir, PathBuf::from("./data"));
+        assert!(c.dlms.passive_only);
+        assert!(c.mqtt.auth_enabled);
+        assert_eq!(c.polling.interval_ms, 60_000);
+    }
+
+    #[test]
+    fn layering_file_then_dotenv_then_env() {
+        let c = load_with(
+            Some("[meters]\nport = 9000\n[polling]\ninterval_ms = 5000\n[mqtt]\nport = 1900\n"),
+            Some("TCP_PORT=9100\nPOLLING_INTERVAL=7000\n"),
+            &[("TCP_PORT", "9200"), ("DLMS_CLIENT_ADDRESS", "0x0010"), ("DLMS_PASSIVE_ONLY", "false")],
+        )
+        .unwrap();
+        assert_eq!(c.meters.port, 9200, "environment wins");
+        assert_eq!(c.polling.interval_ms, 7000, ".env wins over the file");
+        assert_eq!(c.mqtt.port, 1900, "file wins over defaults");
+        assert_eq!(c.dlms.client_wport, 0x10, "hex parses as hex");
+        assert!(!c.dlms.passive_only);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = load_with(None, None, &[("TCP_PORT", "eighty"), ("MQTT_AUTH_ENABLED", "maybe")]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("TCP_PORT"), "{text}");
+        assert!(text.contains("MQTT_AUTH_ENABLED"), "{text}");
+
+        let err = load_with(Some("[meters]\nprot = 1\n"), None, &[]).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+
+        let err = load_with(Some("[dlt645]\npassword = \"12\"\n"), None, &[]).unwrap_err();
+        assert!(err.to_string().contains("dlt645.password"), "{err}");
+
+        let err = load_with(None, None, &[("HTTP_PORT", "1883")]).unwrap_err();
+        assert!(err.to_string().contains("http.port"), "{err}");
+
+        let err = load_with(
+            Some("[[meters.registration_rules]]\nname = \"x\"\nprefix = \"zz\"\nid_offset = 1\nid_length = 2\n"),
+            None,
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("meters.registration_rules[0]"), "{err}");
+    }
+
+    #[test]
+    fn masked_output_hides_secrets() {
+        let c =
+            load_with(None, None, &[("MQTT_USERS", "alice:secret1,bob:secret2:viewer"), ("METER_PASSWORD", "123456")])
+                .unwrap();
+        let text = c.to_toml_masked();
+        assert!(!text.contains("secret1") && !text.contains("123456"), "{text}");
+        assert!(text.contains("alice:***") && text.contains("bob:***:viewer"), "{text}");
+    }
+}
