@@ -44,7 +44,7 @@ impl std::fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Gateway identity, data directory, logs, stats.
@@ -65,22 +65,6 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// HTTP API and dashboard.
     pub http: HttpConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            gateway: GatewayConfig::default(),
-            meters: MetersConfig::default(),
-            dlt645: Dlt645Config::default(),
-            dlms: DlmsConfig::default(),
-            polling: PollingConfig::default(),
-            commands: CommandsConfig::default(),
-            alarms: AlarmsConfig::default(),
-            mqtt: MqttConfig::default(),
-            http: HttpConfig::default(),
-        }
-    }
 }
 
 /// `[gateway]`
