@@ -1,5 +1,10 @@
 //! The IVY gateway service: meter sessions, polling, commands, alarms and the MQTT bridge, on top of the sans-IO
 //! [`ivy_protocol`] crate.
 
+pub mod alarms;
 pub mod config;
 pub mod decode;
+pub mod hub;
+pub mod meters;
+pub mod metrics;
+pub mod model;

@@ -1,0 +1,157 @@
+//! The single fan-out point: sessions and the alarm engine publish normalised readings, status transitions and
+//! events here; every sink (MQTT, alarms, store, HTTP live stream) has its own bounded queue. A sink that falls
+//! behind loses events *for itself only*, and each loss is counted, never silent; producers never wait.
+
+use crate::model::{MeterEvent, Reading, Source, StatusChange};
+use ivy_protocol::registration::MeterId;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+
+/// Something that happened, for every sink.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HubEvent {
+    /// Readings from one poll cycle or one push, in order. `snapshot` asks sinks to refresh the meter's snapshot
+    /// after applying them.
+    Readings {
+        /// The meter.
+        meter_id: MeterId,
+        /// Protocol.
+        source: Source,
+        /// One entry per reading.
+        readings: Vec<Reading>,
+        /// Publish a snapshot after these.
+        snapshot: bool,
+    },
+    /// A meter went online or offline.
+    Status(StatusChange),
+    /// A meter event.
+    Event(MeterEvent),
+}
+
+/// One sink's queue and its drop counter.
+#[derive(Debug)]
+struct SinkSlot {
+    name: &'static str,
+    tx: mpsc::Sender<Arc<HubEvent>>,
+    dropped: AtomicU64,
+    delivered: AtomicU64,
+}
+
+/// Per-sink counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkStats {
+    /// Sink name.
+    pub name: &'static str,
+    /// Events queued for it.
+    pub delivered: u64,
+    /// Events it lost because its queue was full.
+    pub dropped: u64,
+}
+
+/// The hub. Cheap to clone (an `Arc` inside).
+#[derive(Debug, Clone, Default)]
+pub struct Hub {
+    sinks: Arc<std::sync::RwLock<Vec<Arc<SinkSlot>>>>,
+    published: Arc<AtomicU64>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a sink with a queue of `capacity` events; returns its receiving end.
+    pub fn subscribe(&self, name: &'static str, capacity: usize) -> mpsc::Receiver<Arc<HubEvent>> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let slot = Arc::new(SinkSlot { name, tx, dropped: AtomicU64::new(0), delivered: AtomicU64::new(0) });
+        if let Ok(mut sinks) = self.sinks.write() {
+            sinks.push(slot);
+        }
+        rx
+    }
+
+    /// Hands `event` to every sink without waiting; a full queue counts a drop for that sink.
+    pub fn publish(&self, event: HubEvent) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        let event = Arc::new(event);
+        let Ok(sinks) = self.sinks.read() else { return };
+        for slot in sinks.iter() {
+            match slot.tx.try_send(event.clone()) {
+                Ok(()) => {
+                    slot.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let n = slot.dropped.fetch_add(1, Ordering::Relaxed);
+                    if n.is_power_of_two() {
+                        tracing::warn!(sink = slot.name, dropped = n + 1, "hub sink is falling behind; events dropped");
+                    }
+                }
+                // A closed sink (shut down) is not a loss worth counting.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// Events published so far.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// Counters of every sink.
+    pub fn stats(&self) -> Vec<SinkStats> {
+        self.sinks
+            .read()
+            .map(|s| {
+                s.iter()
+                    .map(|slot| SinkStats {
+                        name: slot.name,
+                        delivered: slot.delivered.load(Ordering::Relaxed),
+                        dropped: slot.dropped.load(Ordering::Relaxed),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Total events dropped across sinks.
+    pub fn dropped(&self) -> u64 {
+        self.stats().iter().map(|s| s.dropped).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::now_ms;
+
+    fn event(n: u64) -> HubEvent {
+        HubEvent::Event(MeterEvent {
+            meter_id: MeterId::new("m1").unwrap(),
+            event: format!("e{n}"),
+            severity: None,
+            data: serde_json::Value::Null,
+            ts: now_ms(),
+        })
+    }
+
+    #[tokio::test]
+    async fn slow_sink_loses_only_its_own_events_and_counts_them() {
+        let hub = Hub::new();
+        let mut fast = hub.subscribe("fast", 100);
+        let _slow = hub.subscribe("slow", 2);
+        for n in 0..10 {
+            hub.publish(event(n));
+        }
+        let mut got = 0;
+        while fast.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 10);
+        let stats = hub.stats();
+        assert_eq!(stats[0], SinkStats { name: "fast", delivered: 10, dropped: 0 });
+        assert_eq!(stats[1], SinkStats { name: "slow", delivered: 2, dropped: 8 });
+        assert_eq!(hub.dropped(), 8);
+    }
+}

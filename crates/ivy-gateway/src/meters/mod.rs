@@ -1,0 +1,246 @@
+//! The meter side: the TCP listener with its limits, one session task per connection, and the registry of which
+//! session holds which meter. Everything else talks to a session through its [`SessionHandle`]: a bounded queue
+//! of [`SessionRequest`]s that the session executes one at a time, so polls and commands never interleave on the
+//! wire.
+
+pub mod admission;
+pub mod registry;
+
+use ivy_protocol::registration::MeterId;
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Stable error codes of command responses (SPEC 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The payload is not JSON.
+    InvalidJson,
+    /// No request id.
+    MissingId,
+    /// No method.
+    MissingMethod,
+    /// Unknown method.
+    UnknownMethod,
+    /// Bad or missing parameters.
+    InvalidParams,
+    /// No such register/group.
+    UnknownRegister,
+    /// The meter is not connected (or not identified yet).
+    MeterNotConnected,
+    /// The meter's protocol cannot do this.
+    UnsupportedForProtocol,
+    /// No answer in time.
+    Timeout,
+    /// The meter answered with an error.
+    MeterError,
+    /// The DLMS association was rejected.
+    AssociationRejected,
+    /// The connection ended before the answer.
+    ConnectionClosed,
+    /// The meter's queue is full.
+    Busy,
+    /// The gateway is shutting down.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// The snake_case code.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::MissingId => "missing_id",
+            ErrorCode::MissingMethod => "missing_method",
+            ErrorCode::UnknownMethod => "unknown_method",
+            ErrorCode::InvalidParams => "invalid_params",
+            ErrorCode::UnknownRegister => "unknown_register",
+            ErrorCode::MeterNotConnected => "meter_not_connected",
+            ErrorCode::UnsupportedForProtocol => "unsupported_for_protocol",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::MeterError => "meter_error",
+            ErrorCode::AssociationRejected => "association_rejected",
+            ErrorCode::ConnectionClosed => "connection_closed",
+            ErrorCode::Busy => "busy",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// A failed operation: a stable code, a message, and optional details (decoded error bits, DLMS result names).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct OpError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable message.
+    pub message: String,
+    /// Details, e.g. `{"error_flags": ["password_wrong"]}`.
+    pub details: Option<Value>,
+}
+
+impl OpError {
+    /// A new error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        OpError { code, message: message.into(), details: None }
+    }
+
+    /// With details.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
+
+/// Relay target state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayState {
+    /// Disconnect the load (trip).
+    Open,
+    /// Reconnect the load.
+    Close,
+}
+
+/// How a close is done on DL/T 645.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayMode {
+    /// Close directly (`1C`).
+    Direct,
+    /// Allow the customer to close (`1B`).
+    Allow,
+}
+
+/// A register to read, as the client named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterRef {
+    /// A catalogue key or alias (DL/T 645 key, or a DLMS registry key).
+    Key(String),
+    /// A DL/T 645 data identifier.
+    Di(u32),
+    /// A DLMS attribute.
+    Obis {
+        /// OBIS code text `A-B:C.D.E.F`.
+        obis: String,
+        /// Interface class; `None` = from the registry.
+        class_id: Option<u16>,
+        /// Attribute; `None` = 2 (value).
+        attribute: Option<u8>,
+    },
+}
+
+/// What a session is asked to do for one of its meters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MeterOp {
+    /// One poll cycle of the meter's configured registers.
+    Poll,
+    /// Read registers (`read_register`, `read_all`, `read_group`). `group` names the group when one was asked for.
+    Read {
+        /// What to read.
+        registers: Vec<RegisterRef>,
+        /// A group name to resolve in the session (protocol-specific groups).
+        group: Option<String>,
+        /// Report a single reading (read_register) rather than a map.
+        single: bool,
+    },
+    /// Open or close the relay.
+    Relay {
+        /// Target.
+        state: RelayState,
+        /// DL/T 645 close mode.
+        mode: RelayMode,
+    },
+    /// Read the relay state.
+    ReadRelayState,
+    /// Read the meter address / serial.
+    ReadAddress,
+    /// Set the meter clock (ms since epoch, UTC).
+    SyncTime(i64),
+    /// Read any DLMS attribute.
+    ReadObis {
+        /// OBIS text.
+        obis: String,
+        /// Class.
+        class_id: u16,
+        /// Attribute.
+        attribute: u8,
+    },
+}
+
+/// A request queued to a session.
+#[derive(Debug)]
+pub struct SessionRequest {
+    /// The meter (one connection may hold several DL/T 645 meters).
+    pub meter_id: MeterId,
+    /// What to do.
+    pub op: MeterOp,
+    /// When the caller stops waiting; the session fails the request with `timeout` if it is still queued then.
+    pub deadline: Instant,
+    /// Where the result goes (a JSON result object).
+    pub reply: oneshot::Sender<Result<Value, OpError>>,
+}
+
+/// Why a request could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The session's queue is full.
+    #[error("the meter's request queue is full")]
+    Busy,
+    /// The session has ended.
+    #[error("the meter's connection has closed")]
+    Closed,
+}
+
+/// A handle on one connection's session task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    conn_id: u64,
+    tx: mpsc::Sender<SessionRequest>,
+    close: CancellationToken,
+    replaced: Arc<AtomicBool>,
+}
+
+impl SessionHandle {
+    /// A handle and the session's receiving end of the request queue (`depth` requests).
+    pub fn new(conn_id: u64, depth: usize) -> (Self, mpsc::Receiver<SessionRequest>, CancellationToken) {
+        let (tx, rx) = mpsc::channel(depth.max(1));
+        let close = CancellationToken::new();
+        (SessionHandle { conn_id, tx, close: close.clone(), replaced: Arc::new(AtomicBool::new(false)) }, rx, close)
+    }
+
+    /// The connection id.
+    pub fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+
+    /// Queues a request without waiting.
+    pub fn submit(&self, request: SessionRequest) -> Result<(), (SubmitError, SessionRequest)> {
+        self.tx.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(r) => (SubmitError::Busy, r),
+            mpsc::error::TrySendError::Closed(r) => (SubmitError::Closed, r),
+        })
+    }
+
+    /// Asks the session to close because its meter reconnected elsewhere.
+    pub fn close_replaced(&self) {
+        self.replaced.store(true, Ordering::Relaxed);
+        self.close.cancel();
+    }
+
+    /// Asks the session to close (shutdown).
+    pub fn close(&self) {
+        self.close.cancel();
+    }
+
+    /// Whether the close was a replacement.
+    pub fn was_replaced(&self) -> bool {
+        self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// True once the session ended or was told to close.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed() || self.close.is_cancelled()
+    }
+}

@@ -1,0 +1,114 @@
+//! Meter id → the session that holds the meter.
+//!
+//! The original gateway's worst bug: when a meter reconnected, the *old* connection's close unregistered the meter
+//! that the *new* connection had just registered. Here every registration records the connection id that made it,
+//! and [`Registry::unregister`] only removes an entry when that same connection asks.
+
+use super::SessionHandle;
+use crate::model::Source;
+use ivy_protocol::registration::MeterId;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// What the registry knows about a connected meter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterInfo {
+    /// Protocol family.
+    pub protocol: Source,
+    /// Peer IP.
+    pub ip: String,
+    /// Peer port.
+    pub port: u16,
+    /// When the meter was identified on this connection (ms since epoch).
+    pub connected_at: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    handle: SessionHandle,
+    info: MeterInfo,
+}
+
+/// Outcome of [`Registry::register`].
+#[derive(Debug)]
+pub enum Registered {
+    /// The meter was not connected before.
+    New,
+    /// The meter was held by another connection, which is returned so the caller can close it.
+    Replaced(SessionHandle),
+    /// This connection already held the meter (a repeated heartbeat).
+    Refreshed,
+}
+
+/// The registry. Its lock guards only the map, never protocol state, and is held for map operations only.
+#[derive(Debug, Default)]
+pub struct Registry {
+    meters: Mutex<HashMap<MeterId, Entry>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<MeterId, Entry>> {
+        // A panic while holding this lock cannot leave the map half-updated (single inserts/removes), so a
+        // poisoned lock is still usable.
+        self.meters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `handle`'s connection holds `meter_id`.
+    pub fn register(&self, meter_id: &MeterId, handle: SessionHandle, info: MeterInfo) -> Registered {
+        let mut map = self.map();
+        let previous = map.insert(meter_id.clone(), Entry { handle: handle.clone(), info });
+        match previous {
+            None => Registered::New,
+            Some(old) if old.handle.conn_id() == handle.conn_id() => Registered::Refreshed,
+            Some(old) => Registered::Replaced(old.handle),
+        }
+    }
+
+    /// Removes `meter_id` if, and only if, connection `conn_id` still holds it. Returns whether it did.
+    pub fn unregister(&self, meter_id: &MeterId, conn_id: u64) -> bool {
+        let mut map = self.map();
+        match map.get(meter_id) {
+            Some(e) if e.handle.conn_id() == conn_id => {
+                map.remove(meter_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The session holding `meter_id`.
+    pub fn get(&self, meter_id: &MeterId) -> Option<(SessionHandle, MeterInfo)> {
+        self.map().get(meter_id).map(|e| (e.handle.clone(), e.info.clone()))
+    }
+
+    /// Whether connection `conn_id` holds `meter_id`.
+    pub fn is_held_by(&self, meter_id: &MeterId, conn_id: u64) -> bool {
+        self.map().get(meter_id).is_some_and(|e| e.handle.conn_id() == conn_id)
+    }
+
+    /// Number of meters online.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// True when no meter is online.
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+
+    /// Every online meter with its info (a snapshot; the map may change right after).
+    pub fn list(&self) -> Vec<(MeterId, MeterInfo)> {
+        self.map().iter().map(|(k, e)| (k.clone(), e.info.clone())).collect()
+    }
+
+    /// Every distinct session handle (for shutdown).
+    pub fn handles(&self) -> Vec<SessionHandle> {
+        let mut seen = std::collections::HashSet::new();
+        self.map().values().filter(|e| seen.insert(e.handle.conn_id())).map(|e| e.handle.clone()).collect()
+    }
+}

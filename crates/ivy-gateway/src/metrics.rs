@@ -1,0 +1,213 @@
+//! Counters, gauges and histograms of the whole gateway, readable in-process (for `gateway/stats` and the API) and
+//! exported in the Prometheus/OpenMetrics text format at `/metrics`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Why a meter connection was refused.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RejectReason {
+    /// `meters.max_connections` reached.
+    MaxConnections,
+    /// `meters.max_connections_per_ip` reached.
+    PerIpLimit,
+    /// Too many attempts in the window: the IP is now blocked.
+    RateLimited,
+    /// The IP is blocked.
+    Blocked,
+}
+
+/// Label: reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: RejectReason,
+}
+
+/// Label: protocol.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    /// `dlt645` / `dlms`.
+    pub protocol: String,
+}
+
+/// Label: kind.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// Error kind.
+    pub kind: String,
+}
+
+/// Labels: method and outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabel {
+    /// Command method.
+    pub method: String,
+    /// `success` or the error code.
+    pub outcome: String,
+}
+
+/// Label: method.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    /// Command method.
+    pub method: String,
+}
+
+/// Label: outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `ok`, `partial`, `failed`.
+    pub outcome: String,
+}
+
+/// Every metric of the gateway.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Meters online now.
+    pub meters_online: Gauge,
+    /// Meters seen since start.
+    pub meters_total: Gauge,
+    /// Meter connections open now.
+    pub connections_active: Gauge,
+    /// Meter connections accepted.
+    pub connections_total: Counter,
+    /// Meter connections refused, by reason.
+    pub connections_rejected: Family<ReasonLabel, Counter>,
+    /// Connections whose protocol could not be detected.
+    pub connections_unknown_protocol: Counter,
+    /// Bytes received from meters.
+    pub bytes_received: Counter,
+    /// Bytes sent to meters.
+    pub bytes_sent: Counter,
+    /// Frames/APDUs received, by protocol.
+    pub frames: Family<ProtocolLabel, Counter>,
+    /// Readings decoded.
+    pub readings: Counter,
+    /// Parse errors and discarded bytes, by kind.
+    pub parse_errors: Family<KindLabel, Counter>,
+    /// Commands by method and outcome.
+    pub commands: Family<CommandLabel, Counter>,
+    /// Command latency in seconds, by method.
+    pub command_duration: Family<MethodLabel, Histogram>,
+    /// Poll cycles by outcome.
+    pub polls: Family<OutcomeLabel, Counter>,
+    /// Poll cycle duration in seconds.
+    pub poll_duration: Histogram,
+    /// MQTT messages published by the gateway.
+    pub mqtt_published: Counter,
+    /// MQTT messages the gateway dropped (queue full).
+    pub mqtt_dropped: Counter,
+    /// Client publishes refused by the ACL.
+    pub mqtt_denied: Counter,
+    /// Invalid command payloads.
+    pub invalid_commands: Counter,
+    /// Alarms active now.
+    pub alarms_active: Gauge,
+    /// Events dropped inside the hub (slow sinks).
+    pub hub_dropped: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            meters_online: Gauge::default(),
+            meters_total: Gauge::default(),
+            connections_active: Gauge::default(),
+            connections_total: Counter::default(),
+            connections_rejected: Family::default(),
+            connections_unknown_protocol: Counter::default(),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            frames: Family::default(),
+            readings: Counter::default(),
+            parse_errors: Family::default(),
+            commands: Family::default(),
+            command_duration: Family::new_with_constructor(latency_histogram),
+            polls: Family::default(),
+            poll_duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            mqtt_published: Counter::default(),
+            mqtt_dropped: Counter::default(),
+            mqtt_denied: Counter::default(),
+            invalid_commands: Counter::default(),
+            alarms_active: Gauge::default(),
+            hub_dropped: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a frame of `protocol`.
+    pub fn frame(&self, protocol: &str) {
+        self.frames.get_or_create(&ProtocolLabel { protocol: protocol.to_owned() }).inc();
+    }
+
+    /// Counts a parse error of `kind`.
+    pub fn parse_error(&self, kind: &str) {
+        self.parse_errors.get_or_create(&KindLabel { kind: kind.to_owned() }).inc();
+    }
+
+    /// Counts a refused connection.
+    pub fn rejected(&self, reason: RejectReason) {
+        self.connections_rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Records a finished command.
+    pub fn command(&self, method: &str, outcome: &str, seconds: f64) {
+        self.commands.get_or_create(&CommandLabel { method: method.to_owned(), outcome: outcome.to_owned() }).inc();
+        self.command_duration.get_or_create(&MethodLabel { method: method.to_owned() }).observe(seconds);
+    }
+
+    /// Records a poll cycle.
+    pub fn poll(&self, outcome: &str, seconds: f64) {
+        self.polls.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() }).inc();
+        self.poll_duration.observe(seconds);
+    }
+
+    /// A registry holding every metric, for text encoding.
+    pub fn registry(self: &std::sync::Arc<Self>) -> Registry {
+        let mut r = Registry::with_prefix("ivy");
+        let m = self.as_ref();
+        r.register("meters_online", "Meters online now", m.meters_online.clone());
+        r.register("meters_total", "Meters seen since start", m.meters_total.clone());
+        r.register("connections_active", "Meter connections open now", m.connections_active.clone());
+        r.register("connections", "Meter connections accepted", m.connections_total.clone());
+        r.register("connections_rejected", "Meter connections refused, by reason", m.connections_rejected.clone());
+        r.register(
+            "connections_unknown_protocol",
+            "Connections whose protocol could not be detected",
+            m.connections_unknown_protocol.clone(),
+        );
+        r.register("bytes_received", "Bytes received from meters", m.bytes_received.clone());
+        r.register("bytes_sent", "Bytes sent to meters", m.bytes_sent.clone());
+        r.register("frames", "Frames and APDUs received, by protocol", m.frames.clone());
+        r.register("readings", "Readings decoded", m.readings.clone());
+        r.register("parse_errors", "Parse errors and discarded bytes, by kind", m.parse_errors.clone());
+        r.register("commands", "Commands by method and outcome", m.commands.clone());
+        r.register("command_duration_seconds", "Command latency", m.command_duration.clone());
+        r.register("polls", "Poll cycles by outcome", m.polls.clone());
+        r.register("poll_cycle_duration_seconds", "Poll cycle duration", m.poll_duration.clone());
+        r.register("mqtt_published", "MQTT messages published by the gateway", m.mqtt_published.clone());
+        r.register("mqtt_dropped", "MQTT messages dropped because a queue was full", m.mqtt_dropped.clone());
+        r.register("mqtt_denied", "Client publishes refused by the ACL", m.mqtt_denied.clone());
+        r.register("invalid_commands", "Command payloads that could not be used", m.invalid_commands.clone());
+        r.register("alarms_active", "Alarms active now", m.alarms_active.clone());
+        r.register("hub_dropped", "Events dropped by slow hub sinks", m.hub_dropped.clone());
+        r
+    }
+
+    /// The metrics in the OpenMetrics text format (which Prometheus scrapes).
+    pub fn encode(self: &std::sync::Arc<Self>) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry());
+        out
+    }
+}

@@ -1,0 +1,156 @@
+//! The gateway's own vocabulary: normalised readings, meter status and events, shared by sessions, the hub and
+//! every sink (MQTT, alarms, store, HTTP). Values are normalised once, where they are decoded.
+
+use ivy_protocol::registration::MeterId;
+use serde::Serialize;
+use serde_json::Value;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (the `ts` of every payload).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Which protocol a reading came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// DL/T 645-2007.
+    Dlt645,
+    /// DLMS/COSEM.
+    Dlms,
+}
+
+impl Source {
+    /// `dlt645` / `dlms`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Source::Dlt645 => "dlt645",
+            Source::Dlms => "dlms",
+        }
+    }
+}
+
+/// What physical quantity a reading measures: alarm rules select by this, never by the register name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantity {
+    /// Voltage (V).
+    Voltage,
+    /// Current (A).
+    Current,
+    /// Active power (normalised to kW for rules).
+    ActivePower,
+    /// Reactive power.
+    ReactivePower,
+    /// Apparent power.
+    ApparentPower,
+    /// Power factor (no unit).
+    PowerFactor,
+    /// Frequency (Hz).
+    Frequency,
+    /// Energy counters.
+    Energy,
+    /// Anything else (clock, tariff, counters, status words, identity).
+    Other,
+}
+
+/// A decoded value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ReadingValue {
+    /// A number, already scaled and rounded to the register's resolution.
+    Number(f64),
+    /// Text (dates, times, identifiers, status bits rendered).
+    Text(String),
+    /// A structured value (status word bits, DLMS structures).
+    Json(Value),
+}
+
+impl ReadingValue {
+    /// The number, when this is one.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            ReadingValue::Number(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// As JSON.
+    pub fn to_json(&self) -> Value {
+        match self {
+            ReadingValue::Number(n) => serde_json::Number::from_f64(*n).map(Value::Number).unwrap_or(Value::Null),
+            ReadingValue::Text(t) => Value::String(t.clone()),
+            ReadingValue::Json(v) => v.clone(),
+        }
+    }
+}
+
+/// One normalised reading of one register of one meter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// The meter.
+    pub meter_id: MeterId,
+    /// Protocol.
+    pub source: Source,
+    /// Canonical register key (`VOLTAGE_A`, `VOLTAGE_TOTAL`, ...).
+    pub register: String,
+    /// `0x02010100` (DL/T 645) or `1-0:12.7.0.255` (DLMS).
+    pub data_id: String,
+    /// The normalised value.
+    pub value: ReadingValue,
+    /// The value before scaling (raw integer, hex, ...).
+    pub raw_value: Value,
+    /// Unit symbol, if any.
+    pub unit: Option<String>,
+    /// What it measures.
+    pub quantity: Quantity,
+    /// When it was read (ms since epoch).
+    pub ts: u64,
+}
+
+/// A meter's connection state changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    /// The meter.
+    pub meter_id: MeterId,
+    /// Online or not.
+    pub online: bool,
+    /// Peer IP when online.
+    pub ip: Option<String>,
+    /// Protocol family when online.
+    pub protocol: Option<Source>,
+    /// When the connection was identified (ms).
+    pub connected_at: Option<u64>,
+    /// Why it went offline.
+    pub reason: Option<String>,
+    /// When (ms).
+    pub ts: u64,
+}
+
+/// Severity of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Informational.
+    Info,
+    /// Needs attention.
+    Warning,
+    /// Needs action.
+    Critical,
+}
+
+/// A meter event (`meter_connected`, `alarm:overvoltage`, a DLMS event object, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterEvent {
+    /// The meter.
+    pub meter_id: MeterId,
+    /// Event name.
+    pub event: String,
+    /// Severity, when it has one.
+    pub severity: Option<Severity>,
+    /// Details.
+    pub data: Value,
+    /// When (ms).
+    pub ts: u64,
+}
