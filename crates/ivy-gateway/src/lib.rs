@@ -2,6 +2,7 @@
 //! [`ivy_protocol`] crate.
 
 pub mod alarms;
+pub mod commands;
 pub mod config;
 pub mod decode;
 pub mod hub;

@@ -1,0 +1,4 @@
+//! Commands from MQTT and HTTP: parse and validate ([`request`]), route to the session that holds the meter, and
+//! shape the response.
+
+pub mod request;
