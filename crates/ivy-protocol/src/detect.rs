@@ -143,7 +143,13 @@ impl Detector {
                         _ => self.skip(fe),
                     }
                 }
-                Verdict::Noise => self.skip(1),
+                Verdict::Noise => {
+                    // Skip the whole run of bytes that cannot start anything in one go.
+                    let rules = &self.rules;
+                    let starts_rule = |b: u8| rules.iter().any(|r| r.prefix.first() == Some(&b));
+                    let run = 1 + self.buf.iter().skip(1).take_while(|&&b| !could_start(b) && !starts_rule(b)).count();
+                    self.skip(run);
+                }
             }
         }
     }
@@ -160,6 +166,11 @@ impl Detector {
         self.skipped += n;
         self.examined += n;
     }
+}
+
+/// Whether a byte could be the first byte of something the detector recognises.
+fn could_start(b: u8) -> bool {
+    b == 0xFE || b == 0x68 || b == 0x00 || is_apdu_tag(b)
 }
 
 enum Verdict {

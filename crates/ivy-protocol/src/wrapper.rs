@@ -197,11 +197,14 @@ pub enum FramerEvent {
 ///
 /// A bare EventNotification has two encodings in the field (standard, and the EM114070's without the time
 /// presence byte). When both parse, the framer takes the one whose end is followed by the start of another
-/// packet/APDU or by the end of the data, preferring the standard form; while that cannot be told yet it waits.
-/// [`Framer::flush`] decides with what is there (the session calls it after a quiet period).
+/// packet/APDU, preferring the standard form; while that cannot be told yet it waits, and
+/// [`Framer::flush`] decides with what is there (the session calls it after a quiet period): then a form ending
+/// exactly at the end of the data wins.
 #[derive(Debug)]
 pub struct Framer {
     buf: Vec<u8>,
+    /// Bytes before `start` are consumed; compacted on the next push, so dropping garbage byte by byte stays linear.
+    start: usize,
     max_payload: usize,
     /// Garbage being accumulated into one Discarded event.
     pending_discard: Option<(usize, WrapperError)>,
@@ -226,6 +229,7 @@ impl Framer {
     pub fn new(max_payload: usize) -> Self {
         Framer {
             buf: Vec::new(),
+            start: 0,
             max_payload: max_payload.min(usize::from(u16::MAX)),
             pending_discard: None,
             flushing: false,
@@ -234,12 +238,16 @@ impl Framer {
 
     /// Bytes currently buffered (not yet framed).
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         self.flushing = false;
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
@@ -254,23 +262,25 @@ impl Framer {
         loop {
             match self.head() {
                 Head::NeedMore => {
-                    if self.flushing && !self.buf.is_empty() {
+                    if self.flushing && self.buffered() > 0 {
                         // Nothing more is coming: what is left cannot be framed.
-                        let n = self.buf.len();
+                        let n = self.buffered();
                         self.buf.clear();
+                        self.start = 0;
                         self.add_discard(n, WrapperError::Garbage);
                     }
                     return self.pending_discard.take().map(|(bytes, reason)| FramerEvent::Discarded { bytes, reason });
                 }
                 Head::Garbage(reason) => {
-                    self.buf.drain(..1);
+                    self.start += 1;
                     self.add_discard(1, reason);
                 }
                 Head::Unit(len, wrapped) => {
                     if let Some((bytes, reason)) = self.pending_discard.take() {
                         return Some(FramerEvent::Discarded { bytes, reason });
                     }
-                    let unit: Vec<u8> = self.buf.drain(..len).collect();
+                    let unit: Vec<u8> = self.buf.get(self.start..self.start + len).unwrap_or_default().to_vec();
+                    self.start += len;
                     let packet = if wrapped {
                         let header = Header::parse(&unit).ok();
                         Packet { header, payload: unit.get(HEADER_LEN..).unwrap_or_default().to_vec() }
@@ -291,7 +301,7 @@ impl Framer {
     }
 
     fn head(&self) -> Head {
-        let buf = &self.buf;
+        let buf = self.buf.get(self.start..).unwrap_or_default();
         match buf.first() {
             None => Head::NeedMore,
             Some(0x00) => self.wrapped(buf),
@@ -340,27 +350,30 @@ impl Framer {
         }
     }
 
-    /// Chooses between the two EventNotification encodings (see the type's doc).
+    /// Chooses between the two EventNotification encodings (see the type's doc). Every decision taken before a
+    /// flush is final whatever bytes come next, so the result never depends on how the stream was chunked.
     fn pick_event_notification(&self, buf: &[u8], standard: FormExtent, em114070: FormExtent) -> Head {
-        let forms = [standard, em114070];
-        // A form followed by the start of another unit is confirmed.
-        for form in forms {
-            if let FormExtent::Complete(n) = form
-                && matches!(boundary(buf, n), Boundary::FollowedByStart)
-            {
-                return Head::Unit(n, false);
-            }
+        let verdict = |form: FormExtent| match form {
+            FormExtent::NeedMore => Verdict::Wait,
+            FormExtent::Invalid => Verdict::Rejected,
+            FormExtent::Complete(n) => match boundary(buf, n) {
+                Boundary::FollowedByStart => Verdict::Confirmed(n),
+                Boundary::Implausible => Verdict::Rejected,
+                Boundary::Unknown | Boundary::EndOfData => Verdict::Wait,
+            },
+        };
+        let forced = self.flushing || buf.len() > HEADER_LEN + self.max_payload;
+        // The standard form has priority: the EM114070 form is only considered once the standard one is ruled out.
+        match (verdict(standard), verdict(em114070)) {
+            (Verdict::Confirmed(n), _) => return Head::Unit(n, false),
+            (Verdict::Rejected, Verdict::Confirmed(n)) => return Head::Unit(n, false),
+            (Verdict::Rejected, Verdict::Rejected) => return Head::Garbage(WrapperError::Garbage),
+            _ if !forced => return Head::NeedMore,
+            _ => {}
         }
-        let undecided = forms.iter().any(|f| match f {
-            FormExtent::NeedMore => true,
-            FormExtent::Complete(n) => matches!(boundary(buf, *n), Boundary::Unknown),
-            FormExtent::Invalid => false,
-        });
-        if undecided && !self.flushing && buf.len() <= HEADER_LEN + self.max_payload {
-            return Head::NeedMore;
-        }
-        // A form that ends exactly where the data ends, then (flushing) any complete form; standard first.
-        for form in forms {
+        // Nothing more is coming: a form that ends exactly where the data ends, then any complete form; standard
+        // first.
+        for form in [standard, em114070] {
             if let FormExtent::Complete(n) = form
                 && matches!(boundary(buf, n), Boundary::EndOfData)
             {
@@ -368,10 +381,20 @@ impl Framer {
             }
         }
         match (standard, em114070) {
-            (FormExtent::Complete(n), _) | (_, FormExtent::Complete(n)) if self.flushing => Head::Unit(n, false),
+            (FormExtent::Complete(n), _) | (_, FormExtent::Complete(n)) => Head::Unit(n, false),
             _ => Head::Garbage(WrapperError::Garbage),
         }
     }
+}
+
+/// What one EventNotification form says about the buffer.
+enum Verdict {
+    /// Complete and followed by the start of another unit.
+    Confirmed(usize),
+    /// Cannot be this form here.
+    Rejected,
+    /// More bytes are needed to tell.
+    Wait,
 }
 
 /// What follows a unit ending at a given offset.
