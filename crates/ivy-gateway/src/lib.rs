@@ -5,6 +5,7 @@ pub mod alarms;
 pub mod commands;
 pub mod config;
 pub mod decode;
+pub mod gateway;
 pub mod hub;
 pub mod meters;
 pub mod metrics;

@@ -195,6 +195,9 @@ pub struct Registration {
     pub ack: Option<Vec<u8>>,
     /// True when every id digit/byte is zero (an unconfigured meter).
     pub zero_address: bool,
+    /// True when the packet is itself an IEC 62056-47 wrapper packet (as the EM114070 heartbeat is): the
+    /// connection then speaks wrapped DLMS.
+    pub wrapper_packet: bool,
 }
 
 impl Registration {
@@ -265,7 +268,17 @@ impl RegistrationRule {
             return RuleMatch::NoMatch;
         };
         let zero_address = !raw_id.is_empty() && raw_id.chars().all(|c| c == '0');
-        RuleMatch::Matched(Registration { raw_id, consumed: self.packet_length, ack: self.ack.clone(), zero_address })
+        let wrapper_packet = crate::wrapper::Header::parse(packet).is_ok_and(|h| {
+            h.version == crate::wrapper::VERSION
+                && usize::from(h.payload_length) + crate::wrapper::HEADER_LEN == packet.len()
+        });
+        RuleMatch::Matched(Registration {
+            raw_id,
+            consumed: self.packet_length,
+            ack: self.ack.clone(),
+            zero_address,
+            wrapper_packet,
+        })
     }
 }
 
@@ -339,6 +352,7 @@ mod tests {
                 assert_eq!(r.raw_id, "311501114070");
                 assert_eq!(r.consumed, 26);
                 assert!(!r.zero_address);
+                assert!(r.wrapper_packet);
             }
             other => panic!("{other:?}"),
         }
@@ -352,7 +366,13 @@ mod tests {
 
     #[test]
     fn zero_address_policy() {
-        let r = Registration { raw_id: "000000000000".into(), consumed: 26, ack: None, zero_address: true };
+        let r = Registration {
+            raw_id: "000000000000".into(),
+            consumed: 26,
+            ack: None,
+            zero_address: true,
+            wrapper_packet: true,
+        };
         assert_eq!(r.meter_id(ZeroAddressPolicy::Accept, Some(("1.2.3.4", 9))).unwrap().as_str(), "000000000000");
         assert_eq!(r.meter_id(ZeroAddressPolicy::UseIp, Some(("1.2.3.4", 9))).unwrap().as_str(), "auto_1_2_3_4_9");
     }

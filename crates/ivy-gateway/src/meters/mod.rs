@@ -4,7 +4,12 @@
 //! wire.
 
 pub mod admission;
+pub mod conn;
+pub mod dlms;
+pub mod dlt645;
+pub mod listener;
 pub mod registry;
+pub mod session;
 
 use ivy_protocol::registration::MeterId;
 use serde_json::Value;

@@ -1,0 +1,90 @@
+//! Accepts meter connections under the admission limits and starts one session task per connection.
+
+use super::session;
+use crate::gateway::Shared;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Releases the admission slot when the session ends, however it ends.
+struct AdmissionSlot {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+}
+
+impl Drop for AdmissionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut a) = self.shared.admission.lock() {
+            a.release(self.peer.ip());
+            self.shared.metrics.connections_active.set(a.active() as i64);
+        }
+    }
+}
+
+fn configure(stream: &TcpStream, keepalive_secs: u64) {
+    let _ = stream.set_nodelay(true);
+    if keepalive_secs > 0 {
+        let sock = socket2::SockRef::from(stream);
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(keepalive_secs))
+            .with_interval(Duration::from_secs(keepalive_secs.div_ceil(4).max(1)));
+        if let Err(e) = sock.set_tcp_keepalive(&ka) {
+            tracing::debug!(error = %e, "cannot enable TCP keepalive");
+        }
+    }
+}
+
+/// Runs the accept loop until shutdown.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+    let mut sweep = tokio::time::interval(Duration::from_secs(shared.config.meters.sweep_interval_secs.max(1)));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            _ = sweep.tick() => {
+                if let Ok(mut a) = shared.admission.lock() {
+                    a.sweep(Instant::now());
+                }
+                continue;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admitted = match shared.admission.lock() {
+            Ok(mut a) => {
+                let now = Instant::now();
+                match a.admit(peer.ip(), now) {
+                    Ok(()) => {
+                        shared.metrics.connections_active.set(a.active() as i64);
+                        Ok(())
+                    }
+                    Err(reason) => Err((reason, a.should_log(peer.ip(), now))),
+                }
+            }
+            Err(_) => continue,
+        };
+        if let Err((reason, log)) = admitted {
+            shared.metrics.rejected(reason);
+            if log {
+                tracing::warn!(peer = %peer, ?reason, "meter connection refused (logged once per IP per minute)");
+            }
+            drop(stream);
+            continue;
+        }
+        shared.metrics.connections_total.inc();
+        configure(&stream, shared.config.meters.tcp_keepalive_secs);
+        let slot = AdmissionSlot { shared: shared.clone(), peer };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            session::run(shared, stream, peer).await;
+        });
+    }
+}
