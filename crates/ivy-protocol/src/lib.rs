@@ -48,5 +48,8 @@ pub mod dlms;
 pub mod dlt645;
 #[cfg(feature = "explain")]
 pub mod explain;
+pub mod quantity;
 pub mod registration;
 pub mod wrapper;
+
+pub use quantity::Quantity;
