@@ -1,3 +1,19 @@
-//! DLMS/COSEM (placeholder until the module lands).
+//! DLMS/COSEM (SPEC 2.3): A-XDR data, COSEM date-time, OBIS codes and the OBIS registry, unit codes, the APDUs a
+//! client builds and parses (and a server's, for the simulator), raw-APDU framing by encoding, and a sans-IO
+//! client association state machine.
+
+pub mod apdu;
+pub mod association;
+pub mod axdr;
+pub mod datetime;
 pub mod extent;
+pub mod obis;
+pub mod registry;
+pub mod units;
+
+pub use apdu::{Apdu, ApduError, AttributeDescriptor, Conformance, DataAccessResult, InvokeIdAndPriority};
+pub use axdr::{AxdrError, Data};
+pub use datetime::CosemDateTime;
 pub use extent::{ApduExtent, apdu_extent, is_apdu_tag};
+pub use obis::Obis;
+pub use registry::{ObisDef, ObisRegistry};
