@@ -1282,7 +1282,11 @@ impl Apdu {
             }),
             0x0F => Apdu::DataNotification(parse_data_notification(&mut c)?),
             other => {
-                return Err(ApduError::new(ApduErrorKind::UnknownApdu, other, format!("unknown APDU tag {other:#04x}")));
+                return Err(ApduError::new(
+                    ApduErrorKind::UnknownApdu,
+                    other,
+                    format!("unknown APDU tag {other:#04x}"),
+                ));
             }
         };
         Ok((apdu, c.pos))
