@@ -147,6 +147,8 @@ pub struct MetersConfig {
     pub heartbeat_ack: Option<String>,
     /// Extra registration rules, tried after the built-in EM114070 heartbeat.
     pub registration_rules: Vec<RegistrationRuleConfig>,
+    /// Meters keep local time: minutes east of UTC used when setting their clocks and relay deadlines.
+    pub clock_utc_offset_minutes: i32,
 }
 
 impl Default for MetersConfig {
@@ -169,6 +171,7 @@ impl Default for MetersConfig {
             zero_address_action: ZeroAddressAction::Accept,
             heartbeat_ack: None,
             registration_rules: Vec::new(),
+            clock_utc_offset_minutes: 0,
         }
     }
 }
@@ -232,6 +235,8 @@ pub struct Dlt645Config {
     pub meter_overrides: BTreeMap<String, Dlt645MeterOverride>,
     /// Optional TOML file with extra register definitions.
     pub register_file: Option<PathBuf>,
+    /// `FE` wake-up bytes sent before each request (the original sent none; RS-485 DTUs may want 4).
+    pub wakeup_preamble: usize,
 }
 
 impl Default for Dlt645Config {
@@ -247,6 +252,7 @@ impl Default for Dlt645Config {
             relay_aes_enabled: false,
             meter_overrides: BTreeMap::new(),
             register_file: None,
+            wakeup_preamble: 0,
         }
     }
 }
@@ -299,6 +305,9 @@ pub struct DlmsConfig {
     pub disconnect_integer_parameter: bool,
     /// Optional TOML file with extra OBIS definitions.
     pub obis_file: Option<PathBuf>,
+    /// OBIS codes of the values of a positional DataNotification body, in order (self-describing bodies of
+    /// `(OBIS, value)` pairs need none).
+    pub push_objects: Vec<String>,
 }
 
 impl Default for DlmsConfig {
@@ -318,6 +327,7 @@ impl Default for DlmsConfig {
             service_class_confirmed: false,
             disconnect_integer_parameter: true,
             obis_file: None,
+            push_objects: Vec::new(),
         }
     }
 }
@@ -550,6 +560,10 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         set(&mut c.meters.rate_limit_block_duration_ms, v)
     }),
     ("BUFFER_CAP", "meters.buffer_cap", |c, v| set(&mut c.meters.buffer_cap, v)),
+    ("CLOCK_UTC_OFFSET_MINUTES", "meters.clock_utc_offset_minutes", |c, v| {
+        c.meters.clock_utc_offset_minutes = v.trim().parse().map_err(|_| format!("'{v}' is not an integer"))?;
+        Ok(())
+    }),
     ("HEARTBEAT_ZERO_ADDRESS_ACTION", "meters.zero_address_action", |c, v| {
         c.meters.zero_address_action = match v.trim().to_ascii_lowercase().as_str() {
             "accept" => ZeroAddressAction::Accept,
@@ -796,6 +810,13 @@ impl Config {
         let d = &self.dlt645;
         check(&mut e, d.timeout_ms >= 100, "dlt645.timeout_ms", "must be at least 100");
         check(&mut e, d.retries <= 10, "dlt645.retries", "must be at most 10");
+        check(&mut e, d.wakeup_preamble <= 8, "dlt645.wakeup_preamble", "must be at most 8");
+        check(
+            &mut e,
+            (-14 * 60..=14 * 60).contains(&m.clock_utc_offset_minutes),
+            "meters.clock_utc_offset_minutes",
+            "must be within ±840",
+        );
         check(&mut e, is_digits(&d.password, 6), "dlt645.password", "must be 6 digits");
         check(&mut e, is_digits(&d.operator_code, 8), "dlt645.operator_code", "must be 8 digits");
         if let Some(key) = &d.relay_aes_key {
@@ -826,6 +847,14 @@ impl Config {
         check(&mut e, l.max_pdu_size >= 64, "dlms.max_pdu_size", "must be at least 64");
         check(&mut e, l.response_timeout_ms >= 100, "dlms.response_timeout_ms", "must be at least 100");
         check(&mut e, l.association_timeout_ms >= 100, "dlms.association_timeout_ms", "must be at least 100");
+        for (i, code) in l.push_objects.iter().enumerate() {
+            check(
+                &mut e,
+                code.parse::<ivy_protocol::dlms::Obis>().is_ok(),
+                &format!("dlms.push_objects[{i}]"),
+                "must be an OBIS code like 1-0:12.7.0.255",
+            );
+        }
 
         let p = &self.polling;
         check(&mut e, p.interval_ms >= 100, "polling.interval_ms", "must be at least 100 (milliseconds)");

@@ -32,6 +32,8 @@ pub struct Shared {
     pub poll_permits: Arc<Semaphore>,
     /// Registration rules (EM114070 built in, then configured ones).
     pub rules: Vec<RegistrationRule>,
+    /// Register catalogues and poll groups.
+    pub resolver: crate::registers::Resolver,
     known_meters: Mutex<HashSet<MeterId>>,
     next_conn: AtomicU64,
     /// When the gateway started.
@@ -39,8 +41,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Shared state for `config`.
-    pub fn new(config: Arc<Config>) -> Self {
+    /// Shared state for `config` (with its resolved catalogues).
+    pub fn new(config: Arc<Config>, resolver: crate::registers::Resolver) -> Self {
         let m = &config.meters;
         let limits = Limits {
             max_connections: m.max_connections,
@@ -51,6 +53,7 @@ impl Shared {
             block: Duration::from_millis(m.rate_limit_block_duration_ms),
         };
         Shared {
+            resolver,
             rules: config.registration_rules(),
             poll_permits: Arc::new(Semaphore::new(config.polling.max_concurrent)),
             admission: Mutex::new(Admission::new(limits)),

@@ -10,3 +10,4 @@ pub mod hub;
 pub mod meters;
 pub mod metrics;
 pub mod model;
+pub mod registers;

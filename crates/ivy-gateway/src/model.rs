@@ -31,29 +31,9 @@ impl Source {
     }
 }
 
-/// What physical quantity a reading measures: alarm rules select by this, never by the register name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Quantity {
-    /// Voltage (V).
-    Voltage,
-    /// Current (A).
-    Current,
-    /// Active power (normalised to kW for rules).
-    ActivePower,
-    /// Reactive power.
-    ReactivePower,
-    /// Apparent power.
-    ApparentPower,
-    /// Power factor (no unit).
-    PowerFactor,
-    /// Frequency (Hz).
-    Frequency,
-    /// Energy counters.
-    Energy,
-    /// Anything else (clock, tariff, counters, status words, identity).
-    Other,
-}
+/// What a reading measures (shared with the protocol crate's catalogues): alarm rules select by this, never by
+/// a register name.
+pub use ivy_protocol::Quantity;
 
 /// A decoded value.
 #[derive(Debug, Clone, PartialEq, Serialize)]

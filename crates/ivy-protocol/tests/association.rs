@@ -73,7 +73,7 @@ fn rejected_association_fails_queued_requests() {
     a.handle_apdu(&Apdu::Aare(Aare::rejected(2)).encode());
     let ev = events(&mut a);
     assert!(
-        matches!(&ev[0], Event::Response { id: i, result: Err(RequestError::NotAssociated(why)) } if *i == id && why.contains("application-context-name-not-supported"))
+        matches!(&ev[0], Event::Response { id: i, result: Err(RequestError::NotAssociated(why)) } if *i == id && why.to_string().contains("application-context-name-not-supported"))
     );
     assert!(matches!(&ev[1], Event::AssociationFailed(AssociationFailure::Rejected { result: 1, .. })));
     assert!(a.is_idle());

@@ -76,8 +76,6 @@ pub struct Conn {
     pub input: Vec<u8>,
     /// Handle given to the registry for the meters this connection holds.
     pub handle: SessionHandle,
-    /// Requests from the command router and the poller.
-    pub requests: mpsc::Receiver<SessionRequest>,
     close: CancellationToken,
     /// Meters identified on this connection, in order.
     pub meters: Vec<MeterId>,
@@ -91,22 +89,28 @@ pub struct Conn {
 const READ_CHUNK: usize = 4096;
 
 impl Conn {
-    /// Wraps an accepted socket.
-    pub fn new(shared: Arc<Shared>, conn_id: u64, peer: SocketAddr, stream: TcpStream) -> Self {
+    /// Wraps an accepted socket; also returns the receiving end of the session's request queue (kept apart so the
+    /// session can wait on the socket and the queue at the same time).
+    pub fn new(
+        shared: Arc<Shared>,
+        conn_id: u64,
+        peer: SocketAddr,
+        stream: TcpStream,
+    ) -> (Self, mpsc::Receiver<SessionRequest>) {
         let (handle, requests, close) = SessionHandle::new(conn_id, shared.config.commands.queue_depth);
-        Conn {
+        let conn = Conn {
             shared,
             conn_id,
             peer,
             stream,
             input: Vec::with_capacity(READ_CHUNK),
             handle,
-            requests,
             close,
             meters: Vec::new(),
             last_rx: Instant::now(),
             protocol: None,
-        }
+        };
+        (conn, requests)
     }
 
     /// When the idle timeout fires.
@@ -114,7 +118,7 @@ impl Conn {
         self.last_rx + Duration::from_secs(self.shared.config.meters.idle_timeout_secs)
     }
 
-    /// Completes when the session is told to close; gives the reason.
+    /// Completes when the session is told to close (replaced or shutdown); gives the reason.
     pub async fn closed(&self) -> EndReason {
         tokio::select! {
             _ = self.close.cancelled() => {
@@ -220,9 +224,9 @@ impl Conn {
 
     /// Ends the session: fails queued requests with `connection_closed`, unregisters the meters this connection
     /// still holds and publishes their offline status once.
-    pub async fn finish(mut self, reason: EndReason) {
-        self.requests.close();
-        while let Ok(request) = self.requests.try_recv() {
+    pub async fn finish(mut self, reason: EndReason, mut requests: mpsc::Receiver<SessionRequest>) {
+        requests.close();
+        while let Ok(request) = requests.try_recv() {
             let _ = request.reply.send(Err(OpError::new(ErrorCode::ConnectionClosed, "the meter's connection closed")));
         }
         let _ = self.stream.shutdown().await;

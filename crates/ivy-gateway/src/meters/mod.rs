@@ -118,35 +118,15 @@ pub enum RelayMode {
     Allow,
 }
 
-/// A register to read, as the client named it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RegisterRef {
-    /// A catalogue key or alias (DL/T 645 key, or a DLMS registry key).
-    Key(String),
-    /// A DL/T 645 data identifier.
-    Di(u32),
-    /// A DLMS attribute.
-    Obis {
-        /// OBIS code text `A-B:C.D.E.F`.
-        obis: String,
-        /// Interface class; `None` = from the registry.
-        class_id: Option<u16>,
-        /// Attribute; `None` = 2 (value).
-        attribute: Option<u8>,
-    },
-}
-
 /// What a session is asked to do for one of its meters.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MeterOp {
     /// One poll cycle of the meter's configured registers.
     Poll,
-    /// Read registers (`read_register`, `read_all`, `read_group`). `group` names the group when one was asked for.
+    /// Read registers (`read_register`, `read_all`, `read_group`), already resolved for the meter's protocol.
     Read {
         /// What to read.
-        registers: Vec<RegisterRef>,
-        /// A group name to resolve in the session (protocol-specific groups).
-        group: Option<String>,
+        targets: Vec<crate::registers::Target>,
         /// Report a single reading (read_register) rather than a map.
         single: bool,
     },

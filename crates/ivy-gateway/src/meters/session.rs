@@ -16,18 +16,20 @@ use tokio::time::Instant;
 /// Runs a whole meter connection.
 pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let conn_id = shared.next_conn_id();
-    let mut conn = Conn::new(shared.clone(), conn_id, peer, stream);
+    let (mut conn, mut requests) = Conn::new(shared.clone(), conn_id, peer, stream);
     tracing::debug!(peer = %peer, conn = conn_id, "meter connection accepted");
     let reason = match detect(&mut conn).await {
         Ok((Protocol::Dlt645, leftover)) => {
             shared.metrics.frame("detect_dlt645");
-            super::dlt645::run(&mut conn, leftover).await
+            super::dlt645::run(&mut conn, &mut requests, leftover).await
         }
-        Ok((protocol, leftover)) => super::dlms::run(&mut conn, leftover, protocol == Protocol::DlmsRaw).await,
+        Ok((protocol, leftover)) => {
+            super::dlms::run(&mut conn, &mut requests, leftover, protocol == Protocol::DlmsRaw).await
+        }
         Err(reason) => reason,
     };
     tracing::debug!(peer = %peer, conn = conn_id, reason = %reason.as_str(), "meter connection ended");
-    conn.finish(reason).await;
+    conn.finish(reason, requests).await;
 }
 
 /// Applies a registration packet: validates the id (it becomes a topic segment), identifies the meter and sends

@@ -123,7 +123,7 @@ pub enum RequestError {
     ServiceError(ConfirmedServiceError),
     /// The association needed for it failed.
     #[error("{0}")]
-    NotAssociated(String),
+    NotAssociated(AssociationFailure),
     /// The connection ended.
     #[error("aborted: the connection ended")]
     Aborted,
@@ -502,9 +502,8 @@ impl Association {
 
     fn fail_association(&mut self, failure: AssociationFailure) {
         self.state = State::Idle;
-        let why = failure.to_string();
         while let Some((id, _)) = self.queue.pop_front() {
-            self.events.push_back(Event::Response { id, result: Err(RequestError::NotAssociated(why.clone())) });
+            self.events.push_back(Event::Response { id, result: Err(RequestError::NotAssociated(failure.clone())) });
         }
         self.events.push_back(Event::AssociationFailed(failure));
     }
