@@ -2,6 +2,7 @@
 //! [`ivy_protocol`] crate.
 
 pub mod alarms;
+pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod decode;
@@ -10,4 +11,5 @@ pub mod hub;
 pub mod meters;
 pub mod metrics;
 pub mod model;
+pub mod mqtt;
 pub mod registers;

@@ -1,0 +1,340 @@
+//! Users, roles and password checks shared by the MQTT broker and the HTTP API (SPEC 4.3).
+//!
+//! Passwords are stored only as argon2id PHC hashes in `users.toml` in the data directory (mode 0600). The
+//! original's `MQTT_USERS=u:p[:role],...` still works (hashed in memory at start-up, with a warning). With no user
+//! at all, the first start creates `admin` with a random password and returns it once for printing.
+//!
+//! Verification costs ~20 ms of CPU: it runs on the blocking pool, at most two at a time, and successful
+//! credentials are cached (keyed by a SHA-256 of user and password) so reconnecting clients do not pay again.
+//! Unknown users are verified against a dummy hash so timing does not reveal which names exist.
+
+use argon2::Argon2;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything a client may do (it still cannot publish the gateway's own topics).
+    Admin,
+    /// Read everything under the prefix and send commands.
+    Operator,
+    /// Read everything under the prefix.
+    Viewer,
+}
+
+impl Role {
+    /// Lower-case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// Whether the role may send commands to meters.
+    pub fn can_command(&self) -> bool {
+        matches!(self, Role::Admin | Role::Operator)
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = AuthError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "admin" => Ok(Role::Admin),
+            "operator" => Ok(Role::Operator),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(AuthError::BadRole(other.to_owned())),
+        }
+    }
+}
+
+/// Problems with users or their file.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The users file cannot be read or written.
+    #[error("users file {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// The users file is not valid.
+    #[error("users file {0}: {1}")]
+    Format(PathBuf, String),
+    /// A role name that does not exist.
+    #[error("unknown role '{0}' (admin, operator or viewer)")]
+    BadRole(String),
+    /// A malformed `MQTT_USERS` entry.
+    #[error("MQTT_USERS entry '{0}' must be user:password or user:password:role")]
+    BadUserSpec(String),
+    /// Hashing failed.
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+/// One user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// argon2id PHC string.
+    pub hash: String,
+    /// Role.
+    pub role: Role,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct UsersFile {
+    #[serde(default, rename = "user")]
+    users: Vec<User>,
+}
+
+/// The users file name inside the data directory.
+pub const USERS_FILE: &str = "users.toml";
+
+/// Hashes a password with argon2id and a random salt (PHC string).
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// Verifies `password` against a PHC hash (CPU-heavy: call off the async threads).
+pub fn verify_hash(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// A random password of 24 letters and digits.
+pub fn random_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    (0..24).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
+}
+
+/// The users, loaded once at start-up.
+#[derive(Debug)]
+pub struct UserStore {
+    users: HashMap<String, User>,
+}
+
+impl UserStore {
+    /// Loads `users.toml` from `data_dir`, adds the `MQTT_USERS` users, and when there is nobody at all creates
+    /// `admin` with a random password (returned, to be printed once; only its hash is stored).
+    pub fn load_or_init(data_dir: &Path, mqtt_users: Option<&str>) -> Result<(UserStore, Option<String>), AuthError> {
+        let path = data_dir.join(USERS_FILE);
+        let mut users = HashMap::new();
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|e| AuthError::Io(path.clone(), e))?;
+            let file: UsersFile = toml::from_str(&text).map_err(|e| AuthError::Format(path.clone(), e.to_string()))?;
+            for u in file.users {
+                if PasswordHash::new(&u.hash).is_err() {
+                    return Err(AuthError::Format(path.clone(), format!("user '{}' has no valid PHC hash", u.name)));
+                }
+                users.insert(u.name.clone(), u);
+            }
+        }
+        if let Some(spec) = mqtt_users.filter(|s| !s.trim().is_empty()) {
+            tracing::warn!(
+                "MQTT_USERS holds plain passwords; prefer the users file ({USERS_FILE}, `ivy-gateway passwd`)"
+            );
+            for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let mut parts = entry.splitn(3, ':');
+                let (Some(name), Some(password)) = (parts.next(), parts.next()) else {
+                    return Err(AuthError::BadUserSpec(entry.to_owned()));
+                };
+                if name.is_empty() || password.is_empty() {
+                    return Err(AuthError::BadUserSpec(entry.to_owned()));
+                }
+                let role = match parts.next() {
+                    Some(r) => r.parse()?,
+                    None => Role::Operator,
+                };
+                users.insert(name.to_owned(), User { name: name.to_owned(), hash: hash_password(password)?, role });
+            }
+        }
+        let mut first_run = None;
+        if users.is_empty() {
+            let password = random_password();
+            let admin = User { name: "admin".into(), hash: hash_password(&password)?, role: Role::Admin };
+            write_users_file(&path, std::slice::from_ref(&admin))?;
+            users.insert(admin.name.clone(), admin);
+            first_run = Some(password);
+        }
+        Ok((UserStore { users }, first_run))
+    }
+
+    /// A store from users given directly (tests, HTTP fixtures).
+    pub fn from_users(users: Vec<User>) -> Self {
+        UserStore { users: users.into_iter().map(|u| (u.name.clone(), u)).collect() }
+    }
+
+    /// The user named `name`.
+    pub fn get(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// True when there are no users.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+fn write_users_file(path: &Path, users: &[User]) -> Result<(), AuthError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| AuthError::Io(dir.to_path_buf(), e))?;
+    }
+    let text = toml::to_string_pretty(&UsersFile { users: users.to_vec() })
+        .map_err(|e| AuthError::Format(path.to_path_buf(), e.to_string()))?;
+    let tmp = path.with_extension("toml.tmp");
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp).map_err(|e| AuthError::Io(tmp.clone(), e))?;
+        f.write_all(b"# IVY gateway users: argon2id hashes only (`ivy-gateway passwd` prints one).\n")
+            .and_then(|()| f.write_all(text.as_bytes()))
+            .and_then(|()| f.sync_all())
+            .map_err(|e| AuthError::Io(tmp.clone(), e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| AuthError::Io(path.to_path_buf(), e))
+}
+
+/// Largest number of cached successful credentials.
+const CACHE_MAX: usize = 10_000;
+
+/// Checks credentials for the broker and the HTTP API.
+#[derive(Debug)]
+pub struct Authenticator {
+    store: UserStore,
+    enabled: bool,
+    cache: Mutex<HashMap<[u8; 32], Role>>,
+    permits: Arc<Semaphore>,
+    dummy_hash: String,
+}
+
+impl Authenticator {
+    /// An authenticator over `store`; with `enabled` false every client is accepted with role admin.
+    pub fn new(store: UserStore, enabled: bool) -> Self {
+        // A fixed hash to verify against for unknown users (uniform timing).
+        let dummy_hash = hash_password("ivy-gateway-dummy-password").unwrap_or_default();
+        Authenticator {
+            store,
+            enabled,
+            cache: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(2)),
+            dummy_hash,
+        }
+    }
+
+    /// Whether credentials are required.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The role of a logged-in user (admin for everyone when auth is off).
+    pub fn role_of(&self, user: Option<&str>) -> Option<Role> {
+        if !self.enabled {
+            return Some(Role::Admin);
+        }
+        user.and_then(|u| self.store.get(u)).map(|u| u.role)
+    }
+
+    fn cache_key(user: &str, password: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(user.as_bytes());
+        h.update([0u8]);
+        h.update(password);
+        h.finalize().into()
+    }
+
+    /// Verifies credentials; the role on success.
+    pub async fn verify(&self, user: &str, password: &[u8]) -> Option<Role> {
+        if !self.enabled {
+            return Some(Role::Admin);
+        }
+        let key = Self::cache_key(user, password);
+        if let Some(role) = self.cache.lock().ok().and_then(|c| c.get(&key).copied()) {
+            return Some(role);
+        }
+        let (hash, role) = match self.store.get(user) {
+            Some(u) => (u.hash.clone(), Some(u.role)),
+            None => (self.dummy_hash.clone(), None),
+        };
+        let password = String::from_utf8_lossy(password).into_owned();
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            verify_hash(&hash, &password)
+        })
+        .await
+        .unwrap_or(false);
+        let role = role.filter(|_| ok)?;
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, role);
+        }
+        Some(role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn first_run_creates_admin_and_stores_only_a_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, first) = UserStore::load_or_init(dir.path(), None).unwrap();
+        let password = first.expect("a first-run password");
+        let text = std::fs::read_to_string(dir.path().join(USERS_FILE)).unwrap();
+        assert!(!text.contains(&password));
+        assert!(text.contains("$argon2id$"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(USERS_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let auth = Authenticator::new(store, true);
+        assert_eq!(auth.verify("admin", password.as_bytes()).await, Some(Role::Admin));
+        assert_eq!(auth.verify("admin", b"wrong").await, None);
+        assert_eq!(auth.verify("nobody", b"x").await, None);
+        // Second start: the stored admin is loaded, no new password.
+        let (_, again) = UserStore::load_or_init(dir.path(), None).unwrap();
+        assert!(again.is_none());
+    }
+
+    #[tokio::test]
+    async fn mqtt_users_compatibility() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, first) = UserStore::load_or_init(dir.path(), Some("alice:s3cret, bob:pw:viewer")).unwrap();
+        assert!(first.is_none());
+        assert!(!dir.path().join(USERS_FILE).exists(), "plain users are not written to disk");
+        let auth = Authenticator::new(store, true);
+        assert_eq!(auth.verify("alice", b"s3cret").await, Some(Role::Operator));
+        assert_eq!(auth.verify("bob", b"pw").await, Some(Role::Viewer));
+        assert!(UserStore::load_or_init(dir.path(), Some("broken")).is_err());
+        assert!(UserStore::load_or_init(dir.path(), Some("u:p:king")).is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! MQTT: the embedded broker ([`broker`], the only module that knows rmqtt), topic names and access rules
+//! ([`topics`]), and the publishing side ([`sink`]: hub events → messages). The rest of the gateway publishes
+//! through a [`Publisher`] (one bounded queue, drained by a single task) and receives client publishes as
+//! [`InboundPublish`] values, so another transport (an upstream broker) can provide the same two ends.
+
+pub mod broker;
+pub mod sink;
+pub mod topics;
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use tokio::sync::mpsc;
+
+/// Delivery guarantee of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    /// At most once.
+    AtMostOnce,
+    /// At least once.
+    AtLeastOnce,
+}
+
+/// A message the gateway publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundMessage {
+    /// Topic.
+    pub topic: String,
+    /// Payload (JSON).
+    pub payload: Bytes,
+    /// QoS.
+    pub qos: Qos,
+    /// Retained.
+    pub retain: bool,
+}
+
+impl OutboundMessage {
+    /// A JSON message.
+    pub fn json(topic: String, value: &serde_json::Value, qos: Qos, retain: bool) -> Self {
+        OutboundMessage { topic, payload: Bytes::from(value.to_string()), qos, retain }
+    }
+}
+
+/// A message a client published that the gateway acts on (command requests), after the ACL allowed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundPublish {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// The publishing client's user name, if any.
+    pub user: Option<String>,
+}
+
+/// Counters shared by the broker, its hooks and the publisher.
+#[derive(Debug, Default)]
+pub struct BrokerCounters {
+    /// MQTT clients connected now.
+    pub clients: AtomicI64,
+    /// Messages published by the gateway.
+    pub published: AtomicU64,
+    /// Gateway messages dropped (queue full or the broker refused them).
+    pub dropped: AtomicU64,
+    /// Client publishes refused by the ACL.
+    pub denied_publishes: AtomicU64,
+    /// Client subscriptions refused by the ACL.
+    pub denied_subscriptions: AtomicU64,
+    /// Failed logins.
+    pub auth_failures: AtomicU64,
+    /// Client publishes the gateway could not take (inbound queue full).
+    pub inbound_dropped: AtomicU64,
+}
+
+/// A snapshot of [`BrokerCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BrokerStats {
+    /// Clients connected.
+    pub clients: i64,
+    /// Published.
+    pub published: u64,
+    /// Dropped.
+    pub dropped: u64,
+    /// Denied publishes.
+    pub denied_publishes: u64,
+    /// Denied subscriptions.
+    pub denied_subscriptions: u64,
+    /// Failed logins.
+    pub auth_failures: u64,
+    /// Inbound drops.
+    pub inbound_dropped: u64,
+}
+
+impl BrokerCounters {
+    /// Current values.
+    pub fn snapshot(&self) -> BrokerStats {
+        BrokerStats {
+            clients: self.clients.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            denied_publishes: self.denied_publishes.load(Ordering::Relaxed),
+            denied_subscriptions: self.denied_subscriptions.load(Ordering::Relaxed),
+            auth_failures: self.auth_failures.load(Ordering::Relaxed),
+            inbound_dropped: self.inbound_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The queue is full (the message is dropped and counted).
+    #[error("publish queue full")]
+    Full,
+    /// The broker has stopped.
+    #[error("broker stopped")]
+    Closed,
+}
+
+/// The gateway's way to publish: one bounded queue in front of the broker. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    tx: mpsc::Sender<OutboundMessage>,
+    counters: Arc<BrokerCounters>,
+}
+
+impl Publisher {
+    /// A publisher feeding `tx`.
+    pub fn new(tx: mpsc::Sender<OutboundMessage>, counters: Arc<BrokerCounters>) -> Self {
+        Publisher { tx, counters }
+    }
+
+    /// Queues without waiting; a full queue drops the message and counts it.
+    pub fn try_publish(&self, msg: OutboundMessage) -> Result<(), PublishError> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                PublishError::Full
+            }
+            mpsc::error::TrySendError::Closed(_) => PublishError::Closed,
+        })
+    }
+
+    /// Queues, waiting for room (back-pressure instead of loss).
+    pub async fn publish(&self, msg: OutboundMessage) -> Result<(), PublishError> {
+        self.tx.send(msg).await.map_err(|_| PublishError::Closed)
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Arc<BrokerCounters> {
+        &self.counters
+    }
+}
