@@ -788,7 +788,6 @@ impl Config {
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut e = Vec::new();
         let m = &self.meters;
-        check(&mut e, m.port != 0, "meters.port", "must not be 0");
         check(&mut e, m.max_connections > 0, "meters.max_connections", "must be at least 1");
         check(&mut e, m.max_connections_per_ip > 0, "meters.max_connections_per_ip", "must be at least 1");
         check(&mut e, m.max_connection_attempts > 0, "meters.max_connection_attempts", "must be at least 1");
@@ -872,7 +871,6 @@ impl Config {
         check(&mut e, a.undervoltage_v < a.overvoltage_v, "alarms.undervoltage_v", "must be below overvoltage_v");
 
         let q = &self.mqtt;
-        check(&mut e, q.port != 0, "mqtt.port", "must not be 0");
         check(&mut e, q.publish_queue >= 16, "mqtt.publish_queue", "must be at least 16");
         check(
             &mut e,
@@ -896,6 +894,8 @@ impl Config {
         if self.http.enabled {
             ports.push(("http.port", self.http.port));
         }
+        // Port 0 asks the system for a free port (tests); only fixed ports can collide.
+        ports.retain(|(_, p)| *p != 0);
         for (i, (ka, pa)) in ports.iter().enumerate() {
             for (kb, pb) in ports.iter().skip(i + 1) {
                 check(&mut e, pa != pb, kb, &format!("port {pb} is also used by {ka}"));

@@ -115,6 +115,11 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Events queued in sink queues and not yet taken.
+    pub fn pending(&self) -> usize {
+        self.sinks.read().map(|s| s.iter().map(|slot| slot.tx.max_capacity() - slot.tx.capacity()).sum()).unwrap_or(0)
+    }
+
     /// Total events dropped across sinks.
     pub fn dropped(&self) -> u64 {
         self.stats().iter().map(|s| s.dropped).sum()

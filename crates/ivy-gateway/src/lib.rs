@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod decode;
 pub mod gateway;
+pub mod http;
 pub mod hub;
 pub mod meters;
 pub mod metrics;

@@ -1,31 +1,163 @@
 //! `ivy-gateway`: the meter gateway binary.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ivy_gateway::config::{self, LogFormat, Sources};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// IVY meter gateway: DL/T 645 and DLMS/COSEM meters over TCP, bridged to MQTT.
 #[derive(Debug, Parser)]
 #[command(name = "ivy-gateway", version, about)]
 struct Cli {
+    /// Configuration file (default: ./ivy-gateway.toml when it exists).
+    #[arg(long, global = true, env = "IVY_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the configuration and print the effective settings (secrets masked).
+    CheckConfig,
+    /// Print an argon2id hash for the users file (reads the password from stdin).
+    Passwd {
+        /// User name for the printed users-file entry.
+        #[arg(long, default_value = "admin")]
+        user: String,
+        /// Role for the printed entry: admin, operator or viewer.
+        #[arg(long, default_value = "operator")]
+        role: String,
+    },
     /// Explain a DL/T 645 frame, wrapper packet, DLMS APDU or A-XDR value given as hex.
     Decode(ivy_gateway::decode::DecodeArgs),
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match cli.command {
+    match cli.command {
         Some(Command::Decode(args)) => {
-            ivy_gateway::decode::run(&args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock())
+            let code = ivy_gateway::decode::run(&args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock());
+            ExitCode::from(code as u8)
         }
-        None => {
-            eprintln!("the service is not implemented yet; try `ivy-gateway decode --help`");
-            2
+        Some(Command::CheckConfig) => match config::load(&Sources::from_process(cli.config)) {
+            Ok(c) => match ivy_gateway::registers::Resolver::from_config(&c) {
+                Ok(_) => {
+                    println!("# configuration is valid\n{}", c.to_toml_masked());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("invalid configuration:\n  - {e}");
+                    ExitCode::from(2)
+                }
+            },
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Passwd { user, role }) => match passwd(&user, &role) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("passwd: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Run) | None => {
+            let config = match config::load(&Sources::from_process(cli.config)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(config.gateway.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(run(config));
+            // Broker internals may hold blocking tasks: do not wait for them after a graceful stop.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ivy-gateway: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
-    };
-    std::process::exit(code);
+    }
+}
+
+fn passwd(user: &str, role: &str) -> anyhow::Result<()> {
+    let role: ivy_gateway::auth::Role = role.parse()?;
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password).context("reading the password from stdin")?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    let hash = ivy_gateway::auth::hash_password(password)?;
+    println!("[[user]]\nname = \"{user}\"\nhash = \"{hash}\"\nrole = \"{}\"", role.as_str());
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: config::Config) -> anyhow::Result<()> {
+    let mut gateway = ivy_gateway::gateway::Gateway::start(config).await?;
+    if let Some(password) = gateway.take_first_run_password() {
+        // Printed once, to stdout, never logged: only its hash is stored.
+        println!(
+            "\n==============================================================\n\
+             First start: created MQTT/HTTP user 'admin' with password\n\n    {password}\n\n\
+             Store it now; it is not shown again (only its hash is kept).\n\
+             =============================================================="
+        );
+    }
+    let addrs = gateway.addrs();
+    println!(
+        "ivy-gateway listening: meters {} mqtt {} ws {:?} http {:?}",
+        addrs.meters, addrs.mqtt, addrs.mqtt_ws, addrs.http
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

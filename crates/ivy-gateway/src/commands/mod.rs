@@ -2,3 +2,4 @@
 //! shape the response.
 
 pub mod request;
+pub mod router;

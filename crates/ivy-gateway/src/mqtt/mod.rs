@@ -145,6 +145,11 @@ impl Publisher {
         self.tx.send(msg).await.map_err(|_| PublishError::Closed)
     }
 
+    /// Messages queued and not yet taken by the broker.
+    pub fn pending(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// The counters.
     pub fn counters(&self) -> &Arc<BrokerCounters> {
         &self.counters

@@ -1,0 +1,200 @@
+//! Routes validated commands to the session that holds the meter and shapes the answer. The same path serves MQTT
+//! (`.../command/request` → `.../command/response`) and HTTP (`POST /api/meters/{id}/commands`).
+
+use super::request::{self, CommandRequest, IdField, Method, Params, RegisterName, Rejected};
+use crate::gateway::Shared;
+use crate::meters::{ErrorCode, MeterOp, OpError, SessionRequest, SubmitError};
+use crate::model::{Source, now_ms};
+use crate::mqtt::topics::TopicPrefix;
+use crate::mqtt::{InboundPublish, OutboundMessage, Publisher, Qos};
+use crate::registers::Target;
+use ivy_protocol::registration::MeterId;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+/// The router.
+#[derive(Debug, Clone)]
+pub struct CommandRouter {
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+}
+
+/// A command's outcome: the response payload, and the id to echo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The response payload (`{ts, id, success, result, ...}`).
+    pub payload: Value,
+    /// Whether the command succeeded.
+    pub success: bool,
+    /// The error code when it failed.
+    pub code: Option<ErrorCode>,
+}
+
+impl CommandRouter {
+    /// A router over the gateway's state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let limit = Arc::new(Semaphore::new(shared.config.commands.max_concurrent));
+        CommandRouter { shared, limit }
+    }
+
+    /// Validates and executes one request payload for `meter_id`; `None` when nothing can be answered (an
+    /// unparseable payload without a recoverable id).
+    pub async fn execute(&self, meter_id: &MeterId, payload: &[u8]) -> Option<Answer> {
+        let started = Instant::now();
+        let req = match request::parse(payload) {
+            Ok(r) => r,
+            Err(Rejected { id, error }) => {
+                self.shared.metrics.invalid_commands.inc();
+                self.shared.metrics.command("invalid", error.code.as_str(), 0.0);
+                tracing::info!(meter = %meter_id, code = error.code.as_str(), error = %error, "invalid command request");
+                let (id, field) = match id {
+                    Some((v, f)) => (Some(v), f),
+                    None if error.code == ErrorCode::InvalidJson => return None,
+                    None => (None, IdField::Id),
+                };
+                let payload = request::failure(id.as_ref(), field, &error, now_ms());
+                return Some(Answer { payload, success: false, code: Some(error.code) });
+            }
+        };
+        let result = self.run(meter_id, &req).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let method = req.method.as_str();
+        Some(match result {
+            Ok(value) => {
+                self.shared.metrics.command(method, "success", seconds);
+                Answer {
+                    payload: request::success(&req.id_value, req.id_field, value, now_ms()),
+                    success: true,
+                    code: None,
+                }
+            }
+            Err(e) => {
+                self.shared.metrics.command(method, e.code.as_str(), seconds);
+                tracing::info!(meter = %meter_id, method, code = e.code.as_str(), error = %e, "command failed");
+                Answer {
+                    payload: request::failure(Some(&req.id_value), req.id_field, &e, now_ms()),
+                    success: false,
+                    code: Some(e.code),
+                }
+            }
+        })
+    }
+
+    async fn run(&self, meter_id: &MeterId, req: &CommandRequest) -> Result<Value, OpError> {
+        let deadline = Instant::now() + Duration::from_millis(self.shared.config.commands.timeout_ms);
+        let Some((handle, info)) = self.shared.registry.get(meter_id) else {
+            return Err(OpError::new(ErrorCode::MeterNotConnected, format!("meter {meter_id} is not connected")));
+        };
+        let op = self.op_for(req, info.protocol)?;
+        let _permit = tokio::time::timeout_at(deadline, self.limit.acquire())
+            .await
+            .map_err(|_| OpError::new(ErrorCode::Busy, "too many commands in progress"))?
+            .map_err(|_| OpError::new(ErrorCode::ShuttingDown, "the gateway is shutting down"))?;
+        let (tx, rx) = oneshot::channel();
+        let request = SessionRequest { meter_id: meter_id.clone(), op, deadline, reply: tx };
+        if let Err((e, _)) = handle.submit(request) {
+            return Err(match e {
+                SubmitError::Busy => OpError::new(ErrorCode::Busy, "the meter's command queue is full"),
+                SubmitError::Closed => {
+                    OpError::new(ErrorCode::MeterNotConnected, format!("meter {meter_id} is not connected"))
+                }
+            });
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(OpError::new(ErrorCode::ConnectionClosed, "the meter's connection closed")),
+            // Never reported as success: the session may still be talking to the meter, but the caller's deadline
+            // has passed.
+            Err(_) => Err(OpError::new(ErrorCode::Timeout, "no answer before the command deadline")),
+        }
+    }
+
+    /// The session operation for a request on a meter of `protocol`, with registers resolved.
+    fn op_for(&self, req: &CommandRequest, protocol: Source) -> Result<MeterOp, OpError> {
+        let resolver = &self.shared.resolver;
+        let unsupported = |what: &str| {
+            OpError::new(
+                ErrorCode::UnsupportedForProtocol,
+                format!("{what} is not available on a {} meter", protocol.as_str()),
+            )
+        };
+        let resolve = |name: &RegisterName| -> Result<Target, OpError> {
+            match (protocol, name) {
+                (Source::Dlt645, RegisterName::Key(k)) => resolver.dlt_di(k).map(Target::Dlt645),
+                (Source::Dlt645, RegisterName::DataId(di)) => Ok(Target::Dlt645(*di)),
+                (Source::Dlt645, RegisterName::Obis { .. }) => Err(unsupported("reading an OBIS code")),
+                (Source::Dlms, RegisterName::Key(k)) => resolver.dlms_target(k, None, None).map(Target::Dlms),
+                (Source::Dlms, RegisterName::Obis { obis, class_id, attribute }) => {
+                    resolver.dlms_target(obis, *class_id, *attribute).map(Target::Dlms)
+                }
+                (Source::Dlms, RegisterName::DataId(_)) => Err(unsupported("reading a DL/T 645 data identifier")),
+            }
+        };
+        Ok(match (&req.method, &req.params) {
+            (Method::ReadRegister, Params::ReadRegister(name)) => {
+                MeterOp::Read { targets: vec![resolve(name)?], single: true }
+            }
+            (Method::ReadAll | Method::ReadGroup, Params::ReadMany { registers, group }) => {
+                let mut targets: Vec<Target> = registers.iter().map(resolve).collect::<Result<_, _>>()?;
+                if let Some(g) = group {
+                    let unknown = || OpError::new(ErrorCode::UnknownRegister, format!("unknown register group '{g}'"));
+                    match protocol {
+                        Source::Dlt645 => targets
+                            .extend(resolver.dlt_group(g).ok_or_else(unknown)?.iter().map(|di| Target::Dlt645(*di))),
+                        Source::Dlms => targets
+                            .extend(resolver.dlms_group(g).ok_or_else(unknown)?.iter().cloned().map(Target::Dlms)),
+                    }
+                }
+                MeterOp::Read { targets, single: false }
+            }
+            (Method::RelayControl, Params::Relay { state, mode }) => MeterOp::Relay { state: *state, mode: *mode },
+            (Method::ReadRelayState, _) => MeterOp::ReadRelayState,
+            (Method::ReadAddress, _) => MeterOp::ReadAddress,
+            (Method::SyncTime, Params::SyncTime(ms)) => MeterOp::SyncTime(ms.unwrap_or(now_ms() as i64)),
+            (Method::ReadObis, Params::ReadObis { obis, class_id, attribute }) => {
+                if protocol == Source::Dlt645 {
+                    return Err(unsupported("read_obis"));
+                }
+                obis.parse::<ivy_protocol::dlms::Obis>()
+                    .map_err(|e| OpError::new(ErrorCode::InvalidParams, e.to_string()))?;
+                MeterOp::ReadObis { obis: obis.clone(), class_id: *class_id, attribute: *attribute }
+            }
+            _ => return Err(OpError::new(ErrorCode::InvalidParams, "parameters do not fit the method")),
+        })
+    }
+
+    /// Serves MQTT command requests until the inbound queue closes: each request runs in its own task (bounded by
+    /// the router's limit) and its answer goes to `.../command/response`.
+    pub async fn run_mqtt(
+        self,
+        prefix: TopicPrefix,
+        publisher: Publisher,
+        mut inbound: mpsc::Receiver<InboundPublish>,
+    ) {
+        while let Some(msg) = inbound.recv().await {
+            let Some(raw_id) = prefix.parse_command_request(&msg.topic) else { continue };
+            let meter_id = match MeterId::new(raw_id) {
+                Ok(id) => id,
+                Err(e) => {
+                    // No response topic can be built from an invalid id.
+                    self.shared.metrics.invalid_commands.inc();
+                    tracing::info!(topic = %msg.topic, error = %e, "command for an invalid meter id");
+                    continue;
+                }
+            };
+            let router = self.clone();
+            let prefix = prefix.clone();
+            let publisher = publisher.clone();
+            tokio::spawn(async move {
+                if let Some(answer) = router.execute(&meter_id, &msg.payload).await {
+                    let topic = prefix.command_response(&meter_id);
+                    let _ =
+                        publisher.publish(OutboundMessage::json(topic, &answer.payload, Qos::AtLeastOnce, false)).await;
+                }
+            });
+        }
+    }
+}
