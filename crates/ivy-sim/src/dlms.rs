@@ -1,0 +1,496 @@
+//! A simulated IVY EM114070-style DLMS/COSEM meter: heartbeat on connect and periodically, AARQ/GET/SET/ACTION/RLRQ
+//! answered over the IEC 62056-47 wrapper, and EventNotification/DataNotification pushes.
+
+use crate::{ReplyLatency, SimStats};
+use ivy_protocol::dlms::apdu::{
+    Aare, ActionRequest, ActionResponse, Apdu, AttributeDescriptor, Conformance, DataAccessResult, DataNotification,
+    EventForm, EventNotification, GetRequest, GetResponse, InvokeIdAndPriority, Release, SetRequest, SetResponse,
+};
+use ivy_protocol::dlms::registry::{CLOCK, DISCONNECT_CONTROL, LOGICAL_DEVICE_NAME, ObisRegistry, SERIAL_NUMBER};
+use ivy_protocol::dlms::units::unit_code;
+use ivy_protocol::dlms::{CosemDateTime, Data, Obis};
+use ivy_protocol::wrapper::{self, Framer, FramerEvent};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Which push APDU to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushForm {
+    /// EventNotification, standard layout (time presence byte).
+    EventStandard,
+    /// EventNotification, EM114070/original layout (no presence byte).
+    EventEm114070,
+    /// DataNotification with `{OBIS, value}` pairs.
+    DataNotification,
+}
+
+/// One object of the meter: its class and the value of attribute 2 (and its scaler_unit for registers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    /// Interface class.
+    pub class_id: u16,
+    /// Attribute 2.
+    pub value: Data,
+    /// Attribute 3 of registers: (scaler, unit code).
+    pub scaler_unit: Option<(i8, u8)>,
+}
+
+/// The meter's state.
+#[derive(Debug)]
+pub struct DlmsMeter {
+    /// The 12-character id of the heartbeat (and the serial number).
+    pub id: String,
+    /// Logical device name.
+    pub logical_device_name: String,
+    /// Objects by OBIS.
+    pub objects: Mutex<HashMap<Obis, Object>>,
+    /// Whether the disconnect control object exists.
+    pub has_disconnect_control: bool,
+    /// Disconnector output state (true = connected/closed).
+    pub output_state: AtomicBool,
+    /// Disconnector control state (0 disconnected, 1 connected, 2 ready for reconnection).
+    pub control_state: AtomicU8,
+    /// Conformance offered in the AARE.
+    pub conformance: Conformance,
+    /// Refuse associations (application-context-name-not-supported).
+    pub reject_association: bool,
+    /// Last clock set by the gateway.
+    pub clock_set: Mutex<Option<CosemDateTime>>,
+    /// Vary the register values over time.
+    pub dynamic: bool,
+}
+
+impl DlmsMeter {
+    /// An EM114070 with the objects and scalers confirmed on the real meter (SPEC 2.3).
+    pub fn em114070(id: &str) -> Self {
+        let registry = ObisRegistry::builtin();
+        let mut objects = HashMap::new();
+        let raw: [(&str, Data); 10] = [
+            ("ACTIVE_POWER_IMPORT", Data::DoubleLong(1180)),
+            ("REACTIVE_POWER_IMPORT", Data::DoubleLong(120)),
+            ("APPARENT_POWER_IMPORT", Data::DoubleLongUnsigned(1200)),
+            ("CURRENT_TOTAL", Data::DoubleLongUnsigned(5234)),
+            ("VOLTAGE_TOTAL", Data::DoubleLongUnsigned(23636)),
+            ("POWER_FACTOR_TOTAL", Data::DoubleLong(987)),
+            ("FREQUENCY", Data::DoubleLongUnsigned(5004)),
+            ("TOTAL_ENERGY_ABSOLUTE", Data::DoubleLongUnsigned(123_456)),
+            ("CURRENT_NEUTRAL", Data::DoubleLongUnsigned(12)),
+            ("CURRENT_TARIFF", Data::Unsigned(1)),
+        ];
+        for (key, value) in raw {
+            if let Some(def) = registry.lookup(key) {
+                let scaler_unit = def
+                    .has_scaler_unit()
+                    .then(|| (def.default_scaler.unwrap_or(0), unit_code(&def.unit).unwrap_or(255)));
+                objects.insert(def.obis, Object { class_id: def.class_id, value, scaler_unit });
+            }
+        }
+        let clock =
+            CosemDateTime::from_bytes(&[0x07, 0xEA, 0x01, 0x1E, 0x05, 0x04, 0x22, 0x13, 0x00, 0x80, 0x00, 0xFF]);
+        objects.insert(
+            CLOCK,
+            Object { class_id: 8, value: Data::OctetString(clock.to_bytes().to_vec()), scaler_unit: None },
+        );
+        DlmsMeter {
+            id: id.to_owned(),
+            logical_device_name: "YTL1020000000000".into(),
+            objects: Mutex::new(objects),
+            has_disconnect_control: true,
+            output_state: AtomicBool::new(true),
+            control_state: AtomicU8::new(1),
+            conformance: Conformance::DEFAULT,
+            reject_association: false,
+            clock_set: Mutex::new(None),
+            dynamic: false,
+        }
+    }
+
+    /// Sets the raw value of an object.
+    pub fn set(&self, obis: Obis, value: Data) {
+        if let Ok(mut o) = self.objects.lock()
+            && let Some(obj) = o.get_mut(&obis)
+        {
+            obj.value = value;
+        }
+    }
+
+    /// The object at `obis` with its attribute 2 as of `tick`.
+    fn value(&self, obis: &Obis, tick: u64) -> Option<Object> {
+        let o = self.objects.lock().ok()?.get(obis).cloned()?;
+        let value = match (&o.value, self.dynamic) {
+            (v, true) if v.as_i128().is_some() && o.scaler_unit.is_some() => {
+                let key = ObisRegistry::builtin().get(obis).map(|d| d.key.clone()).unwrap_or_default();
+                let seed = self.id.bytes().last().unwrap_or(0);
+                let varied = crate::values::vary_dlms(&key, v.as_i128().unwrap_or(0) as i64, tick, seed);
+                match v {
+                    Data::DoubleLong(_) => Data::DoubleLong(varied as i32),
+                    _ => Data::DoubleLongUnsigned(varied.max(0) as u32),
+                }
+            }
+            (v, _) => v.clone(),
+        };
+        Some(Object { value, ..o })
+    }
+}
+
+/// A simulated DLMS connection.
+#[derive(Debug, Clone)]
+pub struct DlmsConfig {
+    /// The meter.
+    pub meter: Arc<DlmsMeter>,
+    /// Send a heartbeat on connect.
+    pub heartbeat: bool,
+    /// Repeat it this often.
+    pub heartbeat_interval: Option<Duration>,
+    /// Push periodically.
+    pub push: Option<(Duration, PushForm)>,
+    /// Reply latency.
+    pub latency: ReplyLatency,
+    /// Answer nothing.
+    pub mute: bool,
+}
+
+/// Control of a running simulated meter.
+#[derive(Debug)]
+pub enum Control {
+    /// Send one push now.
+    Push(PushForm),
+    /// Send a heartbeat now.
+    Heartbeat,
+    /// Send raw bytes.
+    SendRaw(Vec<u8>),
+    /// Close (FIN).
+    Close,
+    /// Reset (RST).
+    Reset,
+}
+
+/// A running simulated DLMS meter.
+#[derive(Debug)]
+pub struct DlmsSim {
+    /// Counters.
+    pub stats: Arc<SimStats>,
+    control: mpsc::Sender<Control>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DlmsSim {
+    /// Connects and serves until closed.
+    pub async fn connect(gateway: SocketAddr, cfg: DlmsConfig) -> std::io::Result<Self> {
+        Self::connect_from(gateway, None, cfg).await
+    }
+
+    /// Connects from a given local address.
+    pub async fn connect_from(
+        gateway: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        cfg: DlmsConfig,
+    ) -> std::io::Result<Self> {
+        let stream = crate::connect(gateway, local).await?;
+        let stats = Arc::new(SimStats::default());
+        let (tx, rx) = mpsc::channel(64);
+        let task = tokio::spawn(serve(stream, cfg, stats.clone(), rx));
+        Ok(DlmsSim { stats, control: tx, task })
+    }
+
+    /// Sends a control command.
+    pub async fn control(&self, c: Control) {
+        let _ = self.control.send(c).await;
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Closes and waits.
+    pub async fn close(self) {
+        let _ = self.control.send(Control::Close).await;
+        let _ = self.task.await;
+    }
+}
+
+/// The EM114070 heartbeat for `id` (12 ASCII characters; longer ids are cut, shorter padded with '0').
+pub fn heartbeat(id: &str) -> Vec<u8> {
+    let mut out = vec![0x00, 0x01, 0x00, 0x01, 0x00, 0x01, 0x00, 0x12, 0x0A, 0x02, 0x0C];
+    let mut idb: Vec<u8> = id.bytes().take(12).collect();
+    while idb.len() < 12 {
+        idb.insert(0, b'0');
+    }
+    out.extend(idb);
+    out.extend([0x00, 0x00, 0x00]);
+    out
+}
+
+struct State {
+    associated: bool,
+    push_index: usize,
+    tick: u64,
+}
+
+async fn serve(mut stream: TcpStream, cfg: DlmsConfig, stats: Arc<SimStats>, mut control: mpsc::Receiver<Control>) {
+    let mut framer = Framer::default();
+    let mut buf = vec![0u8; 8192];
+    let mut state = State { associated: false, push_index: 0, tick: 0 };
+    if cfg.heartbeat {
+        if stream.write_all(&heartbeat(&cfg.meter.id)).await.is_err() {
+            return;
+        }
+        stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+    }
+    let far = Duration::from_secs(86_400);
+    let mut hb = tokio::time::interval(cfg.heartbeat_interval.unwrap_or(far));
+    hb.tick().await;
+    let mut push = tokio::time::interval(cfg.push.map(|(d, _)| d).unwrap_or(far));
+    push.tick().await;
+    loop {
+        tokio::select! {
+            c = control.recv() => match c {
+                Some(Control::Close) | None => {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                Some(Control::Reset) => {
+                    let _ = stream.set_zero_linger();
+                    return;
+                }
+                Some(Control::Push(form)) => {
+                    if send_push(&mut stream, &cfg, &mut state, form, &stats).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Control::Heartbeat) => {
+                    if stream.write_all(&heartbeat(&cfg.meter.id)).await.is_err() {
+                        return;
+                    }
+                    stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Control::SendRaw(b)) => {
+                    if stream.write_all(&b).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            _ = hb.tick(), if cfg.heartbeat_interval.is_some() => {
+                if stream.write_all(&heartbeat(&cfg.meter.id)).await.is_err() {
+                    return;
+                }
+                stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+            }
+            _ = push.tick(), if cfg.push.is_some() => {
+                let form = cfg.push.map(|(_, f)| f).unwrap_or(PushForm::EventStandard);
+                if send_push(&mut stream, &cfg, &mut state, form, &stats).await.is_err() {
+                    return;
+                }
+            }
+            n = stream.read(&mut buf) => {
+                let n = match n {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                framer.push(buf.get(..n).unwrap_or_default());
+                let mut requests = Vec::new();
+                while let Some(ev) = framer.next_event() {
+                    if let FramerEvent::Packet(p) = ev {
+                        requests.push(p);
+                    }
+                }
+                for p in requests {
+                    stats.requests.fetch_add(1, Ordering::Relaxed);
+                    if cfg.mute {
+                        continue;
+                    }
+                    state.tick += 1;
+                    let Some(reply) = answer(&cfg, &mut state, &p.payload, &stats) else { continue };
+                    let delay = cfg.latency.sample();
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let bytes = match p.header {
+                        // Answer from the wPort it was sent to, to the wPort it came from.
+                        Some(h) => wrapper::wrap(h.destination, h.source, &reply).unwrap_or_default(),
+                        None => reply,
+                    };
+                    if stream.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                    stats.replies.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+async fn send_push(
+    stream: &mut TcpStream,
+    cfg: &DlmsConfig,
+    state: &mut State,
+    form: PushForm,
+    stats: &SimStats,
+) -> std::io::Result<()> {
+    state.tick += 1;
+    let objects: Vec<(Obis, u16)> = {
+        let Ok(o) = cfg.meter.objects.lock() else { return Ok(()) };
+        let mut v: Vec<(Obis, u16)> =
+            o.iter().filter(|(_, obj)| obj.scaler_unit.is_some()).map(|(k, obj)| (*k, obj.class_id)).collect();
+        v.sort();
+        v
+    };
+    let apdu = match form {
+        PushForm::EventStandard | PushForm::EventEm114070 => {
+            let Some((obis, class_id)) = objects.get(state.push_index % objects.len().max(1)).copied() else {
+                return Ok(());
+            };
+            state.push_index += 1;
+            let Some(Object { value, .. }) = cfg.meter.value(&obis, state.tick) else { return Ok(()) };
+            Apdu::EventNotification(EventNotification {
+                time: None,
+                attribute: AttributeDescriptor::new(class_id, obis, 2),
+                value,
+                form: if form == PushForm::EventStandard { EventForm::Standard } else { EventForm::Em114070 },
+            })
+        }
+        PushForm::DataNotification => {
+            let pairs: Vec<Data> = objects
+                .iter()
+                .filter_map(|(obis, _)| {
+                    let o = cfg.meter.value(obis, state.tick)?;
+                    Some(Data::Structure(vec![Data::OctetString(obis.bytes().to_vec()), o.value]))
+                })
+                .collect();
+            Apdu::DataNotification(DataNotification {
+                long_invoke_id: state.tick as u32,
+                date_time: None,
+                body: Data::Array(pairs),
+            })
+        }
+    };
+    let bytes = wrapper::wrap(0x0001, 0x0001, &apdu.encode()).unwrap_or_default();
+    stream.write_all(&bytes).await?;
+    stats.pushes.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn read_attribute(
+    meter: &DlmsMeter,
+    a: &AttributeDescriptor,
+    associated: bool,
+    tick: u64,
+) -> Result<Data, DataAccessResult> {
+    if !associated {
+        return Err(DataAccessResult(3));
+    }
+    let undefined = Err(DataAccessResult::OBJECT_UNDEFINED);
+    if a.obis == DISCONNECT_CONTROL {
+        if !meter.has_disconnect_control || a.class_id != 70 {
+            return undefined;
+        }
+        return match a.attribute {
+            2 => Ok(Data::Boolean(meter.output_state.load(Ordering::Relaxed))),
+            3 => Ok(Data::Enum(meter.control_state.load(Ordering::Relaxed))),
+            4 => Ok(Data::Enum(0)),
+            _ => undefined,
+        };
+    }
+    if a.obis == LOGICAL_DEVICE_NAME && a.class_id == 1 && a.attribute == 2 {
+        return Ok(Data::OctetString(meter.logical_device_name.as_bytes().to_vec()));
+    }
+    if a.obis == SERIAL_NUMBER && a.class_id == 1 && a.attribute == 2 {
+        return Ok(Data::OctetString(meter.id.as_bytes().to_vec()));
+    }
+    // The real meter answers object-undefined when asked with the wrong class.
+    let Some(o) = meter.value(&a.obis, tick) else { return undefined };
+    if o.class_id != a.class_id {
+        return undefined;
+    }
+    match (a.attribute, o.scaler_unit) {
+        (2, _) => Ok(o.value),
+        (3, Some((s, u))) => Ok(Data::Structure(vec![Data::Integer(s), Data::Enum(u)])),
+        _ => undefined,
+    }
+}
+
+fn answer(cfg: &DlmsConfig, state: &mut State, payload: &[u8], stats: &SimStats) -> Option<Vec<u8>> {
+    let meter = &cfg.meter;
+    let apdu = Apdu::parse_prefix(payload).ok()?.0;
+    let reply = match apdu {
+        Apdu::Aarq(_) => {
+            if meter.reject_association {
+                Apdu::Aare(Aare::rejected(2))
+            } else {
+                state.associated = true;
+                stats.associations.fetch_add(1, Ordering::Relaxed);
+                Apdu::Aare(Aare::accepted(meter.conformance, 500))
+            }
+        }
+        Apdu::Rlrq(_) => {
+            state.associated = false;
+            stats.releases.fetch_add(1, Ordering::Relaxed);
+            Apdu::Rlre(Release { reason: Some(0) })
+        }
+        Apdu::GetRequest(GetRequest::Normal { iip, attribute, .. }) => Apdu::GetResponse(GetResponse::Normal {
+            iip,
+            result: read_attribute(meter, &attribute, state.associated, state.tick),
+        }),
+        Apdu::GetRequest(GetRequest::WithList { iip, attributes }) => Apdu::GetResponse(GetResponse::WithList {
+            iip,
+            results: attributes.iter().map(|(a, _)| read_attribute(meter, a, state.associated, state.tick)).collect(),
+        }),
+        Apdu::GetRequest(GetRequest::Next { iip, .. }) => {
+            Apdu::GetResponse(GetResponse::Normal { iip, result: Err(DataAccessResult(16)) })
+        }
+        Apdu::SetRequest(SetRequest::Normal { iip, attribute, value, .. }) => {
+            let result = if !state.associated {
+                DataAccessResult(3)
+            } else if attribute.obis == CLOCK && attribute.class_id == 8 && attribute.attribute == 2 {
+                let t = value.as_bytes().and_then(CosemDateTime::from_slice);
+                if let Ok(mut c) = meter.clock_set.lock() {
+                    *c = t;
+                }
+                stats.time_syncs.fetch_add(1, Ordering::Relaxed);
+                if t.is_some() { DataAccessResult::SUCCESS } else { DataAccessResult(12) }
+            } else {
+                DataAccessResult::OBJECT_UNDEFINED
+            };
+            Apdu::SetResponse(SetResponse::Normal { iip, result })
+        }
+        Apdu::ActionRequest(ActionRequest { iip, method, .. }) => {
+            let result = if !state.associated {
+                3
+            } else if method.obis != DISCONNECT_CONTROL || method.class_id != 70 || !meter.has_disconnect_control {
+                4
+            } else {
+                match method.method {
+                    1 => {
+                        meter.output_state.store(false, Ordering::Relaxed);
+                        meter.control_state.store(0, Ordering::Relaxed);
+                        stats.relay_operations.fetch_add(1, Ordering::Relaxed);
+                        0
+                    }
+                    2 => {
+                        meter.output_state.store(true, Ordering::Relaxed);
+                        meter.control_state.store(1, Ordering::Relaxed);
+                        stats.relay_operations.fetch_add(1, Ordering::Relaxed);
+                        0
+                    }
+                    _ => 4,
+                }
+            };
+            Apdu::ActionResponse(ActionResponse {
+                iip: InvokeIdAndPriority(iip.0),
+                result,
+                return_parameters: None,
+                presence_byte_missing: false,
+            })
+        }
+        _ => return None,
+    };
+    Some(reply.encode())
+}
