@@ -63,6 +63,8 @@ pub async fn apply_registration(
 async fn detect(conn: &mut Conn) -> Result<(Protocol, Vec<u8>), EndReason> {
     let mut detector = Detector::new(conn.shared.rules.clone());
     let deadline = Instant::now() + Duration::from_secs(conn.shared.config.meters.detection_timeout_secs);
+    let probe_every = Duration::from_secs(conn.shared.config.meters.identify_after_secs);
+    let mut probe_at = Instant::now() + probe_every;
     let mut unknown_logged = false;
     loop {
         match detector.poll() {
@@ -94,6 +96,13 @@ async fn detect(conn: &mut Conn) -> Result<(Protocol, Vec<u8>), EndReason> {
                 }
                 ReadOutcome::End(reason) => return Err(reason),
             },
+            // A connection that says nothing: DL/T 645 meters answer a read-address request to the wildcard address
+            // (DLMS meters ignore it, and the EM114070 announces itself with its heartbeat anyway).
+            _ = tokio::time::sleep_until(probe_at), if detector.skipped() == 0 && !unknown_logged => {
+                probe_at = Instant::now() + probe_every;
+                let frame = ivy_protocol::dlt645::Frame::read_address();
+                conn.send(&frame.encode_with_preamble(conn.shared.config.dlt645.wakeup_preamble)).await?;
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 if !unknown_logged {
                     conn.shared.metrics.connections_unknown_protocol.inc();

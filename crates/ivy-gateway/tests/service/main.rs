@@ -1,0 +1,5 @@
+//! Integration tests of the gateway service: the real gateway in-process on ephemeral ports, simulated meters over
+//! TCP, and real MQTT clients.
+
+mod harness;
+mod identification;
