@@ -161,6 +161,25 @@ impl Client {
         }
     }
 
+    /// Collects every message up to and including the first one matching `pred`.
+    pub async fn until(&mut self, what: &str, secs: u64, mut pred: impl FnMut(&Msg) -> bool) -> Vec<Msg> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) => {
+                    let done = pred(&m);
+                    out.push(m);
+                    if done {
+                        return out;
+                    }
+                }
+                Ok(None) => panic!("client closed while waiting for {what}"),
+                Err(_) => panic!("timed out after {secs} s waiting for {what}; got {out:?}"),
+            }
+        }
+    }
+
     /// Collects every message for `ms` milliseconds.
     pub async fn collect(&mut self, ms: u64) -> Vec<Msg> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
