@@ -1,6 +1,7 @@
 //! Integration tests of the gateway service: the real gateway in-process on ephemeral ports, simulated meters over
 //! TCP, and real MQTT clients.
 
+mod commands;
 mod harness;
 mod identification;
 mod polling;

@@ -31,7 +31,13 @@ async fn dlt645_all_group_is_polled_with_the_meters_values_in_spec_units() {
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/meters/+/telemetry", "ivy/v1/meters/+/snapshot"]).await;
     let meter = Arc::new(Dlt645Meter::new("000000001234".parse::<Address>().unwrap()));
     meter.set(0x0203_0000, 1.2345); // raw 012345 → 1.2345 kW
-    let cfg = Dlt645Config { meters: vec![meter.clone()], identify: Identify::TalkFirst, latency: Default::default(), mute: false, faults: Default::default() };
+    let cfg = Dlt645Config {
+        meters: vec![meter.clone()],
+        identify: Identify::TalkFirst,
+        latency: Default::default(),
+        mute: false,
+        faults: Default::default(),
+    };
     let _sim = Dlt645Sim::connect(gw.meters(), cfg).await.unwrap();
     let first = c.until("first snapshot", 10, |m| m.topic.ends_with("/snapshot")).await;
     let by_reg = telemetry_by_register(&first);
@@ -87,7 +93,14 @@ async fn dlms_all_group_in_active_mode_is_scaled_into_spec_units() {
     .await;
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/meters/+/telemetry", "ivy/v1/meters/+/snapshot"]).await;
     let meter = em("311501114070");
-    let cfg = DlmsConfig { meter: meter.clone(), heartbeat: true, heartbeat_interval: None, push: None, latency: Default::default(), mute: false };
+    let cfg = DlmsConfig {
+        meter: meter.clone(),
+        heartbeat: true,
+        heartbeat_interval: None,
+        push: None,
+        latency: Default::default(),
+        mute: false,
+    };
     let sim = DlmsSim::connect(gw.meters(), cfg).await.unwrap();
     let msgs = c.until("snapshot", 10, |m| m.topic.ends_with("/snapshot")).await;
     let by_reg = telemetry_by_register(&msgs);
@@ -128,7 +141,14 @@ async fn dlms_all_group_in_active_mode_is_scaled_into_spec_units() {
 async fn dlms_pushes_produce_one_telemetry_message_per_value() {
     let gw = start(|_| {}).await;
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/meters/+/telemetry", "ivy/v1/meters/+/status"]).await;
-    let cfg = DlmsConfig { meter: em("000000000777"), heartbeat: true, heartbeat_interval: None, push: None, latency: Default::default(), mute: false };
+    let cfg = DlmsConfig {
+        meter: em("000000000777"),
+        heartbeat: true,
+        heartbeat_interval: None,
+        push: None,
+        latency: Default::default(),
+        mute: false,
+    };
     let sim = DlmsSim::connect(gw.meters(), cfg).await.unwrap();
     c.wait("online", 10, |m| m.topic.ends_with("/status")).await;
 
