@@ -250,6 +250,11 @@ impl Gateway {
         &self.shared
     }
 
+    /// Broker counters.
+    pub fn broker_stats(&self) -> crate::mqtt::BrokerStats {
+        self.broker.counters().snapshot()
+    }
+
     /// The alarm engine.
     pub fn alarms(&self) -> &crate::alarms::SharedAlarms {
         &self.alarms

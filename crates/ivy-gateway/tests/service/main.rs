@@ -4,4 +4,5 @@
 mod commands;
 mod harness;
 mod identification;
+mod lifecycle;
 mod polling;
