@@ -417,6 +417,13 @@ fn read_attribute(
     }
 }
 
+fn counted(r: Result<Data, DataAccessResult>, stats: &SimStats) -> Result<Data, DataAccessResult> {
+    if r == Err(DataAccessResult::OBJECT_UNDEFINED) {
+        stats.undefined.fetch_add(1, Ordering::Relaxed);
+    }
+    r
+}
+
 fn answer(cfg: &DlmsConfig, state: &mut State, payload: &[u8], stats: &SimStats) -> Option<Vec<u8>> {
     let meter = &cfg.meter;
     let apdu = Apdu::parse_prefix(payload).ok()?.0;
@@ -437,11 +444,14 @@ fn answer(cfg: &DlmsConfig, state: &mut State, payload: &[u8], stats: &SimStats)
         }
         Apdu::GetRequest(GetRequest::Normal { iip, attribute, .. }) => Apdu::GetResponse(GetResponse::Normal {
             iip,
-            result: read_attribute(meter, &attribute, state.associated, state.tick),
+            result: counted(read_attribute(meter, &attribute, state.associated, state.tick), stats),
         }),
         Apdu::GetRequest(GetRequest::WithList { iip, attributes }) => Apdu::GetResponse(GetResponse::WithList {
             iip,
-            results: attributes.iter().map(|(a, _)| read_attribute(meter, a, state.associated, state.tick)).collect(),
+            results: attributes
+                .iter()
+                .map(|(a, _)| counted(read_attribute(meter, a, state.associated, state.tick), stats))
+                .collect(),
         }),
         Apdu::GetRequest(GetRequest::Next { iip, .. }) => {
             Apdu::GetResponse(GetResponse::Normal { iip, result: Err(DataAccessResult(16)) })

@@ -75,6 +75,8 @@ pub struct SimStats {
     pub associations: AtomicU64,
     /// Releases (DLMS).
     pub releases: AtomicU64,
+    /// Reads answered "object undefined" / "no requested data".
+    pub undefined: AtomicU64,
 }
 
 /// Opens a TCP connection to `gateway`, optionally from a given local address (127.0.0.x spreads many connections

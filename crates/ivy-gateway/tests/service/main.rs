@@ -5,4 +5,5 @@ mod commands;
 mod harness;
 mod identification;
 mod lifecycle;
+mod limits;
 mod polling;
