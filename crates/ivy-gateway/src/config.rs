@@ -652,6 +652,14 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         Ok(())
     }),
     ("ALARM_OFFLINE_GRACE", "alarms.offline_grace_secs", |c, v| set(&mut c.alarms.offline_grace_secs, v)),
+    ("ALARM_OVERVOLTAGE", "alarms.overvoltage_v", |c, v| set(&mut c.alarms.overvoltage_v, v)),
+    ("ALARM_UNDERVOLTAGE", "alarms.undervoltage_v", |c, v| set(&mut c.alarms.undervoltage_v, v)),
+    ("ALARM_OVERCURRENT", "alarms.overcurrent_a", |c, v| set(&mut c.alarms.overcurrent_a, v)),
+    ("ALARM_OVERLOAD_KW", "alarms.overload_kw", |c, v| set(&mut c.alarms.overload_kw, v)),
+    ("ALARM_LOW_POWER_FACTOR", "alarms.low_power_factor", |c, v| set(&mut c.alarms.low_power_factor, v)),
+    ("ALARM_HYSTERESIS_PERCENT", "alarms.hysteresis_percent", |c, v| set(&mut c.alarms.hysteresis_percent, v)),
+    ("IDENTIFY_AFTER_SECS", "meters.identify_after_secs", |c, v| set(&mut c.meters.identify_after_secs, v)),
+    ("DETECTION_TIMEOUT_SECS", "meters.detection_timeout_secs", |c, v| set(&mut c.meters.detection_timeout_secs, v)),
 ];
 
 fn non_empty(v: &str) -> Option<String> {
@@ -1064,6 +1072,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("meters.registration_rules[0]"), "{err}");
+    }
+
+    #[test]
+    fn example_file_loads_and_states_the_defaults() {
+        let example = include_str!("../../../deploy/ivy-gateway.example.toml");
+        let from_example = load_with(Some(example), None, &[]).unwrap();
+        let defaults = load_with(None, None, &[]).unwrap();
+        assert_eq!(from_example.to_toml_masked(), defaults.to_toml_masked());
+    }
+
+    #[test]
+    fn every_environment_variable_is_documented() {
+        let doc = include_str!("../../../docs/CONFIG.md");
+        for (name, key, _) in ENV_VARS {
+            assert!(doc.contains(&format!("`{name}`")), "{name} ({key}) is missing from docs/CONFIG.md");
+        }
     }
 
     #[test]
