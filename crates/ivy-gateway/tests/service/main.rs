@@ -2,6 +2,7 @@
 //! TCP, and real MQTT clients.
 
 mod commands;
+mod fleet;
 mod harness;
 mod identification;
 mod lifecycle;
