@@ -348,6 +348,9 @@ pub struct PollingConfig {
     pub jitter_percent: u8,
     /// Delay before the first poll after identification, milliseconds (jitter is added).
     pub first_poll_delay_ms: u64,
+    /// Start cycles at multiples of the interval on the wall clock (readings of all meters at :00, :15, ...) instead
+    /// of relative to each meter's connection with jitter.
+    pub align: bool,
     /// DL/T 645 groups: name → register keys or DIs. Merged over the built-in groups.
     pub dlt645_groups: BTreeMap<String, Vec<String>>,
     /// DLMS groups: name → OBIS codes or keys. Merged over the built-in groups.
@@ -365,6 +368,7 @@ impl Default for PollingConfig {
             max_concurrent: 1000,
             jitter_percent: 10,
             first_poll_delay_ms: 1_000,
+            align: false,
             dlt645_groups: BTreeMap::new(),
             dlms_groups: BTreeMap::new(),
             meter_overrides: BTreeMap::new(),
@@ -658,6 +662,7 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("ALARM_OVERLOAD_KW", "alarms.overload_kw", |c, v| set(&mut c.alarms.overload_kw, v)),
     ("ALARM_LOW_POWER_FACTOR", "alarms.low_power_factor", |c, v| set(&mut c.alarms.low_power_factor, v)),
     ("ALARM_HYSTERESIS_PERCENT", "alarms.hysteresis_percent", |c, v| set(&mut c.alarms.hysteresis_percent, v)),
+    ("POLLING_ALIGN", "polling.align", |c, v| set(&mut c.polling.align, v)),
     ("IDENTIFY_AFTER_SECS", "meters.identify_after_secs", |c, v| set(&mut c.meters.identify_after_secs, v)),
     ("DETECTION_TIMEOUT_SECS", "meters.detection_timeout_secs", |c, v| set(&mut c.meters.detection_timeout_secs, v)),
 ];

@@ -199,11 +199,7 @@ impl Session<'_> {
         self.interval = Duration::from_millis(interval_ms);
         self.plan = shared.resolver.dlms_poll_plan(&id);
         let active = enabled && !shared.config.dlms.passive_only && !self.plan.is_empty();
-        let jitter_max = interval_ms * u64::from(shared.config.polling.jitter_percent) / 100;
-        self.next_poll = active.then(|| {
-            Instant::now()
-                + Duration::from_millis(shared.config.polling.first_poll_delay_ms + rand::random_range(0..=jitter_max))
-        });
+        self.next_poll = active.then(|| super::first_poll_at(&shared.config.polling, interval_ms));
         self.meter = Some(id);
         while let Some(apdu) = self.pending_pushes.pop_front() {
             self.on_push(&apdu);
@@ -518,7 +514,8 @@ impl Session<'_> {
         };
         self.finish_association().await?;
         self.conn.shared.metrics.poll(outcome, started.elapsed().as_secs_f64());
-        self.next_poll = Some(Instant::now().max(started + self.interval));
+        self.next_poll =
+            Some(super::next_poll_at(&self.conn.shared.config.polling, self.interval.as_millis() as u64, started));
         Ok(())
     }
 

@@ -163,14 +163,11 @@ impl Session<'_> {
         let (enabled, interval_ms) =
             shared.resolver.poll_settings(&id, shared.config.polling.enabled, shared.config.polling.interval_ms);
         let interval = Duration::from_millis(interval_ms);
-        let jitter_max = interval_ms * u64::from(shared.config.polling.jitter_percent) / 100;
-        let first =
-            Duration::from_millis(shared.config.polling.first_poll_delay_ms + rand::random_range(0..=jitter_max));
         let plan = shared.resolver.dlt_poll_plan(&id);
         self.meters.push(Meter {
             id,
             address,
-            next_poll: (enabled && !plan.is_empty()).then(|| Instant::now() + first),
+            next_poll: (enabled && !plan.is_empty()).then(|| super::first_poll_at(&shared.config.polling, interval_ms)),
             interval,
             plan,
             skip: HashSet::new(),
@@ -366,7 +363,8 @@ impl Session<'_> {
         self.conn.shared.metrics.poll(outcome, started.elapsed().as_secs_f64());
         self.publish(&id, readings);
         if let Some(m) = self.meters.get_mut(index) {
-            m.next_poll = Some(Instant::now().max(started + interval));
+            m.next_poll =
+                Some(super::next_poll_at(&self.conn.shared.config.polling, interval.as_millis() as u64, started));
         }
         Ok(())
     }
