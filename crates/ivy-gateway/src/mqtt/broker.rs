@@ -191,6 +191,8 @@ fn listener(name: &str, addr: SocketAddr, cfg: &BrokerConfig, anonymous: bool) -
         .max_mqueue_len(100_000)
         .handshake_timeout(Duration::from_secs(10))
         .reuseaddr(Some(true))
+        // Messages are small and latency matters (command responses); Nagle would hold them up to 40 ms.
+        .nodelay(true)
 }
 
 fn bind_err(addr: SocketAddr) -> impl Fn(rmqtt::Error) -> BrokerError {
