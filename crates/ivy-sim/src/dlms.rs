@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -111,6 +111,16 @@ impl DlmsMeter {
         }
     }
 
+    /// How many values one push of `form` carries (without the stamp).
+    pub fn push_values(&self, form: PushForm) -> usize {
+        match form {
+            PushForm::DataNotification => {
+                self.objects.lock().map(|o| o.values().filter(|obj| obj.scaler_unit.is_some()).count()).unwrap_or(0)
+            }
+            PushForm::EventStandard | PushForm::EventEm114070 => 1,
+        }
+    }
+
     /// Sets the raw value of an object.
     pub fn set(&self, obis: Obis, value: Data) {
         if let Ok(mut o) = self.objects.lock()
@@ -154,7 +164,15 @@ pub struct DlmsConfig {
     pub latency: ReplyLatency,
     /// Answer nothing.
     pub mute: bool,
+    /// Add the send time (µs since the Unix epoch, `long64-unsigned`) to every DataNotification as object
+    /// [`STAMP_OBIS`], so a subscriber can measure end-to-end latency.
+    pub stamp: bool,
+    /// Faults to inject (garbage on connect, slow reads; checksums do not apply to DLMS).
+    pub faults: crate::Faults,
 }
+
+/// The object that carries the send time of a stamped DataNotification (manufacturer-specific range).
+pub const STAMP_OBIS: Obis = Obis([0, 0, 96, 240, 0, 255]);
 
 /// Control of a running simulated meter.
 #[derive(Debug)]
@@ -192,8 +210,17 @@ impl DlmsSim {
         local: Option<std::net::IpAddr>,
         cfg: DlmsConfig,
     ) -> std::io::Result<Self> {
+        Self::connect_counted(gateway, local, cfg, Arc::new(SimStats::default())).await
+    }
+
+    /// Connects from a given local address, counting into `stats` (shared across reconnections of one meter).
+    pub async fn connect_counted(
+        gateway: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        cfg: DlmsConfig,
+        stats: Arc<SimStats>,
+    ) -> std::io::Result<Self> {
         let stream = crate::connect(gateway, local).await?;
-        let stats = Arc::new(SimStats::default());
         let (tx, rx) = mpsc::channel(64);
         let task = tokio::spawn(serve(stream, cfg, stats.clone(), rx));
         Ok(DlmsSim { stats, control: tx, task })
@@ -238,6 +265,12 @@ async fn serve(mut stream: TcpStream, cfg: DlmsConfig, stats: Arc<SimStats>, mut
     let mut framer = Framer::default();
     let mut buf = vec![0u8; 8192];
     let mut state = State { associated: false, push_index: 0, tick: 0 };
+    if let Some(garbage) = cfg.faults.garbage_on_connect.as_ref() {
+        if stream.write_all(garbage).await.is_err() {
+            return;
+        }
+        stats.faults.fetch_add(1, Ordering::Relaxed);
+    }
     if cfg.heartbeat {
         if stream.write_all(&heartbeat(&cfg.meter.id)).await.is_err() {
             return;
@@ -289,7 +322,7 @@ async fn serve(mut stream: TcpStream, cfg: DlmsConfig, stats: Arc<SimStats>, mut
                     return;
                 }
             }
-            n = stream.read(&mut buf) => {
+            n = crate::read_slowly(&mut stream, &mut buf, cfg.faults.slow_read) => {
                 let n = match n {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
@@ -358,13 +391,23 @@ async fn send_push(
             })
         }
         PushForm::DataNotification => {
-            let pairs: Vec<Data> = objects
+            let mut pairs: Vec<Data> = objects
                 .iter()
                 .filter_map(|(obis, _)| {
                     let o = cfg.meter.value(obis, state.tick)?;
                     Some(Data::Structure(vec![Data::OctetString(obis.bytes().to_vec()), o.value]))
                 })
                 .collect();
+            if cfg.stamp {
+                let micros = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as u64)
+                    .unwrap_or(0);
+                pairs.push(Data::Structure(vec![
+                    Data::OctetString(STAMP_OBIS.bytes().to_vec()),
+                    Data::Long64Unsigned(micros),
+                ]));
+            }
             Apdu::DataNotification(DataNotification {
                 long_invoke_id: state.tick as u32,
                 date_time: None,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -159,9 +159,18 @@ impl Dlt645Sim {
         local: Option<std::net::IpAddr>,
         cfg: Dlt645Config,
     ) -> std::io::Result<Self> {
+        Self::connect_counted(gateway, local, cfg, Arc::new(SimStats::default())).await
+    }
+
+    /// Connects from a given local address, counting into `stats` (shared across reconnections of one meter).
+    pub async fn connect_counted(
+        gateway: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        cfg: Dlt645Config,
+        stats: Arc<SimStats>,
+    ) -> std::io::Result<Self> {
         let stream = crate::connect(gateway, local).await?;
         let local_addr = stream.local_addr()?;
-        let stats = Arc::new(SimStats::default());
         let (tx, rx) = mpsc::channel(16);
         let task = tokio::spawn(serve(stream, cfg, stats.clone(), rx));
         Ok(Dlt645Sim { stats, control: tx, task, local_addr })
@@ -197,6 +206,7 @@ async fn serve(mut stream: TcpStream, cfg: Dlt645Config, stats: Arc<SimStats>, m
     }
     if let Some(garbage) = cfg.faults.garbage_on_connect.as_ref() {
         let _ = stream.write_all(garbage).await;
+        stats.faults.fetch_add(1, Ordering::Relaxed);
     }
     let mut tick: u64 = 0;
     loop {
@@ -214,7 +224,7 @@ async fn serve(mut stream: TcpStream, cfg: Dlt645Config, stats: Arc<SimStats>, m
                     let _ = stream.write_all(&bytes).await;
                 }
             },
-            n = stream.read(&mut buf) => {
+            n = crate::read_slowly(&mut stream, &mut buf, cfg.faults.slow_read) => {
                 let n = match n {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,

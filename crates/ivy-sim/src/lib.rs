@@ -4,6 +4,7 @@
 
 pub mod dlms;
 pub mod dlt645;
+pub mod fleet;
 pub mod values;
 
 use std::net::{IpAddr, SocketAddr};
@@ -44,11 +45,13 @@ impl ReplyLatency {
 pub struct Faults {
     /// Corrupt the checksum of every reply while set (DL/T 645).
     pub corrupt_checksum: Arc<AtomicBool>,
-    /// Bytes sent right after connecting, before anything else.
+    /// Bytes sent right after connecting, before anything else (garbage, an oversize frame).
     pub garbage_on_connect: Option<Vec<u8>>,
+    /// Wait this long before each read from the socket (a slow reader: the gateway's writes back up).
+    pub slow_read: Option<Duration>,
 }
 
-/// Counters of one simulated connection.
+/// Counters of one simulated connection (or, summed, of a fleet).
 #[derive(Debug, Default)]
 pub struct SimStats {
     /// Requests received.
@@ -92,4 +95,18 @@ pub async fn connect(gateway: SocketAddr, local: Option<IpAddr>) -> std::io::Res
     let stream = socket.connect(gateway).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Reads from the socket, first waiting `delay` when the meter is a slow reader.
+pub(crate) async fn read_slowly(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    delay: Option<Duration>,
+) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    if let Some(d) = delay {
+        stream.readable().await?;
+        tokio::time::sleep(d).await;
+    }
+    stream.read(buf).await
 }

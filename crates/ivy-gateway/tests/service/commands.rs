@@ -48,6 +48,8 @@ async fn setup(
         push: None,
         latency: Default::default(),
         mute: false,
+        stamp: false,
+        faults: Default::default(),
     };
     let dlms_sim = DlmsSim::connect(gw.meters(), dcfg).await.unwrap();
     for id in [DLT, DLMS] {
@@ -192,6 +194,8 @@ async fn dlms_relay_failures_are_never_success() {
         push: None,
         latency: Default::default(),
         mute: true,
+        stamp: false,
+        faults: Default::default(),
     };
     let _m = DlmsSim::connect(_gw.meters(), cfg).await.unwrap();
     c.wait("online", 10, |m| m.topic == "ivy/v1/meters/000000000321/status").await;

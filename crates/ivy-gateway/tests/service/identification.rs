@@ -25,6 +25,8 @@ fn em(id: &str) -> DlmsConfig {
         push: None,
         latency: Default::default(),
         mute: false,
+        stamp: false,
+        faults: Default::default(),
     }
 }
 

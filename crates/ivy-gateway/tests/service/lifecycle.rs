@@ -21,6 +21,8 @@ async fn reconnect_keeps_the_meter_online_and_the_old_close_does_not_unregister_
         push: None,
         latency: Default::default(),
         mute: false,
+        stamp: false,
+        faults: Default::default(),
     };
     let a = DlmsSim::connect(gw.meters(), meter()).await.unwrap();
     c.wait("online via A", 10, |m| m.topic.ends_with("/status") && m.json["online"] == true).await;
@@ -140,6 +142,8 @@ async fn tariff_and_counters_never_touch_voltage_or_current_alarms() {
         push: None,
         latency: Default::default(),
         mute: false,
+        stamp: false,
+        faults: Default::default(),
     };
     let _sim = DlmsSim::connect(gw.meters(), cfg).await.unwrap();
     let msgs = c.until("snapshot", 10, |m| m.topic.ends_with("/snapshot")).await;

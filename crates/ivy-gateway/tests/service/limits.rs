@@ -79,6 +79,8 @@ async fn objects_the_meter_does_not_have_are_not_polled_again() {
         push: None,
         latency: Default::default(),
         mute: false,
+        stamp: false,
+        faults: Default::default(),
     };
     let sim = DlmsSim::connect(gw.meters(), cfg).await.unwrap();
     for _ in 0..3 {

@@ -100,6 +100,8 @@ async fn dlms_all_group_in_active_mode_is_scaled_into_spec_units() {
         push: None,
         latency: Default::default(),
         mute: false,
+        stamp: false,
+        faults: Default::default(),
     };
     let sim = DlmsSim::connect(gw.meters(), cfg).await.unwrap();
     let msgs = c.until("snapshot", 10, |m| m.topic.ends_with("/snapshot")).await;
@@ -148,6 +150,8 @@ async fn dlms_pushes_produce_one_telemetry_message_per_value() {
         push: None,
         latency: Default::default(),
         mute: false,
+        stamp: false,
+        faults: Default::default(),
     };
     let sim = DlmsSim::connect(gw.meters(), cfg).await.unwrap();
     c.wait("online", 10, |m| m.topic.ends_with("/status")).await;
