@@ -1,0 +1,445 @@
+//! The scenarios. Each starts its own gateway process, drives it with an in-process [`Fleet`] and measures it
+//! through the [`Bus`]; each returns one JSON object. The same code runs at full size (`ivy-bench`) and at smoke
+//! size (the test suite, which checks counts and loss, never speed).
+
+use crate::bus::{Bus, quantile};
+use crate::process::{GatewayProcess, USER, Usage};
+use ivy_sim::ReplyLatency;
+use ivy_sim::dlms::PushForm;
+use ivy_sim::fleet::{Fleet, FleetConfig, IdentifyMode, dlt645_address};
+use serde_json::{Value, json};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Why a scenario could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The gateway process.
+    #[error(transparent)]
+    Process(#[from] crate::process::ProcessError),
+    /// The MQTT side.
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    /// Meters did not come online.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Sizes of every scenario.
+#[derive(Debug, Clone)]
+pub struct Scale {
+    /// DLMS meters pushing.
+    pub push_meters: usize,
+    /// Offered rates to try, readings/s, ascending.
+    pub push_rates: Vec<u64>,
+    /// Seconds per push step.
+    pub push_step_secs: u64,
+    /// Poll runs: (meters, reply latency ms, poll interval ms).
+    pub poll_runs: Vec<(usize, u64, u64)>,
+    /// Full cycles to observe per poll run.
+    pub poll_cycles: usize,
+    /// Meters to hold.
+    pub hold_meters: usize,
+    /// Commands sent while holding.
+    pub hold_commands: usize,
+    /// Meters of the command scenario.
+    pub command_meters: usize,
+    /// Commands of the command scenario.
+    pub commands: usize,
+    /// Commands in flight at once.
+    pub command_concurrency: usize,
+    /// Idle start-ups to measure.
+    pub idle_runs: usize,
+    /// Seconds an idle gateway runs before its settled RSS is taken.
+    pub idle_settle_secs: u64,
+}
+
+impl Scale {
+    /// The sizes of the targets.
+    pub fn full() -> Scale {
+        Scale {
+            push_meters: 1000,
+            push_rates: vec![25_000, 50_000, 100_000, 150_000, 200_000],
+            push_step_secs: 10,
+            poll_runs: vec![(1000, 0, 5000), (10_000, 200, 20_000)],
+            poll_cycles: 3,
+            hold_meters: 19_000,
+            hold_commands: 1000,
+            command_meters: 100,
+            commands: 1000,
+            command_concurrency: 10,
+            idle_runs: 5,
+            idle_settle_secs: 30,
+        }
+    }
+
+    /// Small sizes that check correctness in the normal test run.
+    pub fn smoke() -> Scale {
+        Scale {
+            push_meters: 10,
+            push_rates: vec![500],
+            push_step_secs: 2,
+            poll_runs: vec![(20, 0, 2000)],
+            poll_cycles: 1,
+            hold_meters: 50,
+            hold_commands: 20,
+            command_meters: 5,
+            commands: 40,
+            command_concurrency: 4,
+            idle_runs: 1,
+            idle_settle_secs: 1,
+        }
+    }
+}
+
+/// Source addresses for `n` connections (at most 400 per address, as a fleet comes from many).
+fn sources(n: usize) -> Vec<IpAddr> {
+    let count = n.div_ceil(400).clamp(1, 250);
+    (1..=count).map(|i| IpAddr::from([127, 0, 0, i as u8])).collect()
+}
+
+fn mb(bytes: Option<u64>) -> Value {
+    bytes.map(|b| json!((b as f64 / 1_048_576.0 * 10.0).round() / 10.0)).unwrap_or(Value::Null)
+}
+
+fn ms(us: Option<u64>) -> Value {
+    us.map(|u| json!((u as f64 / 10.0).round() / 100.0)).unwrap_or(Value::Null)
+}
+
+async fn wait_online(bus: &Bus, n: usize, limit: Duration) -> Result<(), ScenarioError> {
+    let deadline = Instant::now() + limit;
+    while bus.online() < n {
+        if Instant::now() >= deadline {
+            return Err(ScenarioError::Setup(format!("only {} of {n} meters online after {limit:?}", bus.online())));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Idle gateway: start-up time, and RSS shortly after a subscriber logged in and once settled.
+pub async fn idle(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
+    let mut startups = Vec::new();
+    for _ in 0..scale.idle_runs.max(1) {
+        let gw = GatewayProcess::spawn(bin, &[])?;
+        startups.push(gw.startup.as_micros() as u64);
+        gw.stop();
+    }
+    startups.sort_unstable();
+    let gw = GatewayProcess::spawn(bin, &[])?;
+    let bus = Bus::connect(gw.mqtt, USER).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let early = gw.rss_bytes();
+    // The allocator returns the password check's 19 MiB argon2 scratch to the system after a while.
+    tokio::time::sleep(Duration::from_secs(scale.idle_settle_secs)).await;
+    let settled = gw.rss_bytes();
+    drop(bus);
+    gw.stop();
+    Ok(json!({
+        "scenario": "idle",
+        "runs": startups.len(),
+        "startup_ms": ms(quantile(&startups, 0.5)),
+        "startup_ms_max": ms(startups.last().copied()),
+        "rss_mb_after_login": mb(early),
+        "rss_mb": mb(settled),
+        "settle_secs": scale.idle_settle_secs,
+    }))
+}
+
+struct PushStep {
+    rate: u64,
+    result: Value,
+    zero_loss: bool,
+}
+
+async fn push_step(
+    gw: &GatewayProcess,
+    bus: &Bus,
+    meters: usize,
+    rate: u64,
+    secs: u64,
+    first: u64,
+) -> Result<PushStep, ScenarioError> {
+    // Ten values per push: the EM114070's nine registers and the stamp.
+    let values_per_push = 10u64;
+    let interval_us = (meters as u64 * values_per_push * 1_000_000 / rate.max(1)).max(1000);
+    bus.reset(None, false);
+    let dropped_before = bus.stat("/mqtt/dropped").unwrap_or(0) + bus.stat("/hub/dropped").unwrap_or(0);
+    let fleet = Fleet::start(FleetConfig {
+        gateway: gw.meters,
+        dlt645_meters: 0,
+        dlms_meters: meters,
+        first_dlms_number: first,
+        push: Some((Duration::from_micros(interval_us), PushForm::DataNotification)),
+        stamp: true,
+        sources: sources(meters),
+        ramp_per_sec: 2000,
+        ..FleetConfig::default()
+    });
+    if !fleet.wait_connected(meters as u64, Duration::from_secs(60)).await {
+        return Err(ScenarioError::Setup("push meters did not connect".into()));
+    }
+    let usage = Usage::start(gw);
+    let mut rss_max = 0;
+    let run_until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < run_until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss_max = rss_max.max(gw.rss_bytes().unwrap_or(0));
+    }
+    let cpu = usage.cpu_percent(gw);
+    let summary = fleet.stop().await;
+    bus.drain(Duration::from_millis(1500), Duration::from_secs(30)).await;
+    // Let the next stats message carry the drop counters of this step.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let dropped =
+        (bus.stat("/mqtt/dropped").unwrap_or(0) + bus.stat("/hub/dropped").unwrap_or(0)).saturating_sub(dropped_before);
+    let (delivered, duplicates, mut lat) = {
+        let t = bus.tally.lock().map_err(|_| ScenarioError::Setup("tally poisoned".into()))?;
+        (t.telemetry, t.duplicates, t.latencies_us.clone())
+    };
+    lat.sort_unstable();
+    let expected = summary.pushed_values;
+    let lost = expected.saturating_sub(delivered);
+    let offered = expected as f64 / summary.duration_secs.max(1e-3);
+    Ok(PushStep {
+        rate,
+        zero_loss: lost == 0 && duplicates == 0 && expected > 0,
+        result: json!({
+            "target_rate": rate,
+            "offered_per_s": offered.round(),
+            "expected": expected,
+            "delivered": delivered,
+            "lost": lost,
+            "duplicates": duplicates,
+            "dropped_counted": dropped,
+            "latency_p50_ms": ms(quantile(&lat, 0.5)),
+            "latency_p99_ms": ms(quantile(&lat, 0.99)),
+            "gateway_cpu_percent": cpu.round(),
+            "gateway_rss_mb_max": mb(Some(rss_max)),
+        }),
+    })
+}
+
+/// DLMS meters pushing at rising rates: the highest rate with no loss, and 2x that rate.
+pub async fn push(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
+    let gw = GatewayProcess::spawn(bin, &[])?;
+    let bus = Bus::connect(gw.mqtt, USER).await?;
+    let mut steps = Vec::new();
+    let mut best: Option<PushStep> = None;
+    for (i, rate) in scale.push_rates.iter().enumerate() {
+        let step = push_step(&gw, &bus, scale.push_meters, *rate, scale.push_step_secs, 1 + i as u64 * 100_000).await?;
+        eprintln!("push {rate}/s: {}", step.result);
+        steps.push(step.result.clone());
+        if !step.zero_loss {
+            break;
+        }
+        best = Some(step);
+    }
+    let overload_rate = best.as_ref().map(|b| b.rate).or(scale.push_rates.first().copied()).unwrap_or(1000) * 2;
+    let overload = push_step(&gw, &bus, scale.push_meters, overload_rate, scale.push_step_secs, 900_000).await?;
+    eprintln!("push overload {overload_rate}/s: {}", overload.result);
+    let alive = gw.rss_bytes().is_some();
+    gw.stop();
+    Ok(json!({
+        "scenario": "push",
+        "meters": scale.push_meters,
+        "best_zero_loss": best.map(|b| b.result),
+        "overload": overload.result,
+        "gateway_survived_overload": alive,
+        "steps": steps,
+    }))
+}
+
+/// DL/T 645 meters polled in aligned cycles: how long one cycle of every meter takes.
+pub async fn poll(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
+    let mut runs = Vec::new();
+    for &(meters, rtt_ms, interval_ms) in &scale.poll_runs {
+        let gw = GatewayProcess::spawn(
+            bin,
+            &[
+                ("POLLING_ENABLED", "true".into()),
+                ("POLLING_ALIGN", "true".into()),
+                ("POLLING_INTERVAL_MS", interval_ms.to_string()),
+                ("POLLING_REGISTER_GROUP", "all".into()),
+                ("POLLING_MAX_CONCURRENT", meters.to_string()),
+                ("DLT645_TIMEOUT_MS", "5000".into()),
+            ],
+        )?;
+        let bus = Bus::connect(gw.mqtt, USER).await?;
+        let fleet = Fleet::start(FleetConfig {
+            gateway: gw.meters,
+            dlt645_meters: meters,
+            first_address: 1,
+            identify: IdentifyMode::TalkFirst,
+            latency: if rtt_ms == 0 { ReplyLatency::None } else { ReplyLatency::Fixed(Duration::from_millis(rtt_ms)) },
+            sources: sources(meters),
+            ramp_per_sec: 2000,
+            ..FleetConfig::default()
+        });
+        wait_online(&bus, meters, Duration::from_secs(120)).await?;
+        // Count only cycles that start after every meter is online.
+        let ready_ms = crate::now_ms();
+        bus.reset(Some(interval_ms), true);
+        let usage = Usage::start(&gw);
+        let expected = meters as u64 * 9;
+        let deadline = Instant::now() + Duration::from_millis(interval_ms * (scale.poll_cycles as u64 + 2) + 30_000);
+        let full_cycles = |bus: &Bus| -> Vec<(u64, u64, u64)> {
+            let Ok(t) = bus.tally.lock() else { return Vec::new() };
+            let mut v: Vec<(u64, u64, u64)> =
+                t.cycles.iter().filter(|(start, _)| **start > ready_ms).map(|(s, (n, last))| (*s, *n, *last)).collect();
+            v.sort_unstable();
+            v
+        };
+        loop {
+            let done = full_cycles(&bus).iter().filter(|(_, n, _)| *n >= expected).count();
+            if done >= scale.poll_cycles || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Let a cycle still completing finish counting.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cpu = usage.cpu_percent(&gw);
+        let cycles = full_cycles(&bus);
+        let summary = fleet.stop().await;
+        let duplicates = bus.tally.lock().map(|t| t.duplicates).unwrap_or(0);
+        let rss = gw.rss_bytes();
+        gw.stop();
+        let complete: Vec<&(u64, u64, u64)> = cycles.iter().filter(|(_, n, _)| *n >= expected).collect();
+        let mut times: Vec<u64> = complete.iter().map(|(s, _, last)| last.saturating_sub(*s)).collect();
+        times.sort_unstable();
+        let run = json!({
+            "meters": meters,
+            "registers": 9,
+            "rtt_ms": rtt_ms,
+            "interval_ms": interval_ms,
+            "cycles_observed": cycles.iter().map(|(s, n, _)| json!({"start": s, "readings": n})).collect::<Vec<_>>(),
+            "complete_cycles": complete.len(),
+            "readings_per_cycle": expected,
+            "cycle_ms_median": quantile(&times, 0.5),
+            "cycle_ms_max": times.last(),
+            "duplicates": duplicates,
+            "meter_overlaps": summary.overlaps,
+            "gateway_cpu_percent": cpu.round(),
+            "gateway_rss_mb": mb(rss),
+        });
+        eprintln!("poll: {run}");
+        runs.push(run);
+    }
+    Ok(json!({"scenario": "poll", "runs": runs}))
+}
+
+async fn command_round_trips(
+    bus: &Bus,
+    meters: &[String],
+    total: usize,
+    concurrency: usize,
+) -> (Vec<u64>, usize, Vec<Value>) {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (bus, next, meters) = (bus.clone(), next.clone(), meters.to_vec());
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return out;
+                }
+                let meter = meters.get(rand::random_range(0..meters.len().max(1))).cloned().unwrap_or_default();
+                let (resp, rtt) = bus
+                    .command(&meter, "read_register", json!({"register": "VOLTAGE_A"}), Duration::from_secs(20))
+                    .await;
+                out.push((resp, rtt.as_micros() as u64));
+            }
+        });
+    }
+    let mut rtts = Vec::new();
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    while let Some(Ok(results)) = tasks.join_next().await {
+        for (resp, rtt) in results {
+            rtts.push(rtt);
+            match resp {
+                Some(r) if r.get("success") == Some(&Value::Bool(true)) => ok += 1,
+                Some(r) => failures.push(r),
+                None => failures.push(json!({"error": "no response"})),
+            }
+        }
+    }
+    rtts.sort_unstable();
+    failures.truncate(5);
+    (rtts, ok, failures)
+}
+
+fn dlt_ids(n: usize) -> Vec<String> {
+    (0..n).filter_map(|i| dlt645_address(1 + i as u64)).map(|a| a.to_string()).collect()
+}
+
+/// As many meters as the box allows, held connected: RSS per meter and command round trips meanwhile.
+pub async fn hold(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
+    let gw = GatewayProcess::spawn(bin, &[])?;
+    let bus = Bus::connect(gw.mqtt, USER).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = gw.rss_bytes().unwrap_or(0);
+    let started = Instant::now();
+    let fleet = Fleet::start(FleetConfig {
+        gateway: gw.meters,
+        dlt645_meters: scale.hold_meters,
+        sources: sources(scale.hold_meters),
+        ramp_per_sec: 2000,
+        ..FleetConfig::default()
+    });
+    wait_online(&bus, scale.hold_meters, Duration::from_secs(300)).await?;
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_held = gw.rss_bytes().unwrap_or(0);
+    let (rtts, ok, failures) =
+        command_round_trips(&bus, &dlt_ids(scale.hold_meters), scale.hold_commands, scale.command_concurrency).await;
+    let still_online = bus.online();
+    let summary = fleet.stop().await;
+    gw.stop();
+    let per_meter = rss_held.saturating_sub(rss_idle) as f64 / scale.hold_meters.max(1) as f64;
+    Ok(json!({
+        "scenario": "hold",
+        "meters": scale.hold_meters,
+        "online": still_online,
+        "connect_secs": (connect_secs * 10.0).round() / 10.0,
+        "connect_errors": summary.connect_errors,
+        "dropped_by_gateway": summary.dropped_by_gateway,
+        "rss_idle_mb": mb(Some(rss_idle)),
+        "rss_held_mb": mb(Some(rss_held)),
+        "rss_per_meter_kb": (per_meter / 1024.0 * 100.0).round() / 100.0,
+        "commands": rtts.len(),
+        "command_success": ok,
+        "command_failures": failures,
+        "command_p50_ms": ms(quantile(&rtts, 0.5)),
+        "command_p99_ms": ms(quantile(&rtts, 0.99)),
+    }))
+}
+
+/// Commands through MQTT to a small fleet: round trips and success rate.
+pub async fn command(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
+    let gw = GatewayProcess::spawn(bin, &[])?;
+    let bus = Bus::connect(gw.mqtt, USER).await?;
+    let fleet =
+        Fleet::start(FleetConfig { gateway: gw.meters, dlt645_meters: scale.command_meters, ..FleetConfig::default() });
+    wait_online(&bus, scale.command_meters, Duration::from_secs(60)).await?;
+    let (rtts, ok, failures) =
+        command_round_trips(&bus, &dlt_ids(scale.command_meters), scale.commands, scale.command_concurrency).await;
+    let summary = fleet.stop().await;
+    gw.stop();
+    Ok(json!({
+        "scenario": "command",
+        "meters": scale.command_meters,
+        "commands": rtts.len(),
+        "concurrency": scale.command_concurrency,
+        "success": ok,
+        "success_rate": if rtts.is_empty() { 0.0 } else { ok as f64 / rtts.len() as f64 },
+        "failures": failures,
+        "p50_ms": ms(quantile(&rtts, 0.5)),
+        "p99_ms": ms(quantile(&rtts, 0.99)),
+        "meter_overlaps": summary.overlaps,
+    }))
+}
