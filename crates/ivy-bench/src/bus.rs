@@ -190,7 +190,9 @@ impl Bus {
         if let Ok(mut t) = self.tally.lock() {
             let online = std::mem::take(&mut t.online);
             let ever_online = std::mem::take(&mut t.ever_online);
-            *t = Tally { cycle_ms, dedup, online, ever_online, ..Tally::default() };
+            // Gateway stats are cumulative: keep the latest so counters can be compared across a reset.
+            let stats = t.stats.take();
+            *t = Tally { cycle_ms, dedup, online, ever_online, stats, ..Tally::default() };
         }
     }
 

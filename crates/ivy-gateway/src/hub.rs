@@ -35,6 +35,7 @@ struct SinkSlot {
     name: &'static str,
     tx: mpsc::Sender<Arc<HubEvent>>,
     dropped: AtomicU64,
+    dropped_readings: AtomicU64,
     delivered: AtomicU64,
 }
 
@@ -47,6 +48,8 @@ pub struct SinkStats {
     pub delivered: u64,
     /// Events it lost because its queue was full.
     pub dropped: u64,
+    /// Readings inside those events.
+    pub dropped_readings: u64,
 }
 
 /// The hub. Cheap to clone (an `Arc` inside).
@@ -65,7 +68,13 @@ impl Hub {
     /// Adds a sink with a queue of `capacity` events; returns its receiving end.
     pub fn subscribe(&self, name: &'static str, capacity: usize) -> mpsc::Receiver<Arc<HubEvent>> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let slot = Arc::new(SinkSlot { name, tx, dropped: AtomicU64::new(0), delivered: AtomicU64::new(0) });
+        let slot = Arc::new(SinkSlot {
+            name,
+            tx,
+            dropped: AtomicU64::new(0),
+            dropped_readings: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        });
         if let Ok(mut sinks) = self.sinks.write() {
             sinks.push(slot);
         }
@@ -83,6 +92,9 @@ impl Hub {
                     slot.delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    if let HubEvent::Readings { readings, .. } = event.as_ref() {
+                        slot.dropped_readings.fetch_add(readings.len() as u64, Ordering::Relaxed);
+                    }
                     let n = slot.dropped.fetch_add(1, Ordering::Relaxed);
                     if n.is_power_of_two() {
                         tracing::warn!(sink = slot.name, dropped = n + 1, "hub sink is falling behind; events dropped");
@@ -109,6 +121,7 @@ impl Hub {
                         name: slot.name,
                         delivered: slot.delivered.load(Ordering::Relaxed),
                         dropped: slot.dropped.load(Ordering::Relaxed),
+                        dropped_readings: slot.dropped_readings.load(Ordering::Relaxed),
                     })
                     .collect()
             })
@@ -155,8 +168,8 @@ mod tests {
         }
         assert_eq!(got, 10);
         let stats = hub.stats();
-        assert_eq!(stats[0], SinkStats { name: "fast", delivered: 10, dropped: 0 });
-        assert_eq!(stats[1], SinkStats { name: "slow", delivered: 2, dropped: 8 });
+        assert_eq!(stats[0], SinkStats { name: "fast", delivered: 10, dropped: 0, dropped_readings: 0 });
+        assert_eq!(stats[1], SinkStats { name: "slow", delivered: 2, dropped: 8, dropped_readings: 0 });
         assert_eq!(hub.dropped(), 8);
     }
 }

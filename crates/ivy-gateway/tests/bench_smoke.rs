@@ -47,7 +47,8 @@ async fn poll_scenario_sees_complete_cycles_without_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_scenario_delivers_every_pushed_value_once() {
     let r = scenarios::push(gateway(), &Scale::smoke()).await.unwrap();
-    let best = &r["best_zero_loss"];
+    // Counts only: the smoke run is a debug build on a busy machine, so latency is not judged here.
+    let best = &r["highest_zero_loss_any_latency"];
     assert!(n(best, "/expected") > 0, "{r}");
     assert_eq!(n(best, "/delivered"), n(best, "/expected"), "{r}");
     assert_eq!(n(best, "/duplicates"), 0, "{r}");

@@ -2,7 +2,7 @@
 //! and the identification/cleanup steps that publish status transitions exactly once.
 
 use super::registry::{MeterInfo, Registered};
-use super::{ErrorCode, OpError, SessionHandle, SessionRequest};
+use super::{ErrorCode, OpError, QueuedRequest, SessionHandle};
 use crate::gateway::Shared;
 use crate::hub::HubEvent;
 use crate::model::{MeterEvent, Severity, Source, StatusChange, now_ms};
@@ -11,7 +11,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -96,14 +96,14 @@ impl Conn {
         conn_id: u64,
         peer: SocketAddr,
         stream: TcpStream,
-    ) -> (Self, mpsc::Receiver<SessionRequest>) {
+    ) -> (Self, mpsc::Receiver<QueuedRequest>) {
         let (handle, requests, close) = SessionHandle::new(conn_id, shared.config.commands.queue_depth);
         let conn = Conn {
             shared,
             conn_id,
             peer,
             stream,
-            input: Vec::with_capacity(READ_CHUNK),
+            input: Vec::new(),
             handle,
             close,
             meters: Vec::new(),
@@ -130,27 +130,39 @@ impl Conn {
 
     /// Reads the next bytes into [`Conn::input`], or says why the session must end (closed, idle, shutdown).
     pub async fn read(&mut self) -> ReadOutcome {
-        self.input.clear();
-        self.input.reserve(READ_CHUNK);
+        // A waiting connection holds no read buffer: most of a fleet waits most of the time, and 4 KiB per meter
+        // was a third of the gateway's memory with 19,000 meters connected.
+        self.input = Vec::new();
         let idle = self.idle_deadline();
         let close = self.close.clone();
         let shutdown = self.shared.shutdown.clone();
         let replaced = self.handle.clone();
-        tokio::select! {
-            r = self.stream.read_buf(&mut self.input) => match r {
-                Ok(0) => ReadOutcome::End(EndReason::PeerClosed),
-                Ok(n) => {
-                    self.last_rx = Instant::now();
-                    self.shared.metrics.bytes_received.inc_by(n as u64);
-                    ReadOutcome::Data(n)
+        loop {
+            tokio::select! {
+                r = self.stream.readable() => {
+                    if let Err(e) = r {
+                        return ReadOutcome::End(EndReason::IoError(e.kind().to_string()));
+                    }
+                    let mut buf = Vec::with_capacity(READ_CHUNK);
+                    match self.stream.try_read_buf(&mut buf) {
+                        Ok(0) => return ReadOutcome::End(EndReason::PeerClosed),
+                        Ok(n) => {
+                            self.input = buf;
+                            self.last_rx = Instant::now();
+                            self.shared.metrics.bytes_received.inc_by(n as u64);
+                            return ReadOutcome::Data(n);
+                        }
+                        // Readiness can be spurious.
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return ReadOutcome::End(EndReason::IoError(e.kind().to_string())),
+                    }
+                },
+                _ = tokio::time::sleep_until(idle) => return ReadOutcome::End(EndReason::IdleTimeout),
+                _ = close.cancelled() => {
+                    return ReadOutcome::End(if replaced.was_replaced() { EndReason::Replaced } else { EndReason::Shutdown });
                 }
-                Err(e) => ReadOutcome::End(EndReason::IoError(e.kind().to_string())),
-            },
-            _ = tokio::time::sleep_until(idle) => ReadOutcome::End(EndReason::IdleTimeout),
-            _ = close.cancelled() => {
-                ReadOutcome::End(if replaced.was_replaced() { EndReason::Replaced } else { EndReason::Shutdown })
+                _ = shutdown.cancelled() => return ReadOutcome::End(EndReason::Shutdown),
             }
-            _ = shutdown.cancelled() => ReadOutcome::End(EndReason::Shutdown),
         }
     }
 
@@ -224,7 +236,7 @@ impl Conn {
 
     /// Ends the session: fails queued requests with `connection_closed`, unregisters the meters this connection
     /// still holds and publishes their offline status once.
-    pub async fn finish(mut self, reason: EndReason, mut requests: mpsc::Receiver<SessionRequest>) {
+    pub async fn finish(mut self, reason: EndReason, mut requests: mpsc::Receiver<QueuedRequest>) {
         requests.close();
         while let Ok(request) = requests.try_recv() {
             let _ = request.reply.send(Err(OpError::new(ErrorCode::ConnectionClosed, "the meter's connection closed")));

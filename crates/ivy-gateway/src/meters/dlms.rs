@@ -67,7 +67,7 @@ enum Never {}
 /// Runs the DLMS conversation until the connection ends.
 pub async fn run(
     conn: &mut Conn,
-    requests: &mut mpsc::Receiver<SessionRequest>,
+    requests: &mut mpsc::Receiver<super::QueuedRequest>,
     leftover: Vec<u8>,
     _raw: bool,
 ) -> EndReason {
@@ -116,7 +116,7 @@ pub async fn run(
 }
 
 impl Session<'_> {
-    async fn main_loop(&mut self, requests: &mut mpsc::Receiver<SessionRequest>) -> Result<Never, EndReason> {
+    async fn main_loop(&mut self, requests: &mut mpsc::Receiver<super::QueuedRequest>) -> Result<Never, EndReason> {
         loop {
             self.drain_packets().await?;
             self.drain_events(None);
@@ -129,7 +129,7 @@ impl Session<'_> {
                 },
                 request = requests.recv() => {
                     if let Some(request) = request {
-                        self.execute(request).await?;
+                        self.execute(*request).await?;
                     }
                 }
                 _ = tokio::time::sleep_until(self.flush_at.unwrap_or(far)), if self.flush_at.is_some() => {

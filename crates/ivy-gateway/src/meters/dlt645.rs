@@ -71,7 +71,7 @@ struct Session<'a> {
 }
 
 /// Runs the DL/T 645 conversation until the connection ends.
-pub async fn run(conn: &mut Conn, requests: &mut mpsc::Receiver<SessionRequest>, leftover: Vec<u8>) -> EndReason {
+pub async fn run(conn: &mut Conn, requests: &mut mpsc::Receiver<super::QueuedRequest>, leftover: Vec<u8>) -> EndReason {
     let probe_after = Duration::from_secs(conn.shared.config.meters.identify_after_secs);
     let mut s = Session { conn, framer: Framer::new(), meters: Vec::new(), probe_at: Instant::now() + probe_after };
     s.framer.push(&leftover);
@@ -84,7 +84,7 @@ pub async fn run(conn: &mut Conn, requests: &mut mpsc::Receiver<SessionRequest>,
 enum Never {}
 
 impl Session<'_> {
-    async fn main_loop(&mut self, requests: &mut mpsc::Receiver<SessionRequest>) -> Result<Never, EndReason> {
+    async fn main_loop(&mut self, requests: &mut mpsc::Receiver<super::QueuedRequest>) -> Result<Never, EndReason> {
         loop {
             self.drain_frames().await?;
             let poll_due = self.meters.iter().filter_map(|m| m.next_poll).min();
@@ -98,7 +98,7 @@ impl Session<'_> {
                 },
                 request = requests.recv() => {
                     if let Some(request) = request {
-                        self.execute(request).await?;
+                        self.execute(*request).await?;
                     }
                 }
                 _ = tokio::time::sleep_until(poll_due.unwrap_or(far)), if poll_due.is_some() => {
