@@ -60,7 +60,7 @@ impl Scale {
     pub fn full() -> Scale {
         Scale {
             push_meters: 1000,
-            push_rates: vec![25_000, 50_000, 100_000, 150_000, 200_000],
+            push_rates: vec![25_000, 50_000, 100_000, 110_000, 125_000, 150_000],
             push_step_secs: 10,
             poll_runs: vec![(1000, 0, 5000), (10_000, 200, 20_000)],
             poll_cycles: 3,

@@ -6,11 +6,6 @@ use ivy_gateway::config::{self, LogFormat, Sources};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-// mimalloc hands freed memory back to the system; with glibc malloc the 19 MiB argon2 scratch of each password
-// check stayed resident for good.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// IVY meter gateway: DL/T 645 and DLMS/COSEM meters over TCP, bridged to MQTT.
 #[derive(Debug, Parser)]
 #[command(name = "ivy-gateway", version, about)]
