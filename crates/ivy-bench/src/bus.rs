@@ -114,60 +114,69 @@ impl Bus {
         let waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>> = Arc::default();
         let (ready_tx, ready_rx) = oneshot::channel();
         let (t, w) = (tally.clone(), waiting.clone());
-        tokio::spawn(async move {
-            let mut ready = Some(ready_tx);
-            let mut subacks = 0;
-            loop {
-                match ev.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let topic = p.topic.as_str();
-                        if topic.ends_with("/telemetry") {
-                            if let Ok(mut t) = t.lock() {
-                                t.on_telemetry(&p.payload);
-                            }
-                        } else if topic.ends_with("/command/response") {
-                            let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else { continue };
-                            let id = v.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
-                            if let Some(tx) = w.lock().ok().and_then(|mut w| w.remove(&id)) {
-                                let _ = tx.send(v);
-                            }
-                        } else if topic.ends_with("/status") && topic.contains("/meters/") {
-                            let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else { continue };
-                            if let (Some(id), Ok(mut t)) = (v.get("meterId").and_then(Value::as_str), t.lock()) {
-                                if v.get("online") == Some(&Value::Bool(true)) {
-                                    t.online.insert(id.to_owned());
-                                    t.ever_online.insert(id.to_owned());
-                                } else {
-                                    t.online.remove(id);
+        // The subscriber gets a thread of its own, so the simulated fleet sharing this process cannot delay it and
+        // inflate the measured latency.
+        let thread = std::thread::Builder::new().name("ivy-bench-subscriber".into());
+        let spawned = thread.spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                let mut ready = Some(ready_tx);
+                let mut subacks = 0;
+                loop {
+                    match ev.poll().await {
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            let topic = p.topic.as_str();
+                            if topic.ends_with("/telemetry") {
+                                if let Ok(mut t) = t.lock() {
+                                    t.on_telemetry(&p.payload);
+                                }
+                            } else if topic.ends_with("/command/response") {
+                                let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else { continue };
+                                let id = v.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+                                if let Some(tx) = w.lock().ok().and_then(|mut w| w.remove(&id)) {
+                                    let _ = tx.send(v);
+                                }
+                            } else if topic.ends_with("/status") && topic.contains("/meters/") {
+                                let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else { continue };
+                                if let (Some(id), Ok(mut t)) = (v.get("meterId").and_then(Value::as_str), t.lock()) {
+                                    if v.get("online") == Some(&Value::Bool(true)) {
+                                        t.online.insert(id.to_owned());
+                                        t.ever_online.insert(id.to_owned());
+                                    } else {
+                                        t.online.remove(id);
+                                    }
+                                }
+                            } else if topic.ends_with("/gateway/stats") {
+                                let v = serde_json::from_slice::<Value>(&p.payload).ok();
+                                if let Ok(mut t) = t.lock() {
+                                    t.stats = v;
                                 }
                             }
-                        } else if topic.ends_with("/gateway/stats") {
-                            let v = serde_json::from_slice::<Value>(&p.payload).ok();
-                            if let Ok(mut t) = t.lock() {
-                                t.stats = v;
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            subacks += 1;
+                            if subacks == 4
+                                && let Some(r) = ready.take()
+                            {
+                                let _ = r.send(Ok(()));
                             }
                         }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        subacks += 1;
-                        if subacks == 4
-                            && let Some(r) = ready.take()
-                        {
-                            let _ = r.send(Ok(()));
+                        Ok(_) => {}
+                        Err(e) => {
+                            if let Some(r) = ready.take() {
+                                let _ = r.send(Err(e.to_string()));
+                                return;
+                            }
+                            // Connection trouble mid-run shows up as missing messages; retry.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
                         }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(Err(e.to_string()));
-                            return;
-                        }
-                        // Connection trouble mid-run shows up as missing messages; retry.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
-            }
+            });
         });
+        if let Err(e) = spawned {
+            return Err(BusError::Mqtt(format!("subscriber thread: {e}")));
+        }
         // QoS 0 for telemetry: the subscriber measures the gateway, not its own acknowledgements.
         for (filter, qos) in [
             ("ivy/v1/meters/+/telemetry", QoS::AtMostOnce),

@@ -32,6 +32,10 @@ struct Args {
     #[arg(long)]
     report: Option<PathBuf>,
 
+    /// Do not run anything: rebuild the report from the JSON lines a previous run printed.
+    #[arg(long)]
+    from_results: Option<PathBuf>,
+
     /// The command line to state in the report.
     #[arg(long, default_value = "scripts/bench")]
     command: String,
@@ -77,7 +81,7 @@ fn machine() -> String {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
-        args.gateway_bin.exists(),
+        args.gateway_bin.exists() || args.from_results.is_some(),
         "{} does not exist: build it with `cargo build --release -p ivy-gateway`",
         args.gateway_bin.display()
     );
@@ -85,7 +89,21 @@ fn main() -> anyhow::Result<()> {
     let wanted = |w: Which| args.only.is_empty() || args.only.contains(&w);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let bin = args.gateway_bin.clone();
+    let saved = match &args.from_results {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v.get("scenario").is_some())
+                .collect::<Vec<_>>(),
+        ),
+        None => None,
+    };
     let results = runtime.block_on(async {
+        if let Some(saved) = saved {
+            return saved;
+        }
         let mut results = Vec::new();
         for which in [Which::Idle, Which::Command, Which::Poll, Which::Push, Which::Hold] {
             if !wanted(which) {

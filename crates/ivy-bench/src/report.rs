@@ -62,6 +62,25 @@ pub fn rows(results: &[Value]) -> Vec<[String; 5]> {
             ">= 100,000",
             rate.map(|r| r >= 100_000.0),
         );
+        let at_target = p
+            .get("steps")
+            .and_then(Value::as_array)
+            .and_then(|steps| steps.iter().find(|s| s.get("target_rate").and_then(Value::as_u64) == Some(100_000)))
+            .cloned()
+            .unwrap_or(Value::Null);
+        row(
+            "push",
+            "at 100,000 readings/s offered: lost, p50 / p99 (ms), gateway CPU (%)",
+            format!(
+                "{} lost, {} / {}, {}",
+                num(&at_target, "/lost"),
+                num(&at_target, "/latency_p50_ms"),
+                num(&at_target, "/latency_p99_ms"),
+                num(&at_target, "/gateway_cpu_percent")
+            ),
+            "0 lost, p99 < 50",
+            f(&at_target, "/lost").zip(f(&at_target, "/latency_p99_ms")).map(|(l, p)| l == 0.0 && p < 50.0),
+        );
         let any = p.get("highest_zero_loss_any_latency").cloned().unwrap_or(Value::Null);
         row(
             "push",
@@ -223,10 +242,11 @@ pub fn markdown(ctx: &Context, results: &[Value], criterion: Option<&str>) -> St
         "Command: `{}` (gateway release build, load generator and subscriber on the same box).\n",
         ctx.command
     );
-    let _ = writeln!(out, "| Scenario | Figure | Result | Target | |");
-    let _ = writeln!(out, "|---|---|---|---|---|");
+    let _ = writeln!(out, "| Scenario | Figure | Result | Target | | Reproduce |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
     for r in rows(results) {
-        let _ = writeln!(out, "| {} | {} | {} | {} | {} |", r[0], r[1], r[2], r[3], r[4]);
+        let _ =
+            writeln!(out, "| {} | {} | {} | {} | {} | `scripts/bench --only {}` |", r[0], r[1], r[2], r[3], r[4], r[0]);
     }
     let _ = writeln!(out, "\nRaw results, one JSON line per scenario:\n\n```json");
     for r in results {

@@ -60,7 +60,7 @@ impl Scale {
     pub fn full() -> Scale {
         Scale {
             push_meters: 1000,
-            push_rates: vec![25_000, 50_000, 100_000, 110_000, 125_000, 150_000],
+            push_rates: vec![25_000, 50_000, 75_000, 100_000, 125_000, 150_000, 175_000, 200_000],
             push_step_secs: 10,
             poll_runs: vec![(1000, 0, 5000), (10_000, 200, 20_000)],
             poll_cycles: 3,
@@ -148,7 +148,6 @@ pub async fn idle(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
 }
 
 struct PushStep {
-    rate: u64,
     result: Value,
     zero_loss: bool,
     /// No loss and p99 latency under 50 ms.
@@ -210,7 +209,6 @@ async fn push_step(
     let lost = expected.saturating_sub(delivered);
     let p99 = quantile(&lat, 0.99).unwrap_or(u64::MAX);
     Ok(PushStep {
-        rate,
         zero_loss: lost == 0 && duplicates == 0 && expected > 0,
         sustained: lost == 0 && duplicates == 0 && expected > 0 && p99 < 50_000,
         result: json!({
@@ -248,7 +246,13 @@ pub async fn push(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
             best = Some(step);
         }
     }
-    let overload_rate = best.as_ref().map(|b| b.rate).or(scale.push_rates.first().copied()).unwrap_or(1000) * 2;
+    // Twice the highest rate that lost nothing (whatever its latency): a real overload.
+    let overload_rate = highest_zero_loss
+        .as_ref()
+        .and_then(|v| v.get("target_rate").and_then(Value::as_u64))
+        .or(scale.push_rates.first().copied())
+        .unwrap_or(1000)
+        * 2;
     let overload = push_step(&gw, &bus, scale.push_meters, overload_rate, scale.push_step_secs, 900_000).await?;
     eprintln!("push overload {overload_rate}/s: {}", overload.result);
     let alive = gw.rss_bytes().is_some();

@@ -98,21 +98,10 @@ struct UsersFile {
 /// The users file name inside the data directory.
 pub const USERS_FILE: &str = "users.toml";
 
-/// argon2id cost of new hashes: 46 MiB, 1 pass, 1 lane, the first of OWASP's equivalent configurations
-/// (m=19 MiB, t=2 is another). Chosen for memory: glibc serves blocks above 32 MiB with mmap and returns them on
-/// free, while a 19 MiB block raised its mmap threshold and stayed resident for good (most of an idle gateway's
-/// memory). Hashes with other parameters still verify: they carry their own.
-fn argon2() -> Argon2<'static> {
-    match argon2::Params::new(46 * 1024, 1, 1, None) {
-        Ok(params) => Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params),
-        Err(_) => Argon2::default(),
-    }
-}
-
 /// Hashes a password with argon2id and a random salt (PHC string).
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
     let salt = SaltString::generate(&mut OsRng);
-    argon2()
+    Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| AuthError::Hash(e.to_string()))
@@ -120,7 +109,7 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
 
 /// Verifies `password` against a PHC hash (CPU-heavy: call off the async threads).
 pub fn verify_hash(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| argon2().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
 /// A random password of 24 letters and digits.

@@ -70,7 +70,7 @@ async fn hold_scenario_keeps_every_meter_online_and_answers_commands() {
 fn ivy_sim() -> PathBuf {
     let dir = gateway().parent().unwrap().to_path_buf();
     let mut cmd = std::process::Command::new(env!("CARGO"));
-    cmd.args(["build", "-q", "-p", "ivy-sim", "--bin", "ivy-sim"]);
+    cmd.args(["build", "-q", "--locked", "-p", "ivy-sim", "--bin", "ivy-sim"]);
     if dir.ends_with("release") {
         cmd.arg("--release");
     }

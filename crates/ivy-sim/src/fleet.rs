@@ -383,6 +383,7 @@ impl Fleet {
             };
             (faults, silent)
         };
+        let mut plans = Vec::new();
         let mut slot = 0usize;
         for c in 0..dlt_connections {
             let index = slot;
@@ -411,18 +412,7 @@ impl Fleet {
             };
             let (faults, mute) = faults_for(index as u64, true);
             let plan = Plan::Dlt(Dlt645Config { meters, identify, latency: cfg.latency, mute, faults });
-            let stats = Arc::new(SimStats::default());
-            all_stats.push(stats.clone());
-            tasks.spawn(run_meter(
-                index,
-                plan,
-                cfg.clone(),
-                stats,
-                counters.clone(),
-                ramp.clone(),
-                stop_rx.clone(),
-                storm.as_ref().map(|s| s.1.clone()),
-            ));
+            plans.push((index, plan));
         }
         for n in 0..cfg.dlms_meters {
             let index = slot;
@@ -453,18 +443,15 @@ impl Fleet {
                 stamp: cfg.stamp,
                 faults,
             });
+            plans.push((index, plan));
+        }
+        for (index, plan) in plans {
             let stats = Arc::new(SimStats::default());
             all_stats.push(stats.clone());
-            tasks.spawn(run_meter(
-                index,
-                plan,
-                cfg.clone(),
-                stats,
-                counters.clone(),
-                ramp.clone(),
-                stop_rx.clone(),
-                storm.as_ref().map(|s| s.1.clone()),
-            ));
+            let storm_rx = storm.as_ref().map(|s| s.1.clone());
+            let task =
+                run_meter(index, plan, cfg.clone(), stats, counters.clone(), ramp.clone(), stop_rx.clone(), storm_rx);
+            tasks.spawn(task);
         }
         counters.planned.store(all_stats.len() as u64, Ordering::Relaxed);
         if let Some((tx, _, every)) = storm {

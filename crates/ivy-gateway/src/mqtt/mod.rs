@@ -36,8 +36,9 @@ pub struct OutboundMessage {
 
 impl OutboundMessage {
     /// A JSON message.
-    pub fn json(topic: String, value: &serde_json::Value, qos: Qos, retain: bool) -> Self {
-        OutboundMessage { topic, payload: Bytes::from(value.to_string()), qos, retain }
+    pub fn json<T: serde::Serialize + ?Sized>(topic: String, value: &T, qos: Qos, retain: bool) -> Self {
+        // Our payload types always serialise (string keys, finite numbers); an empty payload would be the sign.
+        OutboundMessage { topic, payload: Bytes::from(serde_json::to_vec(value).unwrap_or_default()), qos, retain }
     }
 }
 

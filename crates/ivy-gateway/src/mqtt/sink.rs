@@ -11,18 +11,53 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+/// The telemetry payload of one reading. A struct rather than a `json!` map: it is built for every reading
+/// (100,000/s and more), and the map's allocations were a quarter of the gateway's CPU under push load.
+#[derive(Debug, serde::Serialize)]
+pub struct TelemetryPayload<'a> {
+    ts: u64,
+    #[serde(rename = "meterId")]
+    meter_id: &'a str,
+    source: &'static str,
+    register: &'a str,
+    #[serde(rename = "dataId")]
+    data_id: &'a str,
+    value: Value,
+    #[serde(rename = "rawValue")]
+    raw_value: &'a Value,
+    unit: Option<&'a str>,
+}
+
 /// The telemetry payload of one reading.
-pub fn telemetry_payload(r: &Reading) -> Value {
-    json!({
-        "ts": r.ts,
-        "meterId": r.meter_id.as_str(),
-        "source": r.source.as_str(),
-        "register": r.register,
-        "dataId": r.data_id,
-        "value": r.value.to_json(),
-        "rawValue": r.raw_value,
-        "unit": r.unit,
-    })
+pub fn telemetry_payload(r: &Reading) -> TelemetryPayload<'_> {
+    TelemetryPayload {
+        ts: r.ts,
+        meter_id: r.meter_id.as_str(),
+        source: r.source.as_str(),
+        register: &r.register,
+        data_id: &r.data_id,
+        value: r.value.to_json(),
+        raw_value: &r.raw_value,
+        unit: r.unit.as_deref(),
+    }
+}
+
+/// One register's latest value in a snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+struct SnapshotReading {
+    value: Value,
+    unit: Option<String>,
+    ts: u64,
+}
+
+/// The snapshot payload; borrows the latest values instead of copying them for every push.
+#[derive(Debug, serde::Serialize)]
+struct SnapshotPayload<'a> {
+    ts: u64,
+    #[serde(rename = "meterId")]
+    meter_id: &'a str,
+    source: &'static str,
+    readings: &'a BTreeMap<String, SnapshotReading>,
 }
 
 /// The status payload of a transition.
@@ -58,7 +93,7 @@ pub fn event_payload(e: &MeterEvent) -> Value {
 #[derive(Debug, Default)]
 struct Latest {
     source: Option<Source>,
-    readings: BTreeMap<String, Value>,
+    readings: BTreeMap<String, SnapshotReading>,
 }
 
 /// Runs the sink until the hub closes.
@@ -77,17 +112,21 @@ pub async fn run(prefix: TopicPrefix, publisher: Publisher, mut rx: mpsc::Receiv
                         Qos::AtLeastOnce,
                         false,
                     ));
-                    entry
-                        .readings
-                        .insert(r.register.clone(), json!({"value": r.value.to_json(), "unit": r.unit, "ts": r.ts}));
+                    let latest = SnapshotReading { value: r.value.to_json(), unit: r.unit.clone(), ts: r.ts };
+                    match entry.readings.get_mut(&r.register) {
+                        Some(slot) => *slot = latest,
+                        None => {
+                            entry.readings.insert(r.register.clone(), latest);
+                        }
+                    }
                 }
                 if *snapshot {
-                    let payload = json!({
-                        "ts": crate::model::now_ms(),
-                        "meterId": meter_id.as_str(),
-                        "source": source.as_str(),
-                        "readings": entry.readings,
-                    });
+                    let payload = SnapshotPayload {
+                        ts: crate::model::now_ms(),
+                        meter_id: meter_id.as_str(),
+                        source: source.as_str(),
+                        readings: &entry.readings,
+                    };
                     out.push(OutboundMessage::json(prefix.snapshot(meter_id), &payload, Qos::AtLeastOnce, true));
                 }
             }
