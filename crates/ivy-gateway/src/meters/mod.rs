@@ -277,7 +277,7 @@ mod tests {
             let after = crate::model::now_ms();
             assert!(wait >= min && wait <= min + interval, "{interval}/{min}: {wait}");
             // The boundary is computed from a clock reading between `before` and `after`.
-            assert!((before..=after).any(|t| (t + wait) % interval == 0), "{interval}: {wait}");
+            assert!((before..=after).any(|t| (t + wait).is_multiple_of(interval)), "{interval}: {wait}");
         }
     }
 }
