@@ -342,6 +342,13 @@ impl AlarmEngine {
         true
     }
 
+    /// Every acknowledged alarm id (to persist).
+    pub fn acknowledged_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.acknowledged.iter().cloned().collect();
+        ids.sort();
+        ids
+    }
+
     /// Restores acknowledgements persisted earlier.
     pub fn restore_acknowledged(&mut self, ids: impl IntoIterator<Item = String>) {
         self.acknowledged.extend(ids);
@@ -374,6 +381,27 @@ fn event(key: &AlarmKey, prefix: &str, value: f64, threshold: f64, ts: u64) -> M
             "threshold": threshold,
         }),
         ts,
+    }
+}
+
+/// The file in the data directory that keeps acknowledged alarm ids across restarts.
+pub const ACKS_FILE: &str = "alarm-acks.json";
+
+/// Writes acknowledged alarm ids (atomically: a temporary file renamed over the old one).
+pub fn save_acknowledged(path: &std::path::Path, ids: &[String]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(ids).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads acknowledged alarm ids; a missing file is an empty list, a corrupt one is reported.
+pub fn load_acknowledged(path: &std::path::Path) -> std::io::Result<Vec<String>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
 }
 

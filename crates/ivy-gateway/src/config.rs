@@ -533,13 +533,24 @@ pub struct HttpConfig {
     pub host: IpAddr,
     /// Listen port (`HTTP_PORT`).
     pub port: u16,
-    /// Requests per minute per IP.
+    /// Requests per minute per IP (`HTTP_RATE_LIMIT`).
     pub rate_limit_per_minute: u32,
+    /// Dashboard/API sessions end after this long without a request.
+    pub session_idle_secs: u64,
+    /// Numeric readings kept in memory per meter and register for history and charts.
+    pub history_points: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { enabled: true, host: IpAddr::from([0, 0, 0, 0]), port: 3000, rate_limit_per_minute: 300 }
+        HttpConfig {
+            enabled: true,
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 3000,
+            rate_limit_per_minute: 300,
+            session_idle_secs: 8 * 3600,
+            history_points: 120,
+        }
     }
 }
 

@@ -145,6 +145,8 @@ pub struct Gateway {
 // second of 100,000 readings/s; deeper queues only turned overload into memory (400 MB at 300,000/s offered).
 const MQTT_SINK_QUEUE: usize = 8192;
 const ALARM_SINK_QUEUE: usize = 16_384;
+/// The HTTP live view only keeps latest values; under overload it may skip events (counted per sink).
+const LIVE_SINK_QUEUE: usize = 8192;
 
 impl Gateway {
     /// Starts everything: broker, sinks, command router, meter listener, HTTP; publishes the gateway status.
@@ -179,7 +181,7 @@ impl Gateway {
             publish_queue: q.publish_queue,
             inbound_queue: 4096,
         };
-        let mut broker = crate::mqtt::broker::EmbeddedBroker::start(&broker_cfg, auth, prefix.clone()).await?;
+        let mut broker = crate::mqtt::broker::EmbeddedBroker::start(&broker_cfg, auth.clone(), prefix.clone()).await?;
         let publisher = broker.publisher();
         let inbound = broker.take_inbound();
 
@@ -189,7 +191,21 @@ impl Gateway {
         // Sinks first, so nothing published by sessions is missed.
         let sink_rx = shared.hub.subscribe("mqtt", MQTT_SINK_QUEUE);
         tasks.push(tokio::spawn(crate::mqtt::sink::run(prefix.clone(), publisher.clone(), sink_rx)));
-        let alarms = Arc::new(Mutex::new(crate::alarms::AlarmEngine::new(config.alarms.clone())));
+        let mut engine = crate::alarms::AlarmEngine::new(config.alarms.clone());
+        let acks_file = data_dir.join(crate::alarms::ACKS_FILE);
+        match crate::alarms::load_acknowledged(&acks_file) {
+            Ok(ids) => engine.restore_acknowledged(ids),
+            Err(e) => tracing::warn!(file = %acks_file.display(), error = %e, "alarm acknowledgements not restored"),
+        }
+        let alarms = Arc::new(Mutex::new(engine));
+        let live = Arc::new(crate::http::live::LiveStore::new(crate::http::live::LiveLimits {
+            history_points: config.http.history_points,
+            ..Default::default()
+        }));
+        if config.http.enabled {
+            let live_rx = shared.hub.subscribe("http", LIVE_SINK_QUEUE);
+            tasks.push(tokio::spawn(crate::http::live::run(live.clone(), live_rx)));
+        }
         let alarm_rx = shared.hub.subscribe("alarms", ALARM_SINK_QUEUE);
         tasks.push(tokio::spawn(crate::alarms::run(
             alarms.clone(),
@@ -212,7 +228,23 @@ impl Gateway {
             let addr = std::net::SocketAddr::new(config.http.host, config.http.port);
             let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| StartError::Bind(addr, e))?;
             let local = l.local_addr().unwrap_or(addr);
-            let app = crate::http::router(crate::http::HttpState { shared: shared.clone(), broker: broker.counters() });
+            let app = crate::http::router(crate::http::HttpState {
+                shared: shared.clone(),
+                broker: broker.counters(),
+                auth: auth.clone(),
+                sessions: Arc::new(crate::http::session::Sessions::new(
+                    Duration::from_secs(config.http.session_idle_secs.max(60)),
+                    10_000,
+                )),
+                alarms: alarms.clone(),
+                acks_file,
+                live,
+                commands: router.clone(),
+                limiter: Arc::new(crate::http::ratelimit::RateLimiter::new(
+                    config.http.rate_limit_per_minute,
+                    Duration::from_secs(60),
+                )),
+            });
             let shutdown = shared.shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 let served = axum::serve(l, app.into_make_service_with_connect_info::<std::net::SocketAddr>())

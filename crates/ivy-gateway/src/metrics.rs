@@ -110,6 +110,23 @@ pub struct Metrics {
     pub alarms_active: Gauge,
     /// Events dropped inside the hub (slow sinks).
     pub hub_dropped: Gauge,
+    /// HTTP responses by status class (`2xx`, `4xx`, ...).
+    pub http_requests: Family<StatusLabel, Counter>,
+    /// HTTP requests refused by the per-IP rate limit.
+    pub http_rate_limited: Counter,
+    /// Content-security-policy violations reported by browsers.
+    pub http_csp_reports: Counter,
+    /// Dashboard/API sessions open now.
+    pub http_sessions: Gauge,
+    /// Live-stream (SSE) clients connected now.
+    pub http_stream_clients: Gauge,
+}
+
+/// Label: HTTP status class.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// `2xx`, `3xx`, `4xx`, `5xx`.
+    pub class: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -118,6 +135,23 @@ fn latency_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let metrics = Metrics::empty();
+        // Series that exist from the start read 0 instead of missing (queries and alerts on absent series are
+        // error-prone).
+        for reason in
+            [RejectReason::MaxConnections, RejectReason::PerIpLimit, RejectReason::RateLimited, RejectReason::Blocked]
+        {
+            drop(metrics.connections_rejected.get_or_create(&ReasonLabel { reason }));
+        }
+        for kind in ["dlt645_garbage", "dlms_unmatched", "invalid_meter_id"] {
+            drop(metrics.parse_errors.get_or_create(&KindLabel { kind: kind.to_owned() }));
+        }
+        metrics
+    }
+}
+
+impl Metrics {
+    fn empty() -> Self {
         Metrics {
             meters_online: Gauge::default(),
             meters_total: Gauge::default(),
@@ -140,6 +174,11 @@ impl Default for Metrics {
             invalid_commands: Counter::default(),
             alarms_active: Gauge::default(),
             hub_dropped: Gauge::default(),
+            http_requests: Family::default(),
+            http_rate_limited: Counter::default(),
+            http_csp_reports: Counter::default(),
+            http_sessions: Gauge::default(),
+            http_stream_clients: Gauge::default(),
         }
     }
 }
@@ -172,6 +211,12 @@ impl Metrics {
         self.poll_duration.observe(seconds);
     }
 
+    /// Counts an HTTP response.
+    pub fn http_request(&self, status: u16) {
+        let class = format!("{}xx", status / 100);
+        self.http_requests.get_or_create(&StatusLabel { class }).inc();
+    }
+
     /// A registry holding every metric, for text encoding.
     pub fn registry(self: &std::sync::Arc<Self>) -> Registry {
         let mut r = Registry::with_prefix("ivy");
@@ -201,6 +246,11 @@ impl Metrics {
         r.register("invalid_commands", "Command payloads that could not be used", m.invalid_commands.clone());
         r.register("alarms_active", "Alarms active now", m.alarms_active.clone());
         r.register("hub_dropped", "Events dropped by slow hub sinks", m.hub_dropped.clone());
+        r.register("http_requests", "HTTP responses by status class", m.http_requests.clone());
+        r.register("http_rate_limited", "HTTP requests refused by the per-IP rate limit", m.http_rate_limited.clone());
+        r.register("http_csp_reports", "CSP violations reported by browsers", m.http_csp_reports.clone());
+        r.register("http_sessions", "Dashboard and API sessions open now", m.http_sessions.clone());
+        r.register("http_stream_clients", "Live-stream clients connected now", m.http_stream_clients.clone());
         r
     }
 

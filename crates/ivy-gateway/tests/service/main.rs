@@ -4,6 +4,7 @@
 mod commands;
 mod fleet;
 mod harness;
+mod http;
 mod identification;
 mod lifecycle;
 mod limits;

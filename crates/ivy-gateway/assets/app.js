@@ -1,0 +1,652 @@
+// IVY Gateway dashboard. Plain JavaScript, no libraries, served by the gateway itself.
+// Every string that came from a meter, a user or the network is inserted with textContent, never as HTML.
+'use strict';
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+
+  const state = {
+    me: null,
+    meters: new Map(),          // meterId -> row object from /api/meters, updated live
+    sort: { key: 'meterId', dir: 1 },
+    search: '',
+    selected: null,             // meter id shown in the detail panel
+    detailReadings: new Map(),  // register -> {value, unit, ts}
+    history: new Map(),         // register -> [{ts, value}]
+    historyUnits: new Map(),
+    events: [],
+    alarms: [],
+    logPaused: false,
+    tableDirty: false,          // rows added/removed or order may change: rebuild
+    dirtyRows: new Set(),       // meters whose cells changed: update in place
+    rowEls: new Map(),          // meterId -> <tr>
+    lastFullRender: 0,
+    pendingLog: [],
+    detailDirty: false,
+    source: null,
+    reconnectDelay: 1000,
+    statsTimer: null,
+  };
+
+  const MAX_EVENTS = 200;
+  const MAX_LOG = 500;
+  const MAX_POINTS = 300;
+
+  const PARAM_TEMPLATES = {
+    read_register: { register: 'VOLTAGE_A' },
+    read_all: { registers: ['VOLTAGE_A', 'CURRENT_A', 'ACTIVE_POWER_TOTAL'] },
+    read_group: { group: 'all' },
+    relay_control: { state: 'open' },
+    read_relay_state: {},
+    read_address: {},
+    sync_time: {},
+    read_obis: { obis: '1-0:32.7.0.255', classId: 3, attribute: 2 },
+  };
+
+  // ---------- helpers ----------
+
+  function el(tag, props, children) {
+    const e = document.createElement(tag);
+    if (props) {
+      for (const [k, v] of Object.entries(props)) {
+        if (v === undefined || v === null) continue;
+        if (k === 'text') e.textContent = String(v);
+        else if (k === 'class') e.className = v;
+        else if (k === 'dataset') Object.assign(e.dataset, v);
+        else e.setAttribute(k, String(v));
+      }
+    }
+    for (const c of children || []) e.append(c);
+    return e;
+  }
+
+  function fmtTime(ms) {
+    if (!ms) return '–';
+    const d = new Date(ms);
+    return d.toLocaleTimeString([], { hour12: false }) + (Date.now() - ms > 86400000 ? ' ' + d.toLocaleDateString() : '');
+  }
+
+  function fmtValue(v) {
+    if (v === null || v === undefined) return '–';
+    if (typeof v === 'object') return JSON.stringify(v);
+    return String(v);
+  }
+
+  function fmtDuration(secs) {
+    const d = Math.floor(secs / 86400), h = Math.floor((secs % 86400) / 3600), m = Math.floor((secs % 3600) / 60);
+    if (d) return `${d}d ${h}h`;
+    if (h) return `${h}h ${m}m`;
+    return `${m}m ${secs % 60}s`;
+  }
+
+  async function api(path, options) {
+    const opts = Object.assign({ headers: {}, credentials: 'same-origin' }, options || {});
+    if (opts.body !== undefined && typeof opts.body !== 'string') {
+      opts.body = JSON.stringify(opts.body);
+      opts.headers['Content-Type'] = 'application/json';
+    }
+    const res = await fetch(path, opts);
+    let body = null;
+    const text = await res.text();
+    if (text) {
+      try { body = JSON.parse(text); } catch (_) { body = { error: text }; }
+    }
+    if (res.status === 401 && path !== '/api/login') showLogin();
+    return { ok: res.ok, status: res.status, body };
+  }
+
+  // ---------- login ----------
+
+  function showLogin(message) {
+    stopStream();
+    clearInterval(state.statsTimer);
+    $('app-view').hidden = true;
+    $('banner').hidden = true;
+    $('login-view').hidden = false;
+    $('login-error').textContent = message || '';
+    $('login-user').focus();
+  }
+
+  async function onLogin(ev) {
+    ev.preventDefault();
+    $('login-submit').disabled = true;
+    $('login-error').textContent = '';
+    const r = await api('/api/login', {
+      method: 'POST',
+      body: { username: $('login-user').value, password: $('login-password').value },
+    });
+    $('login-submit').disabled = false;
+    if (!r.ok) {
+      $('login-error').textContent = (r.body && r.body.error) || `login failed (${r.status})`;
+      return;
+    }
+    $('login-password').value = '';
+    await start();
+  }
+
+  async function onLogout() {
+    await api('/api/logout', { method: 'POST' });
+    state.me = null;
+    showLogin('Logged out.');
+  }
+
+  // ---------- start ----------
+
+  async function start() {
+    const me = await api('/api/me');
+    if (!me.ok) { showLogin(); return; }
+    state.me = me.body;
+    $('login-view').hidden = true;
+    $('app-view').hidden = false;
+    $('whoami').textContent = `${state.me.user} (${state.me.role})`;
+    const canCommand = !!state.me.canCommand;
+    $('command-send').disabled = !canCommand;
+    $('command-note').textContent = canCommand ? '' : 'Viewers cannot send commands.';
+    const info = await api('/api/info');
+    if (info.ok) {
+      $('gateway-name').textContent = info.body.name || 'IVY Gateway';
+      $('gateway-version').textContent = 'v' + info.body.version;
+      document.title = (info.body.name || 'IVY Gateway') + ' — dashboard';
+    }
+    await reloadAll();
+    startStream();
+    clearInterval(state.statsTimer);
+    state.statsTimer = setInterval(loadStats, 5000);
+    routeFromHash();
+  }
+
+  async function reloadAll() {
+    await Promise.all([loadMeters(), loadAlarms(), loadEvents(), loadStats()]);
+    if (state.selected) await openDetail(state.selected, false);
+  }
+
+  async function loadMeters() {
+    const r = await api('/api/meters');
+    if (!r.ok) return;
+    state.meters.clear();
+    for (const m of r.body.meters) state.meters.set(m.meterId, m);
+    renderMeters();
+    renderMeterIds();
+  }
+
+  async function loadStats() {
+    const r = await api('/api/stats');
+    if (!r.ok) return;
+    const s = r.body;
+    $('card-meters').textContent = `${s.meters.online} / ${Math.max(s.meters.total, state.meters.size)}`;
+    $('card-rpm').textContent = String(s.readingsPerMinute);
+    $('card-alarms').textContent = String(s.alarms.active);
+    $('card-uptime').textContent = fmtDuration(s.uptime);
+    $('card-memory').textContent = s.memory && s.memory.rss ? `${(s.memory.rss / 1048576).toFixed(1)} MB` : '–';
+  }
+
+  // ---------- meters table ----------
+
+  function rowMatches(m, q) {
+    if (!q) return true;
+    return [m.meterId, m.ip, m.protocol].some((v) => v && String(v).toLowerCase().includes(q));
+  }
+
+  function sortValue(m, key) {
+    const v = m[key];
+    if (key === 'online') return v ? 1 : 0;
+    return v === undefined || v === null ? '' : v;
+  }
+
+  function renderMeters() {
+    state.tableDirty = false;
+    const t0 = performance.now();
+    const q = state.search.trim().toLowerCase();
+    const { key, dir } = state.sort;
+    const rows = [...state.meters.values()].filter((m) => rowMatches(m, q)).sort((a, b) => {
+      const x = sortValue(a, key), y = sortValue(b, key);
+      if (x < y) return -dir;
+      if (x > y) return dir;
+      return a.meterId < b.meterId ? -1 : 1;
+    });
+    const frag = document.createDocumentFragment();
+    state.rowEls.clear();
+    state.dirtyRows.clear();
+    for (const m of rows) {
+      const tr = el('tr', { class: 'clickable' + (m.meterId === state.selected ? ' selected' : ''), dataset: { meter: m.meterId } }, [
+        el('td', { text: m.meterId }), el('td'), el('td'), el('td'), el('td'), el('td'), el('td'),
+      ]);
+      fillRow(tr, m);
+      state.rowEls.set(m.meterId, tr);
+      frag.append(tr);
+    }
+    $('meters-body').replaceChildren(frag);
+    state.lastFullRender = performance.now();
+    updateMeterCounts(q ? rows.length : null);
+    for (const th of document.querySelectorAll('#meters-table th[data-sort]')) {
+      th.classList.toggle('sorted-asc', th.dataset.sort === key && dir === 1);
+      th.classList.toggle('sorted-desc', th.dataset.sort === key && dir === -1);
+    }
+    $('meters-table').dataset.renderMs = (performance.now() - t0).toFixed(1);
+    $('meters-table').dataset.rows = String(rows.length);
+  }
+
+  // The meters card and the table title follow live status changes, between the periodic stats refreshes.
+  function updateMeterCounts(shown) {
+    const online = [...state.meters.values()].filter((m) => m.online).length;
+    $('meters-count').textContent = `(${online} online of ${state.meters.size}${shown !== null && shown !== undefined ? `, ${shown} shown` : ''})`;
+    $('card-meters').textContent = `${online} / ${state.meters.size}`;
+  }
+
+  function fillRow(tr, m) {
+    const c = tr.children;
+    c[1].textContent = m.online ? 'online' : 'offline';
+    c[1].className = m.online ? 'status-online' : 'status-offline';
+    c[2].textContent = m.protocol || '–';
+    c[3].textContent = m.ip || '–';
+    c[4].textContent = fmtTime(m.lastReadingAt);
+    c[5].textContent = fmtTime(m.lastSeen);
+    c[6].textContent = String(m.activeAlarms || 0);
+  }
+
+  function markRow(id) {
+    if (state.rowEls.has(id)) state.dirtyRows.add(id);
+    else state.tableDirty = true;
+  }
+
+  function renderMeterIds() {
+    const frag = document.createDocumentFragment();
+    for (const id of [...state.meters.keys()].sort()) frag.append(el('option', { value: id }));
+    $('meter-ids').replaceChildren(frag);
+  }
+
+  function meterRow(id) {
+    let m = state.meters.get(id);
+    if (!m) {
+      m = { meterId: id, online: false, activeAlarms: 0 };
+      state.meters.set(id, m);
+      renderMeterIds();
+    }
+    return m;
+  }
+
+  // ---------- detail ----------
+
+  async function openDetail(id, pushHash) {
+    state.selected = id;
+    state.detailReadings.clear();
+    state.history.clear();
+    state.historyUnits.clear();
+    $('detail').hidden = false;
+    $('detail-id').textContent = id;
+    $('detail-error').textContent = '';
+    $('detail-readings').replaceChildren();
+    $('charts').replaceChildren();
+    $('command-meter').value = id;
+    if (pushHash !== false) history.replaceState(null, '', '#/meters/' + encodeURIComponent(id));
+    const r = await api('/api/meters/' + encodeURIComponent(id));
+    if (state.selected !== id) return;
+    if (!r.ok) {
+      $('detail-status').textContent = '';
+      $('detail-meta').textContent = '';
+      $('detail-error').textContent = (r.body && r.body.error) || `cannot load meter (${r.status})`;
+      return;
+    }
+    const m = r.body;
+    for (const [reg, v] of Object.entries(m.readings || {})) state.detailReadings.set(reg, v);
+    renderDetailHeader(m);
+    const h = await api('/api/meters/' + encodeURIComponent(id) + '/readings?limit=5000');
+    if (state.selected !== id) return;
+    if (h.ok) {
+      for (const p of h.body.points) {
+        if (!state.history.has(p.register)) state.history.set(p.register, []);
+        state.history.get(p.register).push({ ts: p.ts, value: p.value });
+        state.historyUnits.set(p.register, p.unit);
+      }
+    }
+    renderDetail();
+    renderMeters();
+  }
+
+  function renderDetailHeader(m) {
+    const row = state.meters.get(m.meterId) || m;
+    const online = m.online !== undefined ? m.online : row.online;
+    $('detail-status').textContent = online ? 'online' : 'offline';
+    $('detail-status').className = 'pill ' + (online ? 'ok' : 'bad');
+    const bits = [m.protocol || row.protocol, m.ip || row.ip, m.readingsCount !== undefined ? `${m.readingsCount} readings` : null];
+    $('detail-meta').textContent = bits.filter(Boolean).join(' · ');
+  }
+
+  function closeDetail() {
+    state.selected = null;
+    $('detail').hidden = true;
+    history.replaceState(null, '', '#/');
+    renderMeters();
+  }
+
+  function renderDetail() {
+    state.detailDirty = false;
+    if (!state.selected) return;
+    const frag = document.createDocumentFragment();
+    for (const reg of [...state.detailReadings.keys()].sort()) {
+      const v = state.detailReadings.get(reg);
+      frag.append(el('tr', { dataset: { register: reg } }, [
+        el('td', { text: reg }),
+        el('td', { text: fmtValue(v.value), class: 'value' }),
+        el('td', { text: v.unit || '' }),
+        el('td', { text: fmtTime(v.ts) }),
+      ]));
+    }
+    $('detail-readings').replaceChildren(frag);
+    renderCharts();
+  }
+
+  function renderCharts() {
+    const box = $('charts');
+    const existing = new Map([...box.querySelectorAll('.chart')].map((c) => [c.dataset.register, c]));
+    for (const reg of [...state.history.keys()].sort()) {
+      let chart = existing.get(reg);
+      if (!chart) {
+        chart = el('div', { class: 'chart', dataset: { register: reg } }, [el('h3', { text: reg }), el('canvas')]);
+        box.append(chart);
+      }
+      drawChart(chart.querySelector('canvas'), state.history.get(reg), state.historyUnits.get(reg));
+      chart.dataset.points = String(state.history.get(reg).length);
+    }
+  }
+
+  function drawChart(canvas, points, unit) {
+    const ratio = window.devicePixelRatio || 1;
+    const w = Math.max(200, canvas.clientWidth || 260), h = 120;
+    canvas.width = Math.round(w * ratio);
+    canvas.height = Math.round(h * ratio);
+    const ctx = canvas.getContext('2d');
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    ctx.font = '11px system-ui, sans-serif';
+    ctx.fillStyle = '#64748b';
+    if (!points || points.length === 0) { ctx.fillText('no data', 8, 16); return; }
+    let min = Infinity, max = -Infinity;
+    for (const p of points) { min = Math.min(min, p.value); max = Math.max(max, p.value); }
+    if (min === max) { min -= 1; max += 1; }
+    const t0 = points[0].ts, t1 = Math.max(points[points.length - 1].ts, t0 + 1);
+    const left = 4, right = w - 4, top = 16, bottom = h - 14;
+    ctx.fillText(`${+max.toFixed(4)} ${unit || ''}`, left, 11);
+    ctx.fillText(`${+min.toFixed(4)}`, left, h - 2);
+    ctx.strokeStyle = '#0f766e';
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    points.forEach((p, i) => {
+      const x = left + ((p.ts - t0) / (t1 - t0)) * (right - left);
+      const y = bottom - ((p.value - min) / (max - min)) * (bottom - top);
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  }
+
+  // ---------- alarms and events ----------
+
+  async function loadAlarms() {
+    const r = await api('/api/alarms');
+    if (!r.ok) return;
+    state.alarms = r.body.alarms;
+    renderAlarms();
+  }
+
+  function renderAlarms() {
+    const canAck = state.me && state.me.canCommand;
+    const frag = document.createDocumentFragment();
+    for (const a of state.alarms) {
+      const ack = a.acknowledged
+        ? el('span', { class: 'acked', text: 'acknowledged' })
+        : el('button', { type: 'button', class: 'secondary ack', dataset: { alarm: a.id }, text: 'Acknowledge' });
+      if (!canAck && !a.acknowledged) ack.disabled = true;
+      frag.append(el('tr', { dataset: { alarm: a.id } }, [
+        el('td', { text: a.meterId }),
+        el('td', { text: a.type, class: 'sev-' + a.severity }),
+        el('td', { text: fmtValue(a.value) }),
+        el('td', { text: fmtValue(a.threshold) }),
+        el('td', { text: fmtTime(a.raisedAt) }),
+        el('td', {}, [ack]),
+      ]));
+    }
+    $('alarms-body').replaceChildren(frag);
+    $('alarms-empty').hidden = state.alarms.length > 0;
+    $('card-alarms').textContent = String(state.alarms.length);
+  }
+
+  async function acknowledge(id, button) {
+    button.disabled = true;
+    const r = await api('/api/alarms/' + encodeURIComponent(id) + '/ack', { method: 'POST' });
+    if (!r.ok) {
+      button.disabled = false;
+      button.textContent = (r.body && r.body.code) || 'failed';
+    }
+    await loadAlarms();
+  }
+
+  async function loadEvents() {
+    const r = await api('/api/events?limit=' + MAX_EVENTS);
+    if (!r.ok) return;
+    state.events = r.body.events;
+    renderEvents();
+  }
+
+  function renderEvents() {
+    const frag = document.createDocumentFragment();
+    for (const e of state.events) {
+      frag.append(el('li', { class: e.severity ? 'sev-' + e.severity : '', dataset: { event: e.event } }, [
+        el('span', { class: 'muted', text: fmtTime(e.ts) + ' ' }),
+        el('strong', { text: e.meterId }),
+        document.createTextNode(' ' + e.event + (e.data && e.data.value !== undefined ? ` (${fmtValue(e.data.value)})` : '')),
+      ]));
+    }
+    $('events-list').replaceChildren(frag);
+  }
+
+  // ---------- live stream ----------
+
+  function setStreamState(ok, text) {
+    $('stream-state').textContent = text;
+    $('stream-state').className = 'pill ' + (ok ? 'ok' : 'bad');
+    $('banner').hidden = ok;
+  }
+
+  function stopStream() {
+    if (state.source) { state.source.close(); state.source = null; }
+  }
+
+  function startStream() {
+    stopStream();
+    const source = new EventSource('/api/stream');
+    state.source = source;
+    let opened = false;
+    source.addEventListener('hello', () => {
+      const reconnect = opened || state.reconnectDelay > 1000 || !$('banner').hidden;
+      opened = true;
+      state.reconnectDelay = 1000;
+      setStreamState(true, 'live');
+      // Anything may have happened while we were away.
+      if (reconnect) reloadAll();
+    });
+    source.addEventListener('message', (ev) => {
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch (_) { return; }
+      onStreamMessage(msg, ev.data);
+    });
+    source.addEventListener('lagged', () => reloadAll());
+    source.onerror = () => {
+      setStreamState(false, 'disconnected');
+      if (source.readyState === EventSource.CLOSED) {
+        // The browser gave up (e.g. the session expired or the gateway restarted): retry ourselves.
+        state.source = null;
+        const delay = state.reconnectDelay;
+        state.reconnectDelay = Math.min(state.reconnectDelay * 2, 15000);
+        setTimeout(async () => {
+          const me = await api('/api/me').catch(() => null);
+          if (me && me.ok) startStream();
+          else if (!me) { setTimeout(startStream, 0); }
+        }, delay);
+      }
+    };
+  }
+
+  function onStreamMessage(msg, raw) {
+    appendLog(raw);
+    if (msg.type === 'readings') {
+      const m = meterRow(msg.meterId);
+      for (const r of msg.readings) {
+        m.lastReadingAt = Math.max(m.lastReadingAt || 0, r.ts);
+        m.lastSeen = Math.max(m.lastSeen || 0, r.ts);
+        if (msg.meterId === state.selected) {
+          state.detailReadings.set(r.register, { value: r.value, unit: r.unit, ts: r.ts });
+          if (typeof r.value === 'number') {
+            if (!state.history.has(r.register)) state.history.set(r.register, []);
+            const pts = state.history.get(r.register);
+            pts.push({ ts: r.ts, value: r.value });
+            if (pts.length > MAX_POINTS) pts.splice(0, pts.length - MAX_POINTS);
+            state.historyUnits.set(r.register, r.unit);
+          }
+          state.detailDirty = true;
+        }
+      }
+      if (!m.protocol) m.protocol = msg.source;
+      markRow(msg.meterId);
+    } else if (msg.type === 'status') {
+      const m = meterRow(msg.meterId);
+      m.online = msg.online;
+      m.lastSeen = Math.max(m.lastSeen || 0, msg.ts);
+      if (msg.online) { m.ip = msg.ip; m.protocol = msg.protocol; m.connectedAt = msg.connectedAt; }
+      markRow(msg.meterId);
+      if (msg.meterId === state.selected) renderDetailHeader({ meterId: msg.meterId, online: msg.online, ip: msg.ip, protocol: msg.protocol });
+    } else if (msg.type === 'event') {
+      state.events.unshift(msg);
+      if (state.events.length > MAX_EVENTS) state.events.length = MAX_EVENTS;
+      state.eventsDirty = true;
+      if (msg.event.startsWith('alarm') && !state.alarmsReloadPending) {
+        // A fleet can raise many alarms at once: one reload per burst.
+        state.alarmsReloadPending = true;
+        setTimeout(() => loadAlarms().then(() => {
+          state.alarmsReloadPending = false;
+          const counts = new Map();
+          for (const a of state.alarms) counts.set(a.meterId, (counts.get(a.meterId) || 0) + 1);
+          for (const m of state.meters.values()) {
+            const n = counts.get(m.meterId) || 0;
+            if ((m.activeAlarms || 0) !== n) { m.activeAlarms = n; markRow(m.meterId); }
+          }
+        }), 300);
+      }
+    }
+  }
+
+  function appendLog(raw) {
+    if (state.logPaused) return;
+    state.pendingLog.push(new Date().toLocaleTimeString([], { hour12: false }) + ' ' + raw);
+    if (state.pendingLog.length > MAX_LOG) state.pendingLog.splice(0, state.pendingLog.length - MAX_LOG);
+  }
+
+  function flushLog() {
+    if (!state.pendingLog.length) return;
+    const log = $('log');
+    const frag = document.createDocumentFragment();
+    for (const line of state.pendingLog) frag.append(el('li', { text: line }));
+    state.pendingLog = [];
+    log.append(frag);
+    let extra = log.childElementCount - MAX_LOG;
+    while (extra-- > 0) log.firstElementChild.remove();
+    log.scrollTop = log.scrollHeight;
+  }
+
+  // Live updates are applied to the data at once and to the DOM at most twice per second: changed rows in place,
+  // a full re-sort/rebuild only when rows come or go (and not more often than its own cost allows).
+  function frame() {
+    const now = performance.now();
+    const cost = Number($('meters-table').dataset.renderMs || 0);
+    if (state.tableDirty && now - state.lastFullRender > Math.max(1000, cost * 10)) renderMeters();
+    if (state.dirtyRows.size) {
+      for (const id of state.dirtyRows) {
+        const tr = state.rowEls.get(id), m = state.meters.get(id);
+        if (tr && m) fillRow(tr, m);
+      }
+      state.dirtyRows.clear();
+      updateMeterCounts();
+    }
+    if (state.detailDirty) renderDetail();
+    if (state.eventsDirty) { state.eventsDirty = false; renderEvents(); }
+    flushLog();
+  }
+
+  // ---------- commands ----------
+
+  function setTemplate() {
+    $('command-params').value = JSON.stringify(PARAM_TEMPLATES[$('command-method').value] || {}, null, 1);
+  }
+
+  async function sendCommand(ev) {
+    ev.preventDefault();
+    const out = $('command-response');
+    out.classList.remove('failed');
+    let params;
+    try {
+      params = $('command-params').value.trim() ? JSON.parse($('command-params').value) : {};
+    } catch (e) {
+      out.textContent = 'Parameters are not valid JSON: ' + e.message;
+      out.classList.add('failed');
+      return;
+    }
+    const meter = $('command-meter').value.trim();
+    if (!meter) return;
+    $('command-send').disabled = true;
+    out.textContent = `sending ${$('command-method').value} to ${meter}…`;
+    const r = await api('/api/meters/' + encodeURIComponent(meter) + '/commands', {
+      method: 'POST',
+      body: { method: $('command-method').value, params },
+    });
+    $('command-send').disabled = !(state.me && state.me.canCommand);
+    out.textContent = `HTTP ${r.status}\n` + JSON.stringify(r.body, null, 2);
+    out.dataset.status = String(r.status);
+    out.classList.toggle('failed', !r.ok);
+  }
+
+  // ---------- routing ----------
+
+  function routeFromHash() {
+    const m = location.hash.match(/^#\/meters\/(.+)$/);
+    if (m) {
+      let id;
+      try { id = decodeURIComponent(m[1]); } catch (_) { id = m[1]; }
+      openDetail(id, false);
+    }
+  }
+
+  // ---------- wiring ----------
+
+  document.addEventListener('DOMContentLoaded', () => {
+    $('login-form').addEventListener('submit', onLogin);
+    $('logout').addEventListener('click', onLogout);
+    $('meter-search').addEventListener('input', (e) => { state.search = e.target.value; renderMeters(); });
+    for (const th of document.querySelectorAll('#meters-table th[data-sort]')) {
+      th.addEventListener('click', () => {
+        const key = th.dataset.sort;
+        state.sort = { key, dir: state.sort.key === key ? -state.sort.dir : 1 };
+        renderMeters();
+      });
+    }
+    $('meters-body').addEventListener('click', (e) => {
+      const tr = e.target.closest('tr[data-meter]');
+      if (tr) openDetail(tr.dataset.meter);
+    });
+    $('detail-close').addEventListener('click', closeDetail);
+    $('alarms-body').addEventListener('click', (e) => {
+      const b = e.target.closest('button[data-alarm]');
+      if (b) acknowledge(b.dataset.alarm, b);
+    });
+    $('command-method').addEventListener('change', setTemplate);
+    $('command-form').addEventListener('submit', sendCommand);
+    $('log-pause').addEventListener('click', () => {
+      state.logPaused = !state.logPaused;
+      $('log-pause').textContent = state.logPaused ? 'Resume' : 'Pause';
+      $('log-pause').setAttribute('aria-pressed', String(state.logPaused));
+    });
+    $('log-clear').addEventListener('click', () => { state.pendingLog = []; $('log').replaceChildren(); });
+    window.addEventListener('hashchange', routeFromHash);
+    setTemplate();
+    setInterval(frame, 500);
+    start().catch(() => showLogin());
+  });
+})();

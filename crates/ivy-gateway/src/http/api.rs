@@ -1,0 +1,410 @@
+//! The REST handlers and the live stream.
+
+use super::session::{self, Caller};
+use super::{ApiError, HttpState, Operator};
+use crate::commands::router::Answer;
+use crate::hub::HubEvent;
+use crate::meters::ErrorCode;
+use crate::model::{MeterEvent, Severity, now_ms};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use ivy_protocol::registration::MeterId;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// `GET /health`: 200 when every required part runs, 503 with the failing parts otherwise.
+pub async fn health(State(s): State<HttpState>) -> impl IntoResponse {
+    let mut failing = Vec::new();
+    if s.shared.shutdown.is_cancelled() {
+        failing.push("gateway is shutting down");
+    }
+    let status = if failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if failing.is_empty() { "ok" } else { "stopping" },
+        "uptime": s.shared.uptime_secs(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "meters": {"online": s.shared.registry.len(), "total": s.shared.meters_total()},
+        "mqtt": {"clients": s.broker.snapshot().clients},
+        "failing": failing,
+    });
+    (status, Json(body))
+}
+
+/// `GET /metrics`: Prometheus/OpenMetrics text.
+pub async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    let b = s.broker.snapshot();
+    let m = &s.shared.metrics;
+    m.hub_dropped.set(s.shared.hub.dropped() as i64);
+    m.meters_online.set(s.shared.registry.len() as i64);
+    m.http_sessions.set(s.sessions.len() as i64);
+    m.http_stream_clients.set(s.live.stream_clients() as i64);
+    // Broker counters live in the broker; mirror them into the registry's counters at scrape time.
+    let sync = |c: &prometheus_client::metrics::counter::Counter, v: u64| {
+        let cur = c.get();
+        if v > cur {
+            c.inc_by(v - cur);
+        }
+    };
+    sync(&m.mqtt_published, b.published);
+    sync(&m.mqtt_dropped, b.dropped);
+    sync(&m.mqtt_denied, b.denied_publishes);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
+}
+
+/// Login form.
+#[derive(Debug, Deserialize)]
+pub struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+/// `POST /api/login`: checks the user against the MQTT user store and sets the session cookie.
+pub async fn login(State(s): State<HttpState>, body: Bytes) -> Result<Response, ApiError> {
+    let form: LoginRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("expected {{username, password}}: {e}"))
+    })?;
+    let Some(role) = s.auth.verify(&form.username, form.password.as_bytes()).await else {
+        tracing::info!(user = %form.username, "HTTP login refused");
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong user name or password"));
+    };
+    let token = s.sessions.create(Caller { user: form.username.clone(), role });
+    let cookie = s.sessions.set_cookie(&token);
+    Ok(([(header::SET_COOKIE, cookie)], Json(json!({"user": form.username, "role": role}))).into_response())
+}
+
+/// `POST /api/logout`: ends the session and clears the cookie.
+pub async fn logout(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    for value in headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()) {
+        if let Some(token) = session::token_from_cookies(value) {
+            s.sessions.remove(token);
+        }
+    }
+    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, session::Sessions::clear_cookie())]).into_response()
+}
+
+/// `GET /api/me`: who is logged in.
+pub async fn me(caller: Caller) -> Json<Value> {
+    Json(json!({"user": caller.user, "role": caller.role, "canCommand": caller.role.can_command()}))
+}
+
+/// `GET /api/info`: the gateway's identity and configuration summary.
+pub async fn info(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
+    let c = &s.shared.config;
+    Json(json!({
+        "name": c.gateway.name,
+        "gatewayId": c.gateway.gateway_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime": s.shared.uptime_secs(),
+        "startedAt": now_ms().saturating_sub(s.shared.started.elapsed().as_millis() as u64),
+        "protocols": ["dlt645", "dlms"],
+        "mqtt": {"topicPrefix": c.mqtt.topic_prefix, "port": c.mqtt.port, "wsPort": c.mqtt.ws_port, "authEnabled": c.mqtt.auth_enabled},
+        "meters": {"port": c.meters.port},
+        "polling": {"enabled": c.polling.enabled, "intervalMs": c.polling.interval_ms, "group": c.polling.group},
+        "commandMethods": ["read_register", "read_all", "read_group", "relay_control", "read_relay_state", "read_address", "sync_time", "read_obis"],
+    }))
+}
+
+/// Filters of `GET /api/meters`.
+#[derive(Debug, Deserialize)]
+pub struct MeterFilter {
+    /// Substring of the meter id (case-insensitive).
+    q: Option<String>,
+    /// Only online (`true`) or offline (`false`) meters.
+    online: Option<bool>,
+    /// `dlt645` or `dlms`.
+    protocol: Option<String>,
+}
+
+fn active_alarm_counts(s: &HttpState) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    if let Ok(engine) = s.alarms.lock() {
+        for a in engine.active() {
+            *counts.entry(a.meter_id).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The meter list: what the live store knows, with `online` taken from the registry (the truth for commands).
+fn meter_rows(s: &HttpState) -> Vec<Value> {
+    let mut views = s.live.meters();
+    let online: HashMap<String, crate::meters::registry::MeterInfo> =
+        s.shared.registry.list().into_iter().map(|(id, info)| (id.as_str().to_owned(), info)).collect();
+    // Identified, but the status event has not reached the live store yet.
+    let missing: Vec<&String> =
+        online.keys().filter(|id| views.binary_search_by(|v| v.meter_id.as_str().cmp(id)).is_err()).collect();
+    views.extend(missing.into_iter().map(|id| super::live::MeterView::new(id)));
+    let alarms = active_alarm_counts(s);
+    views
+        .into_iter()
+        .map(|v| {
+            let mut row = serde_json::to_value(&v).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut row {
+                let info = online.get(&v.meter_id);
+                m.insert("online".into(), json!(info.is_some()));
+                if let Some(info) = info {
+                    m.insert("ip".into(), json!(info.ip));
+                    m.insert("protocol".into(), json!(info.protocol));
+                    m.insert("connectedAt".into(), json!(info.connected_at));
+                }
+                m.insert("activeAlarms".into(), json!(alarms.get(&v.meter_id).copied().unwrap_or(0)));
+            }
+            row
+        })
+        .collect()
+}
+
+/// `GET /api/meters`: every known meter (online or seen since start).
+pub async fn meters(State(s): State<HttpState>, _caller: Caller, Query(f): Query<MeterFilter>) -> Json<Value> {
+    let q = f.q.as_deref().map(str::to_ascii_lowercase);
+    let rows: Vec<Value> = meter_rows(&s)
+        .into_iter()
+        .filter(|row| {
+            let id = row["meterId"].as_str().unwrap_or_default().to_ascii_lowercase();
+            q.as_deref().is_none_or(|q| id.contains(q))
+                && f.online.is_none_or(|o| row["online"] == json!(o))
+                && f.protocol.as_deref().is_none_or(|p| row["protocol"] == json!(p))
+        })
+        .collect();
+    Json(json!({"count": rows.len(), "meters": rows}))
+}
+
+fn parse_meter_id(raw: &str) -> Result<MeterId, ApiError> {
+    MeterId::new(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_meter_id", e.to_string()))
+}
+
+fn meter_not_found(id: &MeterId) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "meter_not_found", format!("no meter '{id}' has been seen"))
+}
+
+/// `GET /api/meters/{id}`: status, protocol, ip, counters, latest readings and active alarms.
+pub async fn meter(
+    State(s): State<HttpState>,
+    _caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_meter_id(&raw)?;
+    let online = s.shared.registry.get(&id).map(|(_, info)| info);
+    let view = s.live.meter_view(id.as_str());
+    if view.is_none() && online.is_none() {
+        return Err(meter_not_found(&id));
+    }
+    let mut body = match &view {
+        Some(v) => serde_json::to_value(v).unwrap_or(Value::Null),
+        None => json!({"meterId": id.as_str(), "readingsCount": 0}),
+    };
+    let alarms: Vec<_> = s
+        .alarms
+        .lock()
+        .map(|e| e.active().into_iter().filter(|a| a.meter_id == id.as_str()).collect())
+        .unwrap_or_default();
+    if let Value::Object(m) = &mut body {
+        m.insert("online".into(), json!(online.is_some()));
+        if let Some(info) = &online {
+            m.insert("ip".into(), json!(info.ip));
+            m.insert("port".into(), json!(info.port));
+            m.insert("protocol".into(), json!(info.protocol));
+            m.insert("connectedAt".into(), json!(info.connected_at));
+        }
+        m.insert("readings".into(), json!(view.as_ref().map(|v| v.latest().clone()).unwrap_or_default()));
+        m.insert("alarms".into(), json!(alarms));
+    }
+    Ok(Json(body))
+}
+
+/// Query of `GET /api/meters/{id}/readings`.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    /// Register key (case-insensitive); all registers when absent.
+    register: Option<String>,
+    /// From (ms since epoch, inclusive).
+    from: Option<u64>,
+    /// To (ms since epoch, inclusive).
+    to: Option<u64>,
+    /// At most this many points (newest kept), default 1000, at most 10,000.
+    limit: Option<usize>,
+}
+
+/// `GET /api/meters/{id}/readings`: numeric history, oldest first.
+pub async fn readings(
+    State(s): State<HttpState>,
+    _caller: Caller,
+    Path(raw): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_meter_id(&raw)?;
+    if let (Some(from), Some(to)) = (q.from, q.to)
+        && from > to
+    {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_params", "'from' is after 'to'"));
+    }
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let points =
+        s.live.history(id.as_str(), q.register.as_deref(), q.from, q.to, limit).ok_or_else(|| meter_not_found(&id))?;
+    Ok(Json(json!({
+        "meterId": id.as_str(),
+        "register": q.register,
+        "from": q.from,
+        "to": q.to,
+        "source": "memory",
+        "count": points.len(),
+        "points": points,
+    })))
+}
+
+static HTTP_COMMAND_IDS: AtomicU64 = AtomicU64::new(1);
+
+fn status_for(code: Option<ErrorCode>) -> StatusCode {
+    match code {
+        None => StatusCode::OK,
+        Some(
+            ErrorCode::InvalidJson
+            | ErrorCode::MissingId
+            | ErrorCode::MissingMethod
+            | ErrorCode::UnknownMethod
+            | ErrorCode::InvalidParams
+            | ErrorCode::UnknownRegister,
+        ) => StatusCode::BAD_REQUEST,
+        Some(ErrorCode::MeterNotConnected) => StatusCode::NOT_FOUND,
+        Some(ErrorCode::UnsupportedForProtocol) => StatusCode::UNPROCESSABLE_ENTITY,
+        Some(ErrorCode::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+        Some(ErrorCode::MeterError | ErrorCode::AssociationRejected | ErrorCode::ConnectionClosed) => {
+            StatusCode::BAD_GATEWAY
+        }
+        Some(ErrorCode::Busy | ErrorCode::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// `POST /api/meters/{id}/commands`: the MQTT command path; the body is a command request (`id` optional here),
+/// the answer is the command response payload.
+pub async fn command(
+    State(s): State<HttpState>,
+    Operator(caller): Operator,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id = parse_meter_id(&raw)?;
+    // Scripts need not invent request ids over HTTP: the answer is the response to this request.
+    let payload = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(mut m)) if !m.contains_key("id") && !m.contains_key("requestId") => {
+            m.insert("id".into(), json!(format!("http-{}", HTTP_COMMAND_IDS.fetch_add(1, Ordering::Relaxed))));
+            Bytes::from(Value::Object(m).to_string())
+        }
+        _ => body,
+    };
+    tracing::info!(meter = %id, user = %caller.user, "HTTP command");
+    match s.commands.execute(&id, &payload).await {
+        Some(Answer { payload, code, .. }) => Ok((status_for(code), Json(payload)).into_response()),
+        None => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "the body is not a JSON command request")),
+    }
+}
+
+/// `GET /api/alarms`: active alarms, oldest first.
+pub async fn alarms(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
+    let active = s.alarms.lock().map(|e| e.active()).unwrap_or_default();
+    Json(json!({"count": active.len(), "alarms": active}))
+}
+
+/// `POST /api/alarms/{id}/ack`: acknowledges an active alarm (persisted; announced as an `alarm_acknowledged`
+/// event).
+pub async fn acknowledge(
+    State(s): State<HttpState>,
+    Operator(caller): Operator,
+    Path(alarm_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (alarm, acknowledged) = {
+        let mut engine = s.alarms.lock().map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the alarm engine is unavailable")
+        })?;
+        let alarm = engine.active().into_iter().find(|a| a.id == alarm_id);
+        if alarm.is_none() || !engine.acknowledge(&alarm_id) {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_alarm", format!("no active alarm '{alarm_id}'")));
+        }
+        (alarm, engine.acknowledged_ids())
+    };
+    let file = s.acks_file.clone();
+    let saved = tokio::task::spawn_blocking(move || crate::alarms::save_acknowledged(&file, &acknowledged)).await;
+    if let Ok(Err(e)) | Err(e) = saved.map_err(std::io::Error::other) {
+        tracing::warn!(error = %e, "could not persist the alarm acknowledgement");
+    }
+    if let Some(meter_id) = alarm.as_ref().and_then(|a| MeterId::new(&a.meter_id).ok()) {
+        s.shared.hub.publish(HubEvent::Event(MeterEvent {
+            meter_id,
+            event: "alarm_acknowledged".into(),
+            severity: Some(Severity::Info),
+            data: json!({"id": alarm_id, "by": caller.user}),
+            ts: now_ms(),
+        }));
+    }
+    Ok(Json(json!({"id": alarm_id, "acknowledged": true, "by": caller.user})))
+}
+
+/// Query of `GET /api/events`.
+#[derive(Debug, Deserialize)]
+pub struct EventQuery {
+    /// Only this meter's events.
+    meter: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// `GET /api/events`: recent events, newest first.
+pub async fn events(State(s): State<HttpState>, _caller: Caller, Query(q): Query<EventQuery>) -> Json<Value> {
+    let events = s.live.events(q.meter.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000));
+    Json(json!({"count": events.len(), "events": events}))
+}
+
+/// `GET /api/stats`: the `gateway/stats` payload plus what the dashboard's cards show.
+pub async fn stats(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
+    let mut stats = crate::gateway::stats_payload(&s.shared, &s.broker.snapshot());
+    if let Value::Object(m) = &mut stats {
+        m.insert("readingsPerMinute".into(), json!(s.live.readings_per_minute()));
+        m.insert("http".into(), json!({"sessions": s.sessions.len(), "streamClients": s.live.stream_clients()}));
+    }
+    Json(stats)
+}
+
+/// `GET /api/stream`: server-sent events — `hello` first, then `readings`, `status` and `event` messages as they
+/// happen; `lagged` when this client fell behind (it should reload its lists). Ends when the gateway stops.
+pub async fn stream(State(s): State<HttpState>, _caller: Caller) -> impl IntoResponse {
+    let rx = s.live.subscribe();
+    let shutdown = s.shared.shutdown.clone();
+    let hello = Event::default().event("hello").data(json!({"ts": now_ms()}).to_string());
+    let live = futures::stream::unfold((rx, shutdown), |(mut rx, shutdown)| async move {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            msg = rx.recv() => match msg {
+                Ok(text) => Event::default().event("message").data(text.as_ref()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    Event::default().event("lagged").data(json!({"missed": missed}).to_string())
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            },
+        };
+        Some((Ok::<Event, Infallible>(event), (rx, shutdown)))
+    });
+    let all = futures::StreamExt::chain(futures::stream::once(async move { Ok(hello) }), live);
+    Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// `POST /api/csp-report`: browsers report CSP violations here; counted and logged (the dashboard should cause
+/// none).
+pub async fn csp_report(State(s): State<HttpState>, body: Bytes) -> StatusCode {
+    s.shared.metrics.http_csp_reports.inc();
+    let text = String::from_utf8_lossy(body.get(..2048).unwrap_or(&body)).into_owned();
+    tracing::warn!(report = %text, "content security policy violation reported by a browser");
+    StatusCode::NO_CONTENT
+}
+
+/// Unknown paths.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}

@@ -1,0 +1,158 @@
+//! Who is calling: session cookies from `POST /api/login`, or HTTP Basic with the same users (for scripts).
+//!
+//! Sessions live in memory (a restart logs everyone out) with an idle expiry and a bound on their number; the
+//! cookie is HttpOnly and SameSite=Strict, and the token is 32 random bytes.
+
+use crate::auth::Role;
+use base64::Engine;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "ivy_session";
+
+/// A logged-in caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// User name.
+    pub user: String,
+    /// Role.
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    caller: Caller,
+    last_used: Instant,
+}
+
+/// The session table.
+#[derive(Debug)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+    idle: Duration,
+    max: usize,
+}
+
+impl Sessions {
+    /// Sessions that expire after `idle` without use; at most `max` at once (the oldest is evicted).
+    pub fn new(idle: Duration, max: usize) -> Self {
+        Sessions { map: Mutex::new(HashMap::new()), idle, max: max.max(1) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a session; returns its token.
+    pub fn create(&self, caller: Caller) -> String {
+        use rand::RngCore;
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = hex::encode(bytes);
+        let now = Instant::now();
+        let mut map = self.lock();
+        map.retain(|_, s| now.duration_since(s.last_used) < self.idle);
+        if map.len() >= self.max
+            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(token.clone(), Session { caller, last_used: now });
+        token
+    }
+
+    /// The caller of a live session (and refreshes its expiry).
+    pub fn get(&self, token: &str) -> Option<Caller> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let session = map.get_mut(token)?;
+        if now.duration_since(session.last_used) >= self.idle {
+            map.remove(token);
+            return None;
+        }
+        session.last_used = now;
+        Some(session.caller.clone())
+    }
+
+    /// Ends a session.
+    pub fn remove(&self, token: &str) {
+        self.lock().remove(token);
+    }
+
+    /// Sessions open now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nobody is logged in.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// The cookie value that sets `token`.
+    pub fn set_cookie(&self, token: &str) -> String {
+        format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", self.idle.as_secs())
+    }
+
+    /// The cookie value that clears the session cookie.
+    pub fn clear_cookie() -> String {
+        format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+    }
+}
+
+/// The session token in a `Cookie` header, if any.
+pub fn token_from_cookies(header: &str) -> Option<&str> {
+    header.split(';').map(str::trim).find_map(|kv| kv.strip_prefix(COOKIE)?.strip_prefix('=')).filter(|t| !t.is_empty())
+}
+
+/// User and password of an `Authorization: Basic ...` header.
+pub fn basic_credentials(header: &str) -> Option<(String, Vec<u8>)> {
+    let (scheme, rest) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+    let colon = decoded.iter().position(|b| *b == b':')?;
+    let (user, password) = decoded.split_at(colon);
+    let user = String::from_utf8(user.to_vec()).ok()?;
+    Some((user, password.get(1..).unwrap_or_default().to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(name: &str) -> Caller {
+        Caller { user: name.into(), role: Role::Viewer }
+    }
+
+    #[test]
+    fn sessions_expire_and_are_bounded() {
+        let s = Sessions::new(Duration::from_secs(60), 2);
+        let a = s.create(caller("a"));
+        let b = s.create(caller("b"));
+        assert_eq!(s.get(&a).unwrap().user, "a");
+        let c = s.create(caller("c"));
+        assert_eq!(s.len(), 2);
+        assert!(s.get(&b).is_none(), "the least recently used session was evicted");
+        assert!(s.get(&a).is_some() && s.get(&c).is_some());
+        s.remove(&a);
+        assert!(s.get(&a).is_none());
+        let short = Sessions::new(Duration::from_millis(0), 10);
+        let t = short.create(caller("x"));
+        assert!(short.get(&t).is_none());
+    }
+
+    #[test]
+    fn parses_cookies_and_basic() {
+        assert_eq!(token_from_cookies("a=1; ivy_session=abc; b=2"), Some("abc"));
+        assert_eq!(token_from_cookies("ivy_session_other=abc"), None);
+        assert_eq!(token_from_cookies("ivy_session="), None);
+        let (u, p) = basic_credentials("Basic dXNlcjpwYTpzcw==").unwrap();
+        assert_eq!((u.as_str(), p.as_slice()), ("user", b"pa:ss".as_slice()));
+        assert!(basic_credentials("Bearer x").is_none());
+        assert!(basic_credentials("Basic !!!").is_none());
+    }
+}
