@@ -133,6 +133,14 @@ impl Hub {
         self.sinks.read().map(|s| s.iter().map(|slot| slot.tx.max_capacity() - slot.tx.capacity()).sum()).unwrap_or(0)
     }
 
+    /// Sinks whose consumer has stopped (a task ended: the health check reports them).
+    pub fn stopped_sinks(&self) -> Vec<&'static str> {
+        self.sinks
+            .read()
+            .map(|s| s.iter().filter(|slot| slot.tx.is_closed()).map(|slot| slot.name).collect())
+            .unwrap_or_default()
+    }
+
     /// Total events dropped across sinks.
     pub fn dropped(&self) -> u64 {
         self.stats().iter().map(|s| s.dropped).sum()
@@ -171,5 +179,15 @@ mod tests {
         assert_eq!(stats[0], SinkStats { name: "fast", delivered: 10, dropped: 0, dropped_readings: 0 });
         assert_eq!(stats[1], SinkStats { name: "slow", delivered: 2, dropped: 8, dropped_readings: 0 });
         assert_eq!(hub.dropped(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_sink_whose_consumer_ended_is_reported() {
+        let hub = Hub::new();
+        let _alive = hub.subscribe("alive", 4);
+        let gone = hub.subscribe("gone", 4);
+        assert!(hub.stopped_sinks().is_empty());
+        drop(gone);
+        assert_eq!(hub.stopped_sinks(), vec!["gone"]);
     }
 }

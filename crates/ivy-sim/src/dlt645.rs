@@ -125,6 +125,19 @@ pub struct Dlt645Config {
     pub faults: Faults,
 }
 
+impl Dlt645Config {
+    /// `meters` that send their address first and answer at once, without faults.
+    pub fn talk_first(meters: Vec<Arc<Dlt645Meter>>) -> Self {
+        Dlt645Config {
+            meters,
+            identify: Identify::TalkFirst,
+            latency: ReplyLatency::default(),
+            mute: false,
+            faults: Faults::default(),
+        }
+    }
+}
+
 /// Control of a running simulated connection.
 #[derive(Debug)]
 pub enum Control {

@@ -22,13 +22,17 @@ use std::time::Duration;
 
 /// `GET /health`: 200 when every required part runs, 503 with the failing parts otherwise.
 pub async fn health(State(s): State<HttpState>) -> impl IntoResponse {
-    let mut failing = Vec::new();
-    if s.shared.shutdown.is_cancelled() {
-        failing.push("gateway is shutting down");
+    let mut failing: Vec<String> = Vec::new();
+    let stopping = s.shared.shutdown.is_cancelled();
+    if stopping {
+        failing.push("gateway is shutting down".into());
+    } else {
+        // A sink whose task ended means readings no longer reach MQTT, alarms or this API.
+        failing.extend(s.shared.hub.stopped_sinks().into_iter().map(|name| format!("{name} sink stopped")));
     }
     let status = if failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
-        "status": if failing.is_empty() { "ok" } else { "stopping" },
+        "status": if failing.is_empty() { "ok" } else if stopping { "stopping" } else { "failing" },
         "uptime": s.shared.uptime_secs(),
         "version": env!("CARGO_PKG_VERSION"),
         "meters": {"online": s.shared.registry.len(), "total": s.shared.meters_total()},
@@ -154,6 +158,9 @@ fn meter_rows(s: &HttpState) -> Vec<Value> {
                     m.insert("ip".into(), json!(info.ip));
                     m.insert("protocol".into(), json!(info.protocol));
                     m.insert("connectedAt".into(), json!(info.connected_at));
+                    if v.last_seen < info.connected_at {
+                        m.insert("lastSeen".into(), json!(info.connected_at));
+                    }
                 }
                 m.insert("activeAlarms".into(), json!(alarms.get(&v.meter_id).copied().unwrap_or(0)));
             }

@@ -228,6 +228,11 @@ impl LiveStore {
             }
             let limits = self.limits;
             let Some(view) = Self::meter(&mut inner, &limits, meter_id) else { return };
+            if view.connections == 0 {
+                // First sight of this meter here: it is connected (readings come only from a live session).
+                view.online = true;
+                view.connections = 1;
+            }
             view.protocol.get_or_insert(source);
             for r in readings {
                 view.readings_count += 1;
@@ -269,19 +274,32 @@ impl LiveStore {
         {
             let mut inner = self.lock();
             let limits = self.limits;
-            let Some(view) = Self::meter(&mut inner, &limits, s.meter_id.as_str()) else { return };
-            view.online = s.online;
-            view.last_seen = view.last_seen.max(s.ts);
-            if s.online {
-                view.connections += 1;
-                view.protocol = s.protocol.or(view.protocol);
-                view.ip.clone_from(&s.ip);
-                view.connected_at = s.connected_at;
-                view.offline_reason = None;
-            } else {
-                view.offline_reason.clone_from(&s.reason);
+            // An online meter without readings is described by the registry; an entry here would cost ~0.5 KB
+            // per held meter (the hash table grows in powers of two) for nothing the API needs.
+            let tracked = !s.online || inner.meters.contains_key(s.meter_id.as_str());
+            if tracked && let Some(view) = Self::meter(&mut inner, &limits, s.meter_id.as_str()) {
+                Self::apply_status(view, s);
             }
         }
+        self.broadcast_status(s);
+    }
+
+    fn apply_status(view: &mut MeterView, s: &StatusChange) {
+        view.online = s.online;
+        view.last_seen = view.last_seen.max(s.ts);
+        if s.online {
+            view.connections += 1;
+            view.protocol = s.protocol.or(view.protocol);
+            view.ip.clone_from(&s.ip);
+            view.connected_at = s.connected_at;
+            view.offline_reason = None;
+        } else {
+            view.protocol = s.protocol.or(view.protocol);
+            view.offline_reason.clone_from(&s.reason);
+        }
+    }
+
+    fn broadcast_status(&self, s: &StatusChange) {
         self.broadcast(|| {
             json!({
                 "type": "status", "meterId": s.meter_id.as_str(), "online": s.online, "ip": s.ip,
@@ -434,6 +452,33 @@ mod tests {
         let h = store.history("m1", None, None, None, 2).unwrap();
         assert_eq!(h.iter().map(|p| p.ts).collect::<Vec<_>>(), vec![4, 5], "limit keeps the newest");
         assert!(store.history("nope", None, None, None, 10).is_none());
+    }
+
+    fn status(online: bool) -> HubEvent {
+        HubEvent::Status(StatusChange {
+            meter_id: MeterId::new("m1").unwrap(),
+            online,
+            ip: online.then(|| "10.0.0.1".into()),
+            protocol: Some(Source::Dlt645),
+            connected_at: online.then_some(5),
+            reason: (!online).then(|| "closed".into()),
+            ts: 7,
+        })
+    }
+
+    #[test]
+    fn online_meters_without_readings_take_no_entry_until_they_go_offline() {
+        let store = LiveStore::new(LiveLimits::default());
+        store.apply(&status(true));
+        assert!(store.meter_view("m1").is_none(), "the registry describes it while online");
+        store.apply(&status(false));
+        let view = store.meter_view("m1").unwrap();
+        assert!(!view.online);
+        assert_eq!(view.offline_reason.as_deref(), Some("closed"));
+        store.apply(&status(true));
+        let view = store.meter_view("m1").unwrap();
+        assert!(view.online);
+        assert_eq!((view.connections, view.ip.as_deref()), (1, Some("10.0.0.1")));
     }
 
     #[test]

@@ -214,13 +214,7 @@ async fn dlt645_wrong_password_is_a_meter_error_and_a_silent_meter_a_timeout() {
     .await;
     let mut c = client(gw.mqtt(), OPERATOR, &["ivy/v1/#"]).await;
     let meter = dlt_meter(); // expects 123456/87654321
-    let cfg = Dlt645Config {
-        meters: vec![meter.clone()],
-        identify: Identify::TalkFirst,
-        latency: Default::default(),
-        mute: false,
-        faults: Default::default(),
-    };
+    let cfg = Dlt645Config::talk_first(vec![meter.clone()]);
     let sim = Dlt645Sim::connect(gw.meters(), cfg).await.unwrap();
     c.wait("online", 10, |m| m.topic.ends_with("/status")).await;
     let r = c.command(DLT, json!({"id": "w1", "method": "relay_control", "params": {"state": "open"}})).await;

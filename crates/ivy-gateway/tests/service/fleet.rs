@@ -3,7 +3,7 @@
 
 use crate::harness::*;
 use ivy_protocol::dlt645::Address;
-use ivy_sim::dlt645::{Dlt645Config, Dlt645Meter, Dlt645Sim, Identify};
+use ivy_sim::dlt645::{Dlt645Config, Dlt645Meter, Dlt645Sim};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,13 +36,7 @@ async fn a_fleet_of_1000_meters_polled_every_5_s_for_60_s_delivers_every_reading
         let address: Address = format!("{:012}", 100_000 + n).parse().unwrap();
         let mut meter = Dlt645Meter::new(address);
         meter.dynamic = true;
-        let cfg = Dlt645Config {
-            meters: vec![Arc::new(meter)],
-            identify: Identify::TalkFirst,
-            latency: Default::default(),
-            mute: false,
-            faults: Default::default(),
-        };
+        let cfg = Dlt645Config::talk_first(vec![Arc::new(meter)]);
         // Spread the sources over 127.0.0.x as a real fleet comes from many addresses.
         let source = std::net::IpAddr::from([127, 0, 0, 1 + (n % 50) as u8]);
         sims.push(Dlt645Sim::connect_from(gw.meters(), Some(source), cfg).await.unwrap());

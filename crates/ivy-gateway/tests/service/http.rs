@@ -3,7 +3,7 @@
 
 use crate::harness::*;
 use ivy_protocol::dlt645::Address;
-use ivy_sim::dlt645::{Dlt645Config, Dlt645Meter, Dlt645Sim, Identify};
+use ivy_sim::dlt645::{Dlt645Config, Dlt645Meter, Dlt645Sim};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
@@ -91,13 +91,7 @@ fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &s
 async fn meter_on(gw: &TestGateway, voltage: f64) -> (Dlt645Sim, Arc<Dlt645Meter>) {
     let meter = Arc::new(Dlt645Meter::new(METER.parse::<Address>().unwrap()));
     meter.set(0x0201_0100, voltage);
-    let cfg = Dlt645Config {
-        meters: vec![meter.clone()],
-        identify: Identify::TalkFirst,
-        latency: Default::default(),
-        mute: false,
-        faults: Default::default(),
-    };
+    let cfg = Dlt645Config::talk_first(vec![meter.clone()]);
     (Dlt645Sim::connect(gw.meters(), cfg).await.unwrap(), meter)
 }
 

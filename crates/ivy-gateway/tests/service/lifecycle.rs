@@ -3,7 +3,7 @@
 use crate::harness::*;
 use ivy_protocol::dlt645::Address;
 use ivy_sim::dlms::{DlmsConfig, DlmsMeter, DlmsSim};
-use ivy_sim::dlt645::{Dlt645Config, Dlt645Meter, Dlt645Sim, Identify};
+use ivy_sim::dlt645::{Dlt645Config, Dlt645Meter, Dlt645Sim};
 use rumqttc::{ConnectReturnCode, QoS};
 use serde_json::json;
 use std::sync::Arc;
@@ -52,13 +52,7 @@ async fn reconnect_keeps_the_meter_online_and_the_old_close_does_not_unregister_
 async fn reconnect_events_are_published_exactly_once() {
     let gw = start(|_| {}).await;
     let mut c = client(gw.mqtt(), OPERATOR, &["ivy/v1/meters/#"]).await;
-    let cfg = || Dlt645Config {
-        meters: vec![Arc::new(Dlt645Meter::new("000000004321".parse::<Address>().unwrap()))],
-        identify: Identify::TalkFirst,
-        latency: Default::default(),
-        mute: false,
-        faults: Default::default(),
-    };
+    let cfg = || Dlt645Config::talk_first(vec![Arc::new(Dlt645Meter::new("000000004321".parse::<Address>().unwrap()))]);
     let a = Dlt645Sim::connect(gw.meters(), cfg()).await.unwrap();
     let b_msgs = c.until("online", 10, |m| m.topic.ends_with("/status")).await;
     let b = Dlt645Sim::connect(gw.meters(), cfg()).await.unwrap();
@@ -89,13 +83,7 @@ async fn overvoltage_raises_once_holds_in_the_band_and_clears_once() {
     let mut c = client(gw.mqtt(), OPERATOR, &["ivy/v1/meters/+/events", "ivy/v1/meters/+/telemetry"]).await;
     let meter = Arc::new(Dlt645Meter::new("000000007777".parse::<Address>().unwrap()));
     meter.set(0x0201_0100, 230.0);
-    let cfg = Dlt645Config {
-        meters: vec![meter.clone()],
-        identify: Identify::TalkFirst,
-        latency: Default::default(),
-        mute: false,
-        faults: Default::default(),
-    };
+    let cfg = Dlt645Config::talk_first(vec![meter.clone()]);
     let _sim = Dlt645Sim::connect(gw.meters(), cfg).await.unwrap();
     let wait_value = |v: f64| move |m: &Msg| m.topic.ends_with("/telemetry") && m.json["value"] == v;
     let mut seen = c.until("230 V", 10, wait_value(230.0)).await;

@@ -3,7 +3,7 @@
 use crate::harness::*;
 use ivy_protocol::dlt645::Address;
 use ivy_sim::dlms::{DlmsConfig, DlmsMeter, DlmsSim};
-use ivy_sim::dlt645::{Dlt645Config, Dlt645Meter, Dlt645Sim, Identify};
+use ivy_sim::dlt645::{Dlt645Config, Dlt645Meter, Dlt645Sim};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,13 +16,7 @@ async fn several_dlt645_addresses_on_one_connection_are_separate_meters() {
     let a = Arc::new(Dlt645Meter::new("000000000001".parse::<Address>().unwrap()));
     let b = Arc::new(Dlt645Meter::new("000000000002".parse::<Address>().unwrap()));
     b.set(0x0201_0100, 219.9);
-    let cfg = Dlt645Config {
-        meters: vec![a, b],
-        identify: Identify::TalkFirst,
-        latency: Default::default(),
-        mute: false,
-        faults: Default::default(),
-    };
+    let cfg = Dlt645Config::talk_first(vec![a, b]);
     let _sim = Dlt645Sim::connect(gw.meters(), cfg).await.unwrap();
     for id in ["000000000001", "000000000002"] {
         let topic = format!("ivy/v1/meters/{id}/status");
@@ -43,13 +37,7 @@ async fn several_dlt645_addresses_on_one_connection_are_separate_meters() {
 async fn a_meter_that_stops_sending_is_closed_at_the_idle_timeout() {
     let gw = start(|c| c.meters.idle_timeout_secs = 1).await;
     let mut c = client(gw.mqtt(), OPERATOR, &["ivy/v1/meters/#"]).await;
-    let cfg = Dlt645Config {
-        meters: vec![Arc::new(Dlt645Meter::new("000000000042".parse::<Address>().unwrap()))],
-        identify: Identify::TalkFirst,
-        latency: Default::default(),
-        mute: false,
-        faults: Default::default(),
-    };
+    let cfg = Dlt645Config::talk_first(vec![Arc::new(Dlt645Meter::new("000000000042".parse::<Address>().unwrap()))]);
     let sim = Dlt645Sim::connect(gw.meters(), cfg).await.unwrap();
     c.wait("online", 10, |m| m.topic.ends_with("/status") && m.json["online"] == true).await;
     let offline = c.wait("offline", 10, |m| m.topic.ends_with("/status") && m.json["online"] == false).await;

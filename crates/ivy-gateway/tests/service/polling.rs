@@ -3,7 +3,7 @@
 use crate::harness::*;
 use ivy_protocol::dlt645::Address;
 use ivy_sim::dlms::{Control, DlmsConfig, DlmsMeter, DlmsSim, PushForm};
-use ivy_sim::dlt645::{Dlt645Config, Dlt645Meter, Dlt645Sim, Identify};
+use ivy_sim::dlt645::{Dlt645Config, Dlt645Meter, Dlt645Sim};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,13 +31,7 @@ async fn dlt645_all_group_is_polled_with_the_meters_values_in_spec_units() {
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/meters/+/telemetry", "ivy/v1/meters/+/snapshot"]).await;
     let meter = Arc::new(Dlt645Meter::new("000000001234".parse::<Address>().unwrap()));
     meter.set(0x0203_0000, 1.2345); // raw 012345 → 1.2345 kW
-    let cfg = Dlt645Config {
-        meters: vec![meter.clone()],
-        identify: Identify::TalkFirst,
-        latency: Default::default(),
-        mute: false,
-        faults: Default::default(),
-    };
+    let cfg = Dlt645Config::talk_first(vec![meter.clone()]);
     let _sim = Dlt645Sim::connect(gw.meters(), cfg).await.unwrap();
     let first = c.until("first snapshot", 10, |m| m.topic.ends_with("/snapshot")).await;
     let by_reg = telemetry_by_register(&first);
