@@ -83,10 +83,52 @@ pub enum AuthError {
 pub struct User {
     /// Login name.
     pub name: String,
-    /// argon2id PHC string.
+    /// argon2id PHC string (empty for `MQTT_USERS` users, which are checked by [`EnvSecret`]).
     pub hash: String,
     /// Role.
     pub role: Role,
+    /// The password check of a `MQTT_USERS` user (never written to the users file).
+    #[serde(skip)]
+    pub env_secret: Option<EnvSecret>,
+}
+
+/// How a `MQTT_USERS` password is checked: SHA-256 of a random salt and the password, compared in constant time.
+///
+/// These passwords are in plain text in the process environment already, so a slow hash in memory protects
+/// nothing; argon2id for each of them cost ~20 ms of CPU and 19 MiB of transient memory at every start.
+#[derive(Clone)]
+pub struct EnvSecret {
+    salt: [u8; 16],
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for EnvSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnvSecret(..)")
+    }
+}
+
+impl EnvSecret {
+    /// The check for `password`, with a fresh random salt.
+    pub fn new(password: &[u8]) -> Self {
+        use rand::RngCore;
+        let mut salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt);
+        EnvSecret { salt, digest: Self::digest(&salt, password) }
+    }
+
+    fn digest(salt: &[u8; 16], password: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(salt);
+        h.update(password);
+        h.finalize().into()
+    }
+
+    /// Whether `password` is this user's password (constant time in the digest comparison).
+    pub fn matches(&self, password: &[u8]) -> bool {
+        let candidate = Self::digest(&self.salt, password);
+        candidate.iter().zip(self.digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -158,13 +200,15 @@ impl UserStore {
                     Some(r) => r.parse()?,
                     None => Role::Operator,
                 };
-                users.insert(name.to_owned(), User { name: name.to_owned(), hash: hash_password(password)?, role });
+                let env_secret = Some(EnvSecret::new(password.as_bytes()));
+                users.insert(name.to_owned(), User { name: name.to_owned(), hash: String::new(), role, env_secret });
             }
         }
         let mut first_run = None;
         if users.is_empty() {
             let password = random_password();
-            let admin = User { name: "admin".into(), hash: hash_password(&password)?, role: Role::Admin };
+            let admin =
+                User { name: "admin".into(), hash: hash_password(&password)?, role: Role::Admin, env_secret: None };
             write_users_file(&path, std::slice::from_ref(&admin))?;
             users.insert(admin.name.clone(), admin);
             first_run = Some(password);
@@ -218,6 +262,10 @@ fn write_users_file(path: &Path, users: &[User]) -> Result<(), AuthError> {
     std::fs::rename(&tmp, path).map_err(|e| AuthError::Io(path.to_path_buf(), e))
 }
 
+/// argon2id (default parameters) of a throw-away password.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$VvgwBzBKv8QY+rnkMtb4Mw$UtVU3d8jammmrqVo+GLlfjhpGqndD3aFTnC5tZR2gyc";
+
 /// Largest number of cached successful credentials.
 const CACHE_MAX: usize = 10_000;
 
@@ -234,8 +282,10 @@ pub struct Authenticator {
 impl Authenticator {
     /// An authenticator over `store`; with `enabled` false every client is accepted with role admin.
     pub fn new(store: UserStore, enabled: bool) -> Self {
-        // A fixed hash to verify against for unknown users (uniform timing).
-        let dummy_hash = hash_password("ivy-gateway-dummy-password").unwrap_or_default();
+        // Verified against for unknown users and failed `MQTT_USERS` checks, so timing does not reveal which names
+        // exist. A constant (argon2id, default parameters) rather than one hashed here: hashing at start-up costs
+        // 19 MiB and ~20 ms for nothing.
+        let dummy_hash = DUMMY_HASH.to_owned();
         Authenticator {
             store,
             enabled,
@@ -276,7 +326,15 @@ impl Authenticator {
             return Some(role);
         }
         let (hash, role) = match self.store.get(user) {
-            Some(u) => (u.hash.clone(), Some(u.role)),
+            Some(u) => match &u.env_secret {
+                Some(secret) if secret.matches(password) => {
+                    self.remember(key, u.role);
+                    return Some(u.role);
+                }
+                // A wrong password takes as long as for any other user.
+                Some(_) => (self.dummy_hash.clone(), None),
+                None => (u.hash.clone(), Some(u.role)),
+            },
             None => (self.dummy_hash.clone(), None),
         };
         let password = String::from_utf8_lossy(password).into_owned();
@@ -288,13 +346,17 @@ impl Authenticator {
         .await
         .unwrap_or(false);
         let role = role.filter(|_| ok)?;
+        self.remember(key, role);
+        Some(role)
+    }
+
+    fn remember(&self, key: [u8; 32], role: Role) {
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_MAX {
                 cache.clear();
             }
             cache.insert(key, role);
         }
-        Some(role)
     }
 }
 
@@ -325,6 +387,14 @@ mod tests {
         assert!(again.is_none());
     }
 
+    #[test]
+    fn the_dummy_hash_is_a_valid_default_argon2id_hash() {
+        assert!(verify_hash(DUMMY_HASH, "ivy-gateway-dummy-password"));
+        let fresh = hash_password("x").unwrap();
+        let params = |h: &str| h.split('$').nth(3).map(str::to_owned);
+        assert_eq!(params(DUMMY_HASH), params(&fresh), "same cost as real hashes, so timing is uniform");
+    }
+
     #[tokio::test]
     async fn mqtt_users_compatibility() {
         let dir = tempfile::tempdir().unwrap();
@@ -334,6 +404,8 @@ mod tests {
         let auth = Authenticator::new(store, true);
         assert_eq!(auth.verify("alice", b"s3cret").await, Some(Role::Operator));
         assert_eq!(auth.verify("bob", b"pw").await, Some(Role::Viewer));
+        assert_eq!(auth.verify("bob", b"pw2").await, None);
+        assert_eq!(auth.verify("alice", b"").await, None);
         assert!(UserStore::load_or_init(dir.path(), Some("broken")).is_err());
         assert!(UserStore::load_or_init(dir.path(), Some("u:p:king")).is_err());
     }
