@@ -1,8 +1,8 @@
 //! Users, roles and password checks shared by the MQTT broker and the HTTP API (SPEC 4.3).
 //!
 //! Passwords are stored only as argon2id PHC hashes in `users.toml` in the data directory (mode 0600). The
-//! original's `MQTT_USERS=u:p[:role],...` still works (hashed in memory at start-up, with a warning). With no user
-//! at all, the first start creates `admin` with a random password and returns it once for printing.
+//! original's `MQTT_USERS=u:p[:role],...` still works (kept as salted SHA-256 digests in memory, with a warning).
+//! With no user at all, the first start creates `admin` with a random password and returns it once for printing.
 //!
 //! Verification costs ~20 ms of CPU: it runs on the blocking pool, at most two at a time, and successful
 //! credentials are cached (keyed by a SHA-256 of user and password) so reconnecting clients do not pay again.

@@ -145,8 +145,9 @@ pub struct Gateway {
 // second of 100,000 readings/s; deeper queues only turned overload into memory (400 MB at 300,000/s offered).
 const MQTT_SINK_QUEUE: usize = 8192;
 const ALARM_SINK_QUEUE: usize = 16_384;
-/// The HTTP live view only keeps latest values; under overload it may skip events (counted per sink).
-const LIVE_SINK_QUEUE: usize = 8192;
+/// The HTTP live view only keeps latest values: under overload it skips events (counted per sink) rather than
+/// holding thousands of events alive that the other sinks are already done with.
+const LIVE_SINK_QUEUE: usize = 1024;
 
 impl Gateway {
     /// Starts everything: broker, sinks, command router, meter listener, HTTP; publishes the gateway status.

@@ -238,24 +238,50 @@ impl LiveStore {
                 view.readings_count += 1;
                 view.last_seen = view.last_seen.max(r.ts);
                 view.last_reading_at = Some(view.last_reading_at.unwrap_or(0).max(r.ts));
+                // In place when the register is known (every reading after the first): this runs for every
+                // reading the gateway decodes, so it avoids allocating keys and copies it does not need.
                 if let Some(n) = r.value.as_f64() {
-                    let (unit, points) = view.history.entry(r.register.clone()).or_default();
-                    unit.clone_from(&r.unit);
-                    if points.len() >= limits.history_points.max(1) {
+                    let history_points = limits.history_points.max(1);
+                    let (unit, points) = match view.history.get_mut(&r.register) {
+                        Some(h) => h,
+                        None => view
+                            .history
+                            .entry(r.register.clone())
+                            .or_insert_with(|| (None, VecDeque::with_capacity(history_points.min(16)))),
+                    };
+                    if unit != &r.unit {
+                        unit.clone_from(&r.unit);
+                    }
+                    if points.len() >= history_points {
                         points.pop_front();
                     }
                     points.push_back(Point { ts: r.ts, value: n });
                 }
-                view.latest.insert(
-                    r.register.clone(),
-                    LatestReading {
-                        value: r.value.to_json(),
-                        unit: r.unit.clone(),
-                        data_id: r.data_id.clone(),
-                        raw_value: r.raw_value.clone(),
-                        ts: r.ts,
-                    },
-                );
+                match view.latest.get_mut(&r.register) {
+                    Some(latest) => {
+                        latest.value = r.value.to_json();
+                        if latest.unit != r.unit {
+                            latest.unit.clone_from(&r.unit);
+                        }
+                        if latest.data_id != r.data_id {
+                            latest.data_id.clone_from(&r.data_id);
+                        }
+                        latest.raw_value.clone_from(&r.raw_value);
+                        latest.ts = r.ts;
+                    }
+                    None => {
+                        view.latest.insert(
+                            r.register.clone(),
+                            LatestReading {
+                                value: r.value.to_json(),
+                                unit: r.unit.clone(),
+                                data_id: r.data_id.clone(),
+                                raw_value: r.raw_value.clone(),
+                                ts: r.ts,
+                            },
+                        );
+                    }
+                }
             }
         }
         self.broadcast(|| {
