@@ -514,7 +514,7 @@ impl Default for MqttConfig {
             auth_enabled: true,
             users: None,
             max_connections: 10_000,
-            publish_queue: 16_384,
+            publish_queue: 65_536,
             tls_port: 0,
             wss_port: 0,
             tls_cert: None,

