@@ -315,8 +315,16 @@ pub async fn poll(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        // Let a cycle still completing finish counting.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Let a cycle still completing finish counting (and the 1 s gateway stats catch up).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Where readings were dropped, if any: the broker (a slow subscriber's queue or the publish queue) or a hub
+        // sink's queue.
+        let drops = json!({
+            "mqtt_messages": bus.stat("/mqtt/dropped"),
+            "hub_mqtt_readings": bus.stat("/hub/sinks/mqtt/droppedReadings"),
+            "hub_http_events": bus.stat("/hub/sinks/http/dropped"),
+            "hub_alarms_events": bus.stat("/hub/sinks/alarms/dropped"),
+        });
         let cpu = usage.cpu_percent(&gw);
         let cycles = full_cycles(&bus);
         let summary = fleet.stop().await;
@@ -338,6 +346,7 @@ pub async fn poll(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
             "cycle_ms_max": times.last(),
             "duplicates": duplicates,
             "meter_overlaps": summary.overlaps,
+            "gateway_drops": drops,
             "gateway_cpu_percent": cpu.round(),
             "gateway_rss_mb": mb(rss),
         });
