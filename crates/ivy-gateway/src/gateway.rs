@@ -143,13 +143,10 @@ pub struct Gateway {
 /// Hub queue sizes, in events (a push or one meter's poll cycle is one event of up to ~10 readings). Sinks share
 /// the events (`Arc`), so the memory they can hold together is bounded by the deepest queue, not the sum.
 // 16,384 events absorb the burst of an aligned 10,000-meter poll cycle (every meter finishes within ~100 ms) with
-// headroom: with 8192 the MQTT sink dropped up to 4% of such a cycle (counted) once the HTTP live view also took
-// CPU. A deeper queue only turns overload into memory (400 MB at 300,000 readings/s offered with 65,536).
+// headroom: with 8192 the MQTT sink dropped up to 4% of such a cycle (counted) while the HTTP live view was a sink
+// of its own (it is an observer now, see `Hub::observe`). A deeper queue only turns overload into memory (400 MB at 300,000 readings/s offered with 65,536).
 const MQTT_SINK_QUEUE: usize = 16_384;
 const ALARM_SINK_QUEUE: usize = 16_384;
-/// The HTTP live view: the same burst must not make the dashboard stale (it dropped ~8,600 of 10,000 events with
-/// 1024).
-const LIVE_SINK_QUEUE: usize = 16_384;
 
 impl Gateway {
     /// Starts everything: broker, sinks, command router, meter listener, HTTP; publishes the gateway status.
@@ -206,8 +203,8 @@ impl Gateway {
             ..Default::default()
         }));
         if config.http.enabled {
-            let live_rx = shared.hub.subscribe("http", LIVE_SINK_QUEUE);
-            tasks.push(tokio::spawn(crate::http::live::run(live.clone(), live_rx)));
+            let view = live.clone();
+            shared.hub.observe(Arc::new(move |event| view.apply(event)));
         }
         let alarm_rx = shared.hub.subscribe("alarms", ALARM_SINK_QUEUE);
         tasks.push(tokio::spawn(crate::alarms::run(

@@ -52,11 +52,21 @@ pub struct SinkStats {
     pub dropped_readings: u64,
 }
 
+/// A view updated in place on the producer's thread (see [`Hub::observe`]).
+pub type Observer = Arc<dyn Fn(&HubEvent) + Send + Sync>;
+
 /// The hub. Cheap to clone (an `Arc` inside).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Hub {
     sinks: Arc<std::sync::RwLock<Vec<Arc<SinkSlot>>>>,
+    observers: Arc<std::sync::RwLock<Vec<Observer>>>,
     published: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("sinks", &self.sinks).field("published", &self.published).finish_non_exhaustive()
+    }
 }
 
 impl Hub {
@@ -81,9 +91,27 @@ impl Hub {
         rx
     }
 
-    /// Hands `event` to every sink without waiting; a full queue counts a drop for that sink.
+    /// Adds an observer: it sees every event synchronously, before the sinks, on the producer's thread.
+    ///
+    /// For in-memory views that only keep the latest state (the HTTP live view): a queue in front of them would
+    /// hold, under load, thousands of events the other sinks are done with (measured: +75 MB RSS at 100,000
+    /// readings/s, +175 MB at overload), and drop updates in bursts. An observer must be short and never block:
+    /// a brief lock and in-place updates.
+    pub fn observe(&self, observer: Observer) {
+        if let Ok(mut observers) = self.observers.write() {
+            observers.push(observer);
+        }
+    }
+
+    /// Hands `event` to every observer, then to every sink without waiting; a full queue counts a drop for that
+    /// sink.
     pub fn publish(&self, event: HubEvent) {
         self.published.fetch_add(1, Ordering::Relaxed);
+        if let Ok(observers) = self.observers.read() {
+            for observe in observers.iter() {
+                observe(&event);
+            }
+        }
         let event = Arc::new(event);
         let Ok(sinks) = self.sinks.read() else { return };
         for slot in sinks.iter() {
@@ -179,6 +207,22 @@ mod tests {
         assert_eq!(stats[0], SinkStats { name: "fast", delivered: 10, dropped: 0, dropped_readings: 0 });
         assert_eq!(stats[1], SinkStats { name: "slow", delivered: 2, dropped: 8, dropped_readings: 0 });
         assert_eq!(hub.dropped(), 8);
+    }
+
+    #[test]
+    fn observers_see_every_event_before_the_sinks() {
+        let hub = Hub::new();
+        let seen = Arc::new(AtomicU64::new(0));
+        let counter = seen.clone();
+        hub.observe(Arc::new(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }));
+        let _full = hub.subscribe("full", 1);
+        for n in 0..5 {
+            hub.publish(event(n));
+        }
+        assert_eq!(seen.load(Ordering::Relaxed), 5, "observers are not subject to a queue");
+        assert_eq!(hub.dropped(), 4);
     }
 
     #[tokio::test]

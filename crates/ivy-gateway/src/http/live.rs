@@ -1,9 +1,9 @@
 //! What the HTTP API and the dashboard see: the latest state of every meter, a bounded in-memory history of
 //! numeric readings, the recent events, and the live stream fan-out for server-sent events.
 //!
-//! It is one more hub sink: a task applies hub events here, handlers read snapshots. The history ring stands in
-//! for the SQLite store until it exists; the API shape (`/api/meters/{id}/readings?register=&from=&to=`) does not
-//! depend on where the points come from.
+//! It is a hub observer: every event is applied here in place, on the producer's thread (a brief lock), and
+//! handlers read snapshots. The history ring stands in for the SQLite store until it exists; the API shape
+//! (`/api/meters/{id}/readings?register=&from=&to=`) does not depend on where the points come from.
 
 use crate::hub::HubEvent;
 use crate::model::{MeterEvent, Reading, Source, StatusChange};
@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 /// Bounds of the in-memory views.
 #[derive(Debug, Clone, Copy)]
@@ -427,13 +427,6 @@ impl LiveStore {
     /// Meters not remembered because the bound was reached.
     pub fn dropped_meters(&self) -> u64 {
         self.lock().dropped_meters
-    }
-}
-
-/// Applies hub events to `store` until the hub closes the queue.
-pub async fn run(store: Arc<LiveStore>, mut rx: mpsc::Receiver<Arc<HubEvent>>) {
-    while let Some(event) = rx.recv().await {
-        store.apply(&event);
     }
 }
 
