@@ -537,7 +537,8 @@ pub struct HttpConfig {
     pub rate_limit_per_minute: u32,
     /// Dashboard/API sessions end after this long without a request.
     pub session_idle_secs: u64,
-    /// Numeric readings kept in memory per meter and register for history and charts.
+    /// Numeric readings kept in memory per meter and register for history and charts (memory grows with
+    /// meters × registers × points: 120 cost ~60 MB for 1000 pushing meters).
     pub history_points: usize,
 }
 
@@ -549,7 +550,7 @@ impl Default for HttpConfig {
             port: 3000,
             rate_limit_per_minute: 300,
             session_idle_secs: 8 * 3600,
-            history_points: 120,
+            history_points: 30,
         }
     }
 }

@@ -28,7 +28,7 @@ pub struct LiveLimits {
 
 impl Default for LiveLimits {
     fn default() -> Self {
-        LiveLimits { history_points: 120, events: 1000, meters: 100_000, stream_buffer: 4096 }
+        LiveLimits { history_points: 30, events: 1000, meters: 100_000, stream_buffer: 4096 }
     }
 }
 
