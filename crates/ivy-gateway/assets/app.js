@@ -639,6 +639,8 @@
     $('command-method').addEventListener('change', setTemplate);
     $('command-form').addEventListener('submit', sendCommand);
     $('log-pause').addEventListener('click', () => {
+      // Lines that arrived before the click belong to the frozen view: show them now, not at the next frame.
+      if (!state.logPaused) flushLog();
       state.logPaused = !state.logPaused;
       $('log-pause').textContent = state.logPaused ? 'Resume' : 'Pause';
       $('log-pause').setAttribute('aria-pressed', String(state.logPaused));
