@@ -86,6 +86,12 @@ async function waitFor(what, fn, timeoutMs = 20000, everyMs = 100) {
   throw new Error(`timed out waiting for ${what} (last: ${last})`);
 }
 
+async function login(page, [user, password]) {
+  await page.fill('#login-user', user);
+  await page.fill('#login-password', password);
+  await page.click('#login-submit');
+}
+
 async function shot(page, name) {
   const file = join(SHOTS, `${String(screenshots.length + 1).padStart(2, '0')}-${name}.png`);
   await page.screenshot({ path: file, fullPage: true });
@@ -182,12 +188,9 @@ async function main() {
       await page.goto(base + '/');
       await page.waitForSelector('#login-view:not([hidden])');
       await shot(page, 'login');
-      await page.fill('#login-user', ADMIN[0]);
-      await page.fill('#login-password', 'wrong password');
-      await page.click('#login-submit');
+      await login(page, [ADMIN[0], 'wrong password']);
       await page.waitForFunction(() => document.getElementById('login-error').textContent.length > 0);
-      await page.fill('#login-password', ADMIN[1]);
-      await page.click('#login-submit');
+      await login(page, ADMIN);
       await page.waitForSelector('#app-view:not([hidden])');
       await page.waitForFunction(() => document.getElementById('stream-state').textContent === 'live');
       const cookies = await context.cookies();
@@ -269,9 +272,7 @@ async function main() {
       const vp = await viewerContext.newPage();
       watch(vp, 'viewer');
       await vp.goto(base + '/');
-      await vp.fill('#login-user', VIEWER[0]);
-      await vp.fill('#login-password', VIEWER[1]);
-      await vp.click('#login-submit');
+      await login(vp, VIEWER);
       await vp.waitForSelector('#app-view:not([hidden])');
       assert.equal(await vp.isDisabled('#command-send'), true);
       const status = await vp.evaluate(async (id) => (await fetch(`/api/meters/${id}/commands`, {
@@ -301,9 +302,7 @@ async function main() {
       gw = await startGateway(ports, dataDir, configFile);
       // Sessions live in memory: after a restart the page asks for the login again, by itself.
       await page.waitForSelector('#login-view:not([hidden])', { timeout: 30000 });
-      await page.fill('#login-user', ADMIN[0]);
-      await page.fill('#login-password', ADMIN[1]);
-      await page.click('#login-submit');
+      await login(page, ADMIN);
       await page.waitForFunction(() => document.getElementById('stream-state').textContent === 'live', null, { timeout: 15000 });
       assert.equal(await page.isHidden('#banner'), true);
       // The simulator reconnects by itself; the meter comes back online.

@@ -334,12 +334,12 @@ impl AlarmEngine {
         v
     }
 
-    /// Marks an alarm acknowledged; false when no such alarm is active.
-    pub fn acknowledge(&mut self, id: &str) -> bool {
-        let Some(alarm) = self.active.values_mut().find(|a| a.id == id) else { return false };
+    /// Marks an alarm acknowledged and returns it; `None` when no such alarm is active.
+    pub fn acknowledge(&mut self, id: &str) -> Option<ActiveAlarm> {
+        let alarm = self.active.values_mut().find(|a| a.id == id)?;
         alarm.acknowledged = true;
         self.acknowledged.insert(id.to_owned());
-        true
+        Some(alarm.clone())
     }
 
     /// Every acknowledged alarm id (to persist).
@@ -444,21 +444,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ReadingValue, Source};
-
-    fn reading(register: &str, quantity: Quantity, value: f64, unit: &str, ts: u64) -> Reading {
-        Reading {
-            meter_id: MeterId::new("m1").unwrap(),
-            source: Source::Dlt645,
-            register: register.into(),
-            data_id: "0x02010100".into(),
-            value: ReadingValue::Number(value),
-            raw_value: json!(value),
-            unit: Some(unit.into()),
-            quantity,
-            ts,
-        }
-    }
+    use crate::model::test_reading as reading;
 
     fn names(events: &[MeterEvent]) -> Vec<String> {
         events.iter().map(|e| e.event.clone()).collect()
@@ -553,8 +539,8 @@ mod tests {
         assert!(e.tick(400_000).is_empty());
         assert_eq!(names(&e.on_status(&status(true, 500_000))), vec!["alarm_cleared:communication_lost"]);
         let id = "m1:overcurrent:CURRENT_A";
-        assert!(e.acknowledge(id));
+        assert!(e.acknowledge(id).is_some());
         assert!(e.active().iter().any(|a| a.id == id && a.acknowledged));
-        assert!(!e.acknowledge("nope"));
+        assert!(e.acknowledge("nope").is_none());
     }
 }

@@ -144,7 +144,8 @@ pub struct Gateway {
 /// the events (`Arc`), so the memory they can hold together is bounded by the deepest queue, not the sum.
 // 16,384 events absorb the burst of an aligned 10,000-meter poll cycle (every meter finishes within ~100 ms) with
 // headroom: with 8192 the MQTT sink dropped up to 4% of such a cycle (counted) while the HTTP live view was a sink
-// of its own (it is an observer now, see `Hub::observe`). A deeper queue only turns overload into memory (400 MB at 300,000 readings/s offered with 65,536).
+// of its own (it is an observer now, see `Hub::observe`). A deeper queue only turns overload into memory (400 MB
+// at 300,000 readings/s offered with 65,536).
 const MQTT_SINK_QUEUE: usize = 16_384;
 const ALARM_SINK_QUEUE: usize = 16_384;
 
@@ -385,15 +386,10 @@ async fn stats_loop(
 /// The `gateway/stats` payload.
 pub fn stats_payload(shared: &Shared, broker: &crate::mqtt::BrokerStats) -> serde_json::Value {
     let m = &shared.metrics;
-    let rejected: u64 = [
-        crate::metrics::RejectReason::MaxConnections,
-        crate::metrics::RejectReason::PerIpLimit,
-        crate::metrics::RejectReason::RateLimited,
-        crate::metrics::RejectReason::Blocked,
-    ]
-    .iter()
-    .map(|r| m.connections_rejected.get_or_create(&crate::metrics::ReasonLabel { reason: *r }).get())
-    .sum();
+    let rejected: u64 = crate::metrics::RejectReason::ALL
+        .iter()
+        .map(|r| m.connections_rejected.get_or_create(&crate::metrics::ReasonLabel { reason: *r }).get())
+        .sum();
     let poll_cycles: u64 = ["ok", "partial", "timeout", "failed"]
         .iter()
         .map(|o| m.polls.get_or_create(&crate::metrics::OutcomeLabel { outcome: (*o).to_owned() }).get())

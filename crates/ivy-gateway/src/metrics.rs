@@ -21,6 +21,12 @@ pub enum RejectReason {
     Blocked,
 }
 
+impl RejectReason {
+    /// Every reason.
+    pub const ALL: [RejectReason; 4] =
+        [RejectReason::MaxConnections, RejectReason::PerIpLimit, RejectReason::RateLimited, RejectReason::Blocked];
+}
+
 /// Label: reason.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -138,9 +144,7 @@ impl Default for Metrics {
         let metrics = Metrics::empty();
         // Series that exist from the start read 0 instead of missing (queries and alerts on absent series are
         // error-prone).
-        for reason in
-            [RejectReason::MaxConnections, RejectReason::PerIpLimit, RejectReason::RateLimited, RejectReason::Blocked]
-        {
+        for reason in RejectReason::ALL {
             drop(metrics.connections_rejected.get_or_create(&ReasonLabel { reason }));
         }
         for kind in ["dlt645_garbage", "dlms_unmatched", "invalid_meter_id"] {

@@ -134,3 +134,19 @@ pub struct MeterEvent {
     /// When (ms).
     pub ts: u64,
 }
+
+/// A numeric DL/T 645 reading of meter `m1` (unit tests).
+#[cfg(test)]
+pub(crate) fn test_reading(register: &str, quantity: Quantity, value: f64, unit: &str, ts: u64) -> Reading {
+    Reading {
+        meter_id: MeterId::new("m1").unwrap(),
+        source: Source::Dlt645,
+        register: register.into(),
+        data_id: "0x02010100".into(),
+        value: ReadingValue::Number(value),
+        raw_value: serde_json::json!(value),
+        unit: Some(unit.into()),
+        quantity,
+        ts,
+    }
+}

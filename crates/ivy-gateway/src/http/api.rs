@@ -1,10 +1,12 @@
 //! The REST handlers and the live stream.
 
+use super::live::MeterView;
 use super::session::{self, Caller};
 use super::{ApiError, HttpState, Operator};
 use crate::commands::router::Answer;
 use crate::hub::HubEvent;
 use crate::meters::ErrorCode;
+use crate::meters::registry::MeterInfo;
 use crate::model::{MeterEvent, Severity, now_ms};
 use axum::Json;
 use axum::body::Bytes;
@@ -86,10 +88,8 @@ pub async fn login(State(s): State<HttpState>, body: Bytes) -> Result<Response, 
 
 /// `POST /api/logout`: ends the session and clears the cookie.
 pub async fn logout(State(s): State<HttpState>, headers: HeaderMap) -> Response {
-    for value in headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()) {
-        if let Some(token) = session::token_from_cookies(value) {
-            s.sessions.remove(token);
-        }
+    for token in session::tokens(&headers) {
+        s.sessions.remove(token);
     }
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, session::Sessions::clear_cookie())]).into_response()
 }
@@ -137,34 +137,42 @@ fn active_alarm_counts(s: &HttpState) -> HashMap<String, usize> {
     counts
 }
 
-/// The meter list: what the live store knows, with `online` taken from the registry (the truth for commands).
+/// A meter as JSON: what the live view knows, with the connection taken from the registry (the truth for
+/// commands) when the meter is online.
+fn meter_json(view: &MeterView, online: Option<&MeterInfo>) -> serde_json::Map<String, Value> {
+    let mut m = match serde_json::to_value(view) {
+        Ok(Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    m.insert("online".into(), json!(online.is_some()));
+    if let Some(info) = online {
+        m.insert("ip".into(), json!(info.ip));
+        m.insert("protocol".into(), json!(info.protocol));
+        m.insert("connectedAt".into(), json!(info.connected_at));
+    }
+    m
+}
+
+/// The meter list: every meter the live view knows, plus online meters it has no entry for (those without
+/// readings are described by the registry alone).
 fn meter_rows(s: &HttpState) -> Vec<Value> {
     let mut views = s.live.meters();
-    let online: HashMap<String, crate::meters::registry::MeterInfo> =
+    let online: HashMap<String, MeterInfo> =
         s.shared.registry.list().into_iter().map(|(id, info)| (id.as_str().to_owned(), info)).collect();
-    // Identified, but the status event has not reached the live store yet.
     let missing: Vec<&String> =
         online.keys().filter(|id| views.binary_search_by(|v| v.meter_id.as_str().cmp(id)).is_err()).collect();
-    views.extend(missing.into_iter().map(|id| super::live::MeterView::new(id)));
+    views.extend(missing.into_iter().map(|id| MeterView::new(id)));
     let alarms = active_alarm_counts(s);
     views
         .into_iter()
         .map(|v| {
-            let mut row = serde_json::to_value(&v).unwrap_or(Value::Null);
-            if let Value::Object(m) = &mut row {
-                let info = online.get(&v.meter_id);
-                m.insert("online".into(), json!(info.is_some()));
-                if let Some(info) = info {
-                    m.insert("ip".into(), json!(info.ip));
-                    m.insert("protocol".into(), json!(info.protocol));
-                    m.insert("connectedAt".into(), json!(info.connected_at));
-                    if v.last_seen < info.connected_at {
-                        m.insert("lastSeen".into(), json!(info.connected_at));
-                    }
-                }
-                m.insert("activeAlarms".into(), json!(alarms.get(&v.meter_id).copied().unwrap_or(0)));
+            let info = online.get(&v.meter_id);
+            let mut m = meter_json(&v, info);
+            if let Some(info) = info.filter(|info| v.last_seen < info.connected_at) {
+                m.insert("lastSeen".into(), json!(info.connected_at));
             }
-            row
+            m.insert("activeAlarms".into(), json!(alarms.get(&v.meter_id).copied().unwrap_or(0)));
+            Value::Object(m)
         })
         .collect()
 }
@@ -204,27 +212,19 @@ pub async fn meter(
     if view.is_none() && online.is_none() {
         return Err(meter_not_found(&id));
     }
-    let mut body = match &view {
-        Some(v) => serde_json::to_value(v).unwrap_or(Value::Null),
-        None => json!({"meterId": id.as_str(), "readingsCount": 0}),
-    };
+    let view = view.unwrap_or_else(|| MeterView::new(id.as_str()));
     let alarms: Vec<_> = s
         .alarms
         .lock()
         .map(|e| e.active().into_iter().filter(|a| a.meter_id == id.as_str()).collect())
         .unwrap_or_default();
-    if let Value::Object(m) = &mut body {
-        m.insert("online".into(), json!(online.is_some()));
-        if let Some(info) = &online {
-            m.insert("ip".into(), json!(info.ip));
-            m.insert("port".into(), json!(info.port));
-            m.insert("protocol".into(), json!(info.protocol));
-            m.insert("connectedAt".into(), json!(info.connected_at));
-        }
-        m.insert("readings".into(), json!(view.as_ref().map(|v| v.latest().clone()).unwrap_or_default()));
-        m.insert("alarms".into(), json!(alarms));
+    let mut m = meter_json(&view, online.as_ref());
+    if let Some(info) = &online {
+        m.insert("port".into(), json!(info.port));
     }
-    Ok(Json(body))
+    m.insert("readings".into(), json!(view.latest()));
+    m.insert("alarms".into(), json!(alarms));
+    Ok(Json(Value::Object(m)))
 }
 
 /// Query of `GET /api/meters/{id}/readings`.
@@ -331,18 +331,20 @@ pub async fn acknowledge(
         let mut engine = s.alarms.lock().map_err(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the alarm engine is unavailable")
         })?;
-        let alarm = engine.active().into_iter().find(|a| a.id == alarm_id);
-        if alarm.is_none() || !engine.acknowledge(&alarm_id) {
+        let Some(alarm) = engine.acknowledge(&alarm_id) else {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_alarm", format!("no active alarm '{alarm_id}'")));
-        }
+        };
         (alarm, engine.acknowledged_ids())
     };
     let file = s.acks_file.clone();
-    let saved = tokio::task::spawn_blocking(move || crate::alarms::save_acknowledged(&file, &acknowledged)).await;
-    if let Ok(Err(e)) | Err(e) = saved.map_err(std::io::Error::other) {
+    let saved = tokio::task::spawn_blocking(move || crate::alarms::save_acknowledged(&file, &acknowledged))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|written| written);
+    if let Err(e) = saved {
         tracing::warn!(error = %e, "could not persist the alarm acknowledgement");
     }
-    if let Some(meter_id) = alarm.as_ref().and_then(|a| MeterId::new(&a.meter_id).ok()) {
+    if let Ok(meter_id) = MeterId::new(&alarm.meter_id) {
         s.shared.hub.publish(HubEvent::Event(MeterEvent {
             meter_id,
             event: "alarm_acknowledged".into(),
@@ -374,7 +376,14 @@ pub async fn stats(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
     let mut stats = crate::gateway::stats_payload(&s.shared, &s.broker.snapshot());
     if let Value::Object(m) = &mut stats {
         m.insert("readingsPerMinute".into(), json!(s.live.readings_per_minute()));
-        m.insert("http".into(), json!({"sessions": s.sessions.len(), "streamClients": s.live.stream_clients()}));
+        m.insert(
+            "http".into(),
+            json!({
+                "sessions": s.sessions.len(),
+                "streamClients": s.live.stream_clients(),
+                "droppedMeters": s.live.dropped_meters(),
+            }),
+        );
     }
     Json(stats)
 }

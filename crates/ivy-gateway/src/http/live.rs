@@ -110,6 +110,25 @@ impl MeterView {
     pub fn latest(&self) -> &BTreeMap<String, LatestReading> {
         &self.latest
     }
+
+    /// A copy without the history, and without the latest readings unless `with_latest`: the API never returns
+    /// history with a meter, and copying it for every meter of a list is the bulk of the work.
+    fn copy(&self, with_latest: bool) -> MeterView {
+        MeterView {
+            meter_id: self.meter_id.clone(),
+            online: self.online,
+            protocol: self.protocol,
+            ip: self.ip.clone(),
+            connected_at: self.connected_at,
+            offline_reason: self.offline_reason.clone(),
+            last_seen: self.last_seen,
+            last_reading_at: self.last_reading_at,
+            readings_count: self.readings_count,
+            connections: self.connections,
+            latest: if with_latest { self.latest.clone() } else { BTreeMap::new() },
+            history: HashMap::new(),
+        }
+    }
 }
 
 /// An event as the API shows it.
@@ -313,14 +332,13 @@ impl LiveStore {
     fn apply_status(view: &mut MeterView, s: &StatusChange) {
         view.online = s.online;
         view.last_seen = view.last_seen.max(s.ts);
+        view.protocol = s.protocol.or(view.protocol);
         if s.online {
             view.connections += 1;
-            view.protocol = s.protocol.or(view.protocol);
             view.ip.clone_from(&s.ip);
             view.connected_at = s.connected_at;
             view.offline_reason = None;
         } else {
-            view.protocol = s.protocol.or(view.protocol);
             view.offline_reason.clone_from(&s.reason);
         }
     }
@@ -364,11 +382,7 @@ impl LiveStore {
     /// Every known meter (without readings), sorted by id.
     pub fn meters(&self) -> Vec<MeterView> {
         let inner = self.lock();
-        let mut v: Vec<MeterView> = inner
-            .meters
-            .values()
-            .map(|m| MeterView { latest: BTreeMap::new(), history: HashMap::new(), ..m.clone() })
-            .collect();
+        let mut v: Vec<MeterView> = inner.meters.values().map(|m| m.copy(false)).collect();
         v.sort_by(|a, b| a.meter_id.cmp(&b.meter_id));
         v
     }
@@ -376,7 +390,7 @@ impl LiveStore {
     /// One meter with its latest readings (history left out).
     pub fn meter_view(&self, meter_id: &str) -> Option<MeterView> {
         let inner = self.lock();
-        inner.meters.get(meter_id).map(|m| MeterView { history: HashMap::new(), ..m.clone() })
+        inner.meters.get(meter_id).map(|m| m.copy(true))
     }
 
     /// History points of one meter, oldest first, filtered by register and time range, at most `limit`
@@ -433,21 +447,11 @@ impl LiveStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Quantity, ReadingValue};
+    use crate::model::Quantity;
     use ivy_protocol::registration::MeterId;
 
     fn reading(register: &str, value: f64, ts: u64) -> Reading {
-        Reading {
-            meter_id: MeterId::new("m1").unwrap(),
-            source: Source::Dlt645,
-            register: register.into(),
-            data_id: "0x02010100".into(),
-            value: ReadingValue::Number(value),
-            raw_value: json!(2301),
-            unit: Some("V".into()),
-            quantity: Quantity::Voltage,
-            ts,
-        }
+        crate::model::test_reading(register, Quantity::Voltage, value, "V", ts)
     }
 
     #[test]

@@ -143,11 +143,8 @@ impl FromRequestParts<HttpState> for Caller {
         if !state.auth.enabled() {
             return Ok(Caller { user: "anonymous".into(), role: Role::Admin });
         }
-        let cookies = parts.headers.get_all(header::COOKIE);
-        for value in cookies.iter().filter_map(|v| v.to_str().ok()) {
-            if let Some(caller) = session::token_from_cookies(value).and_then(|t| state.sessions.get(t)) {
-                return Ok(caller);
-            }
+        if let Some(caller) = session::tokens(&parts.headers).find_map(|t| state.sessions.get(t)) {
+            return Ok(caller);
         }
         if let Some((user, password)) =
             parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(session::basic_credentials)

@@ -102,6 +102,11 @@ impl Sessions {
     }
 }
 
+/// Session tokens in the request's `Cookie` headers.
+pub fn tokens(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(axum::http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).filter_map(token_from_cookies)
+}
+
 /// The session token in a `Cookie` header, if any.
 pub fn token_from_cookies(header: &str) -> Option<&str> {
     header.split(';').map(str::trim).find_map(|kv| kv.strip_prefix(COOKIE)?.strip_prefix('=')).filter(|t| !t.is_empty())
