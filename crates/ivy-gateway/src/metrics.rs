@@ -64,11 +64,46 @@ pub struct MethodLabel {
     pub method: String,
 }
 
-/// Label: outcome.
+/// Label: the outcome of a poll cycle.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// `ok`, `partial`, `failed`.
-    pub outcome: String,
+    /// The cycle's outcome.
+    pub outcome: PollOutcome,
+}
+
+/// How a poll cycle ended (the `outcome` label of `ivy_polls`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// Every register answered.
+    Ok,
+    /// The meter refused some registers.
+    Partial,
+    /// The meter stopped answering.
+    Timeout,
+    /// The cycle failed otherwise (the meter refused the request or the association).
+    Failed,
+}
+
+impl PollOutcome {
+    /// Every outcome.
+    pub const ALL: [PollOutcome; 4] =
+        [PollOutcome::Ok, PollOutcome::Partial, PollOutcome::Timeout, PollOutcome::Failed];
+
+    /// The label value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PollOutcome::Ok => "ok",
+            PollOutcome::Partial => "partial",
+            PollOutcome::Timeout => "timeout",
+            PollOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for PollOutcome {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 /// Every metric of the gateway.
@@ -210,9 +245,14 @@ impl Metrics {
     }
 
     /// Records a poll cycle.
-    pub fn poll(&self, outcome: &str, seconds: f64) {
-        self.polls.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() }).inc();
+    pub fn poll(&self, outcome: PollOutcome, seconds: f64) {
+        self.polls.get_or_create(&OutcomeLabel { outcome }).inc();
         self.poll_duration.observe(seconds);
+    }
+
+    /// Poll cycles that ended with `outcome` since start.
+    pub fn poll_cycles(&self, outcome: PollOutcome) -> u64 {
+        self.polls.get_or_create(&OutcomeLabel { outcome }).get()
     }
 
     /// Counts an HTTP response.

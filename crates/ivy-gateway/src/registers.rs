@@ -3,7 +3,7 @@
 //! extendable in the configuration, per-meter overrides).
 
 use crate::config::{Config, ConfigError};
-use crate::meters::{ErrorCode, OpError};
+use crate::error::{ErrorCode, OpError};
 use ivy_protocol::Quantity;
 use ivy_protocol::dlms::registry::{ObisDef, ObisRegistry};
 use ivy_protocol::dlms::{AttributeDescriptor, Obis};
@@ -27,6 +27,16 @@ pub enum Target {
     Dlt645(u32),
     /// A DLMS attribute.
     Dlms(ObisTarget),
+}
+
+/// A DI written as 8 hex digits, with or without `0x`.
+pub fn parse_data_id(s: &str) -> Option<u32> {
+    let h = s.trim();
+    let h = h.strip_prefix("0x").or_else(|| h.strip_prefix("0X")).unwrap_or(h);
+    if h.len() != 8 {
+        return None;
+    }
+    u32::from_str_radix(h, 16).ok()
 }
 
 /// Default DL/T 645 groups (SPEC 3).
@@ -131,7 +141,7 @@ impl Resolver {
             let file: RegisterFile = read_toml(key, path)?;
             let mut defs = Vec::new();
             for e in file.register {
-                let di = crate::commands::request::parse_data_id(&e.di)
+                let di = parse_data_id(&e.di)
                     .ok_or_else(|| err(key, format!("register {}: di '{}' must be 8 hex digits", e.key, e.di)))?;
                 let format = Format::parse(&e.format).map_err(|f| err(key, format!("register {}: {f}", e.key)))?;
                 defs.push(RegisterDef {
@@ -241,7 +251,7 @@ impl Resolver {
         if let Some(def) = self.catalogue.lookup(name) {
             return Ok(def.di);
         }
-        if let Some(di) = crate::commands::request::parse_data_id(name)
+        if let Some(di) = parse_data_id(name)
             && name.trim_start_matches("0x").chars().all(|c| c.is_ascii_hexdigit())
         {
             return Ok(di);

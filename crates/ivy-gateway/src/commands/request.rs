@@ -4,7 +4,9 @@
 //! the top level), and mixtures. Method names are matched case-insensitively, camelCase or snake_case, and the
 //! original's `read`/`readMultiple`/`readGroup` are aliases.
 
-use crate::meters::{ErrorCode, OpError, RelayMode, RelayState};
+use crate::error::{ErrorCode, OpError};
+use crate::meters::{RelayMode, RelayState};
+use crate::registers::parse_data_id;
 use serde_json::{Map, Value, json};
 
 /// Command methods.
@@ -305,16 +307,6 @@ fn parse_int(s: &str) -> Option<u64> {
         Some(h) => u64::from_str_radix(h, 16).ok(),
         None => s.parse().ok(),
     }
-}
-
-/// A DI written as 8 hex digits, with or without `0x`.
-pub fn parse_data_id(s: &str) -> Option<u32> {
-    let h = s.trim();
-    let h = h.strip_prefix("0x").or_else(|| h.strip_prefix("0X")).unwrap_or(h);
-    if h.len() != 8 {
-        return None;
-    }
-    u32::from_str_radix(h, 16).ok()
 }
 
 fn register_name(p: &Map<String, Value>) -> Result<Option<RegisterName>, OpError> {

@@ -2,12 +2,15 @@
 //! (`.../command/request` → `.../command/response`) and HTTP (`POST /api/meters/{id}/commands`).
 
 use super::request::{self, CommandRequest, IdField, Method, Params, RegisterName, Rejected};
-use crate::gateway::Shared;
-use crate::meters::{ErrorCode, MeterOp, OpError, SessionRequest, SubmitError};
+use crate::config::CommandsConfig;
+use crate::error::{ErrorCode, OpError};
+use crate::meters::registry::Registry;
+use crate::meters::{MeterOp, SessionRequest, SubmitError};
+use crate::metrics::Metrics;
 use crate::model::{Source, now_ms};
 use crate::mqtt::topics::TopicPrefix;
 use crate::mqtt::{InboundPublish, OutboundMessage, Publisher, Qos};
-use crate::registers::Target;
+use crate::registers::{Resolver, Target};
 use ivy_protocol::registration::MeterId;
 use serde_json::Value;
 use std::sync::Arc;
@@ -15,10 +18,14 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-/// The router.
+/// The router. It holds only what routing needs: the registry (which session holds a meter), the catalogues
+/// (to resolve register names), the counters and the command settings.
 #[derive(Debug, Clone)]
 pub struct CommandRouter {
-    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
     limit: Arc<Semaphore>,
 }
 
@@ -34,10 +41,15 @@ pub struct Answer {
 }
 
 impl CommandRouter {
-    /// A router over the gateway's state.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        let limit = Arc::new(Semaphore::new(shared.config.commands.max_concurrent));
-        CommandRouter { shared, limit }
+    /// A router over `registry`, resolving names with `resolver`, bounded by `config`.
+    pub fn new(
+        registry: Arc<Registry>,
+        resolver: Arc<Resolver>,
+        metrics: Arc<Metrics>,
+        config: &CommandsConfig,
+    ) -> Self {
+        let limit = Arc::new(Semaphore::new(config.max_concurrent));
+        CommandRouter { registry, resolver, metrics, timeout: Duration::from_millis(config.timeout_ms), limit }
     }
 
     /// Validates and executes one request payload for `meter_id`; `None` when nothing can be answered (an
@@ -47,8 +59,8 @@ impl CommandRouter {
         let req = match request::parse(payload) {
             Ok(r) => r,
             Err(Rejected { id, error }) => {
-                self.shared.metrics.invalid_commands.inc();
-                self.shared.metrics.command("invalid", error.code.as_str(), 0.0);
+                self.metrics.invalid_commands.inc();
+                self.metrics.command("invalid", error.code.as_str(), 0.0);
                 tracing::info!(meter = %meter_id, code = error.code.as_str(), error = %error, "invalid command request");
                 let (id, field) = match id {
                     Some((v, f)) => (Some(v), f),
@@ -64,7 +76,7 @@ impl CommandRouter {
         let method = req.method.as_str();
         Some(match result {
             Ok(value) => {
-                self.shared.metrics.command(method, "success", seconds);
+                self.metrics.command(method, "success", seconds);
                 Answer {
                     payload: request::success(&req.id_value, req.id_field, value, now_ms()),
                     success: true,
@@ -72,7 +84,7 @@ impl CommandRouter {
                 }
             }
             Err(e) => {
-                self.shared.metrics.command(method, e.code.as_str(), seconds);
+                self.metrics.command(method, e.code.as_str(), seconds);
                 tracing::info!(meter = %meter_id, method, code = e.code.as_str(), error = %e, "command failed");
                 Answer {
                     payload: request::failure(Some(&req.id_value), req.id_field, &e, now_ms()),
@@ -84,8 +96,8 @@ impl CommandRouter {
     }
 
     async fn run(&self, meter_id: &MeterId, req: &CommandRequest) -> Result<Value, OpError> {
-        let deadline = Instant::now() + Duration::from_millis(self.shared.config.commands.timeout_ms);
-        let Some((handle, info)) = self.shared.registry.get(meter_id) else {
+        let deadline = Instant::now() + self.timeout;
+        let Some((handle, info)) = self.registry.get(meter_id) else {
             return Err(OpError::new(ErrorCode::MeterNotConnected, format!("meter {meter_id} is not connected")));
         };
         let op = self.op_for(req, info.protocol)?;
@@ -114,7 +126,7 @@ impl CommandRouter {
 
     /// The session operation for a request on a meter of `protocol`, with registers resolved.
     fn op_for(&self, req: &CommandRequest, protocol: Source) -> Result<MeterOp, OpError> {
-        let resolver = &self.shared.resolver;
+        let resolver = &self.resolver;
         let unsupported = |what: &str| {
             OpError::new(
                 ErrorCode::UnsupportedForProtocol,
@@ -180,7 +192,7 @@ impl CommandRouter {
                 Ok(id) => id,
                 Err(e) => {
                     // No response topic can be built from an invalid id.
-                    self.shared.metrics.invalid_commands.inc();
+                    self.metrics.invalid_commands.inc();
                     tracing::info!(topic = %msg.topic, error = %e, "command for an invalid meter id");
                     continue;
                 }

@@ -2,10 +2,10 @@
 
 use super::live::MeterView;
 use super::session::{self, Caller};
-use super::{ApiError, HttpState, Operator};
+use super::state::{ApiError, HttpState, Operator};
 use crate::commands::router::Answer;
+use crate::error::ErrorCode;
 use crate::hub::HubEvent;
-use crate::meters::ErrorCode;
 use crate::meters::registry::MeterInfo;
 use crate::model::{MeterEvent, Severity, now_ms};
 use axum::Json;
@@ -25,19 +25,19 @@ use std::time::Duration;
 /// `GET /health`: 200 when every required part runs, 503 with the failing parts otherwise.
 pub async fn health(State(s): State<HttpState>) -> impl IntoResponse {
     let mut failing: Vec<String> = Vec::new();
-    let stopping = s.shared.shutdown.is_cancelled();
+    let stopping = s.shutdown.is_cancelled();
     if stopping {
         failing.push("gateway is shutting down".into());
     } else {
         // A sink whose task ended means readings no longer reach MQTT, alarms or this API.
-        failing.extend(s.shared.hub.stopped_sinks().into_iter().map(|name| format!("{name} sink stopped")));
+        failing.extend(s.hub.stopped_sinks().into_iter().map(|name| format!("{name} sink stopped")));
     }
     let status = if failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": if failing.is_empty() { "ok" } else if stopping { "stopping" } else { "failing" },
-        "uptime": s.shared.uptime_secs(),
+        "uptime": s.stats.uptime_secs(),
         "version": env!("CARGO_PKG_VERSION"),
-        "meters": {"online": s.shared.registry.len(), "total": s.shared.meters_total()},
+        "meters": s.stats.meters(),
         "mqtt": {"clients": s.broker.snapshot().clients},
         "failing": failing,
     });
@@ -47,9 +47,9 @@ pub async fn health(State(s): State<HttpState>) -> impl IntoResponse {
 /// `GET /metrics`: Prometheus/OpenMetrics text.
 pub async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     let b = s.broker.snapshot();
-    let m = &s.shared.metrics;
-    m.hub_dropped.set(s.shared.hub.dropped() as i64);
-    m.meters_online.set(s.shared.registry.len() as i64);
+    let m = &s.metrics;
+    m.hub_dropped.set(s.hub.dropped() as i64);
+    m.meters_online.set(s.registry.len() as i64);
     m.http_sessions.set(s.sessions.len() as i64);
     m.http_stream_clients.set(s.live.stream_clients() as i64);
     // Broker counters live in the broker; mirror them into the registry's counters at scrape time.
@@ -101,13 +101,13 @@ pub async fn me(caller: Caller) -> Json<Value> {
 
 /// `GET /api/info`: the gateway's identity and configuration summary.
 pub async fn info(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
-    let c = &s.shared.config;
+    let c = &s.config;
     Json(json!({
         "name": c.gateway.name,
         "gatewayId": c.gateway.gateway_id,
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime": s.shared.uptime_secs(),
-        "startedAt": now_ms().saturating_sub(s.shared.started.elapsed().as_millis() as u64),
+        "uptime": s.stats.uptime_secs(),
+        "startedAt": s.stats.started_at_ms(),
         "protocols": ["dlt645", "dlms"],
         "mqtt": {"topicPrefix": c.mqtt.topic_prefix, "port": c.mqtt.port, "wsPort": c.mqtt.ws_port, "authEnabled": c.mqtt.auth_enabled},
         "meters": {"port": c.meters.port},
@@ -158,7 +158,7 @@ fn meter_json(view: &MeterView, online: Option<&MeterInfo>) -> serde_json::Map<S
 fn meter_rows(s: &HttpState) -> Vec<Value> {
     let mut views = s.live.meters();
     let online: HashMap<String, MeterInfo> =
-        s.shared.registry.list().into_iter().map(|(id, info)| (id.as_str().to_owned(), info)).collect();
+        s.registry.list().into_iter().map(|(id, info)| (id.as_str().to_owned(), info)).collect();
     let missing: Vec<&String> =
         online.keys().filter(|id| views.binary_search_by(|v| v.meter_id.as_str().cmp(id)).is_err()).collect();
     views.extend(missing.into_iter().map(|id| MeterView::new(id)));
@@ -207,7 +207,7 @@ pub async fn meter(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_meter_id(&raw)?;
-    let online = s.shared.registry.get(&id).map(|(_, info)| info);
+    let online = s.registry.get(&id).map(|(_, info)| info);
     let view = s.live.meter_view(id.as_str());
     if view.is_none() && online.is_none() {
         return Err(meter_not_found(&id));
@@ -345,7 +345,7 @@ pub async fn acknowledge(
         tracing::warn!(error = %e, "could not persist the alarm acknowledgement");
     }
     if let Ok(meter_id) = MeterId::new(&alarm.meter_id) {
-        s.shared.hub.publish(HubEvent::Event(MeterEvent {
+        s.hub.publish(HubEvent::Event(MeterEvent {
             meter_id,
             event: "alarm_acknowledged".into(),
             severity: Some(Severity::Info),
@@ -373,7 +373,7 @@ pub async fn events(State(s): State<HttpState>, _caller: Caller, Query(q): Query
 
 /// `GET /api/stats`: the `gateway/stats` payload plus what the dashboard's cards show.
 pub async fn stats(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
-    let mut stats = crate::gateway::stats_payload(&s.shared, &s.broker.snapshot());
+    let mut stats = s.stats.payload();
     if let Value::Object(m) = &mut stats {
         m.insert("readingsPerMinute".into(), json!(s.live.readings_per_minute()));
         m.insert(
@@ -392,7 +392,7 @@ pub async fn stats(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
 /// happen; `lagged` when this client fell behind (it should reload its lists). Ends when the gateway stops.
 pub async fn stream(State(s): State<HttpState>, _caller: Caller) -> impl IntoResponse {
     let rx = s.live.subscribe();
-    let shutdown = s.shared.shutdown.clone();
+    let shutdown = s.shutdown.clone();
     let hello = Event::default().event("hello").data(json!({"ts": now_ms()}).to_string());
     let live = futures::stream::unfold((rx, shutdown), |(mut rx, shutdown)| async move {
         let event = tokio::select! {
@@ -414,7 +414,7 @@ pub async fn stream(State(s): State<HttpState>, _caller: Caller) -> impl IntoRes
 /// `POST /api/csp-report`: browsers report CSP violations here; counted and logged (the dashboard should cause
 /// none).
 pub async fn csp_report(State(s): State<HttpState>, body: Bytes) -> StatusCode {
-    s.shared.metrics.http_csp_reports.inc();
+    s.metrics.http_csp_reports.inc();
     let text = String::from_utf8_lossy(body.get(..2048).unwrap_or(&body)).into_owned();
     tracing::warn!(report = %text, "content security policy violation reported by a browser");
     StatusCode::NO_CONTENT

@@ -10,42 +10,16 @@ pub mod live;
 pub mod ratelimit;
 pub mod session;
 
-use crate::auth::{Authenticator, Role};
-use crate::gateway::Shared;
+pub mod state;
+
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::json;
-use session::{Caller, Sessions};
+use state::{ApiError, HttpState};
 use std::net::SocketAddr;
-use std::sync::Arc;
-
-/// State of the HTTP handlers.
-#[derive(Clone)]
-pub struct HttpState {
-    /// Gateway state.
-    pub shared: Arc<Shared>,
-    /// Broker counters (MQTT side of the health check and metrics).
-    pub broker: Arc<crate::mqtt::BrokerCounters>,
-    /// Users and passwords (the MQTT ones).
-    pub auth: Arc<Authenticator>,
-    /// Logged-in sessions.
-    pub sessions: Arc<Sessions>,
-    /// The alarm engine (list, acknowledge).
-    pub alarms: crate::alarms::SharedAlarms,
-    /// Where acknowledgements are persisted.
-    pub acks_file: std::path::PathBuf,
-    /// Latest readings, history, events, live stream.
-    pub live: Arc<live::LiveStore>,
-    /// The command path shared with MQTT.
-    pub commands: crate::commands::router::CommandRouter,
-    /// Per-IP request limit.
-    pub limiter: Arc<ratelimit::RateLimiter>,
-}
 
 /// The content security policy of every response: same-origin only, no inline script or style, violations
 /// reported to the gateway (counted in `/metrics`).
@@ -107,71 +81,6 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// An API error: HTTP status, stable code, message; rendered as `{error, code}`.
-#[derive(Debug)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable snake_case code.
-    pub code: &'static str,
-    /// Human-readable message.
-    pub message: String,
-}
-
-impl ApiError {
-    /// A new error.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
-    }
-
-    /// 401: no or bad credentials.
-    pub fn unauthorized() -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "log in first (session cookie or HTTP Basic)")
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"error": self.message, "code": self.code}))).into_response()
-    }
-}
-
-impl FromRequestParts<HttpState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Self::Rejection> {
-        if !state.auth.enabled() {
-            return Ok(Caller { user: "anonymous".into(), role: Role::Admin });
-        }
-        if let Some(caller) = session::tokens(&parts.headers).find_map(|t| state.sessions.get(t)) {
-            return Ok(caller);
-        }
-        if let Some((user, password)) =
-            parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(session::basic_credentials)
-            && let Some(role) = state.auth.verify(&user, &password).await
-        {
-            return Ok(Caller { user, role });
-        }
-        Err(ApiError::unauthorized())
-    }
-}
-
-/// A caller allowed to change things (send commands, acknowledge alarms).
-pub struct Operator(pub Caller);
-
-impl FromRequestParts<HttpState> for Operator {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Self::Rejection> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        if caller.role.can_command() {
-            Ok(Operator(caller))
-        } else {
-            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("user '{}' is a viewer", caller.user)))
-        }
-    }
-}
-
 async fn rate_limit(State(state): State<HttpState>, request: Request, next: Next) -> Response {
     if request.uri().path() == "/health" {
         return next.run(request).await;
@@ -180,7 +89,7 @@ async fn rate_limit(State(state): State<HttpState>, request: Request, next: Next
     if let Some(ip) = ip
         && let Err(retry) = state.limiter.check(ip, std::time::Instant::now())
     {
-        state.shared.metrics.http_rate_limited.inc();
+        state.metrics.http_rate_limited.inc();
         let secs = retry.as_secs().max(1);
         let mut response = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -199,7 +108,7 @@ async fn rate_limit(State(state): State<HttpState>, request: Request, next: Next
 async fn count_and_secure(State(state): State<HttpState>, request: Request, next: Next) -> Response {
     let is_api = request.uri().path().starts_with("/api/");
     let mut response = next.run(request).await;
-    state.shared.metrics.http_request(response.status().as_u16());
+    state.metrics.http_request(response.status().as_u16());
     let h = response.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

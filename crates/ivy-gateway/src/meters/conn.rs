@@ -1,12 +1,14 @@
 //! What every session has, whatever the protocol: the socket, the request queue, the meters it holds, liveness,
 //! and the identification/cleanup steps that publish status transitions exactly once.
 
+use super::context::MeterContext;
 use super::registry::{MeterInfo, Registered};
-use super::{ErrorCode, OpError, QueuedRequest, SessionHandle};
-use crate::gateway::Shared;
+use super::{QueuedRequest, SessionHandle};
+use crate::config::ZeroAddressAction;
+use crate::error::{ErrorCode, OpError};
 use crate::hub::HubEvent;
 use crate::model::{MeterEvent, Severity, Source, StatusChange, now_ms};
-use ivy_protocol::registration::MeterId;
+use ivy_protocol::registration::{MeterId, Registration, ZeroAddressPolicy};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,8 +67,8 @@ pub enum ReadOutcome {
 
 /// The connection half of a session.
 pub struct Conn {
-    /// Gateway-wide state.
-    pub shared: Arc<Shared>,
+    /// What every session shares.
+    pub ctx: Arc<MeterContext>,
     /// Connection id (unique per process).
     pub conn_id: u64,
     /// The peer.
@@ -92,14 +94,14 @@ impl Conn {
     /// Wraps an accepted socket; also returns the receiving end of the session's request queue (kept apart so the
     /// session can wait on the socket and the queue at the same time).
     pub fn new(
-        shared: Arc<Shared>,
+        ctx: Arc<MeterContext>,
         conn_id: u64,
         peer: SocketAddr,
         stream: TcpStream,
     ) -> (Self, mpsc::Receiver<QueuedRequest>) {
-        let (handle, requests, close) = SessionHandle::new(conn_id, shared.config.commands.queue_depth);
+        let (handle, requests, close) = SessionHandle::new(conn_id, ctx.config.commands.queue_depth);
         let conn = Conn {
-            shared,
+            ctx,
             conn_id,
             peer,
             stream,
@@ -115,7 +117,7 @@ impl Conn {
 
     /// When the idle timeout fires.
     pub fn idle_deadline(&self) -> Instant {
-        self.last_rx + Duration::from_secs(self.shared.config.meters.idle_timeout_secs)
+        self.last_rx + Duration::from_secs(self.ctx.config.meters.idle_timeout_secs)
     }
 
     /// Completes when the session is told to close (replaced or shutdown); gives the reason.
@@ -124,7 +126,7 @@ impl Conn {
             _ = self.close.cancelled() => {
                 if self.handle.was_replaced() { EndReason::Replaced } else { EndReason::Shutdown }
             }
-            _ = self.shared.shutdown.cancelled() => EndReason::Shutdown,
+            _ = self.ctx.shutdown.cancelled() => EndReason::Shutdown,
         }
     }
 
@@ -135,7 +137,7 @@ impl Conn {
         self.input = Vec::new();
         let idle = self.idle_deadline();
         let close = self.close.clone();
-        let shutdown = self.shared.shutdown.clone();
+        let shutdown = self.ctx.shutdown.clone();
         let replaced = self.handle.clone();
         loop {
             tokio::select! {
@@ -149,7 +151,7 @@ impl Conn {
                         Ok(n) => {
                             self.input = buf;
                             self.last_rx = Instant::now();
-                            self.shared.metrics.bytes_received.inc_by(n as u64);
+                            self.ctx.metrics.bytes_received.inc_by(n as u64);
                             return ReadOutcome::Data(n);
                         }
                         // Readiness can be spurious.
@@ -171,7 +173,7 @@ impl Conn {
         let timeout = Duration::from_secs(10);
         match tokio::time::timeout(timeout, self.stream.write_all(bytes)).await {
             Ok(Ok(())) => {
-                self.shared.metrics.bytes_sent.inc_by(bytes.len() as u64);
+                self.ctx.metrics.bytes_sent.inc_by(bytes.len() as u64);
                 Ok(())
             }
             Ok(Err(e)) => Err(EndReason::IoError(e.kind().to_string())),
@@ -186,7 +188,7 @@ impl Conn {
         self.protocol = Some(protocol);
         let connected_at = now_ms();
         let info = MeterInfo { protocol, ip: self.peer.ip().to_string(), port: self.peer.port(), connected_at };
-        let outcome = self.shared.registry.register(meter_id, self.handle.clone(), info);
+        let outcome = self.ctx.registry.register(meter_id, self.handle.clone(), info);
         if !self.meters.contains(meter_id) {
             self.meters.push(meter_id.clone());
         }
@@ -195,8 +197,8 @@ impl Conn {
             Registered::Refreshed => return false,
             Registered::New => {
                 tracing::info!(meter = %meter_id, peer = %self.peer, protocol = protocol.as_str(), "meter online");
-                self.shared.note_meter_seen(meter_id);
-                self.shared.hub.publish(HubEvent::Status(StatusChange {
+                self.ctx.metrics.meters_total.set(self.ctx.registry.seen_total() as i64);
+                self.ctx.hub.publish(HubEvent::Status(StatusChange {
                     meter_id: meter_id.clone(),
                     online: true,
                     ip: Some(self.peer.ip().to_string()),
@@ -205,7 +207,7 @@ impl Conn {
                     reason: None,
                     ts,
                 }));
-                self.shared.hub.publish(HubEvent::Event(MeterEvent {
+                self.ctx.hub.publish(HubEvent::Event(MeterEvent {
                     meter_id: meter_id.clone(),
                     event: "meter_connected".into(),
                     severity: Some(Severity::Info),
@@ -216,7 +218,7 @@ impl Conn {
             Registered::Replaced(old) => {
                 tracing::info!(meter = %meter_id, peer = %self.peer, old_conn = old.conn_id(), "meter reconnected; closing its previous connection");
                 old.close_replaced();
-                self.shared.hub.publish(HubEvent::Event(MeterEvent {
+                self.ctx.hub.publish(HubEvent::Event(MeterEvent {
                     meter_id: meter_id.clone(),
                     event: "meter_reconnected".into(),
                     severity: Some(Severity::Info),
@@ -225,13 +227,36 @@ impl Conn {
                 }));
             }
         }
-        self.shared.metrics.meters_online.set(self.shared.registry.len() as i64);
+        self.ctx.metrics.meters_online.set(self.ctx.registry.len() as i64);
         true
+    }
+
+    /// Applies a registration packet: validates the id (it becomes a topic segment), identifies the meter and
+    /// sends the rule's acknowledgement. An invalid id ends the connection; nothing is published under it.
+    pub async fn apply_registration(&mut self, registration: &Registration, protocol: Source) -> Result<(), EndReason> {
+        let policy = match self.ctx.config.meters.zero_address_action {
+            ZeroAddressAction::Accept => ZeroAddressPolicy::Accept,
+            ZeroAddressAction::UseIp => ZeroAddressPolicy::UseIp,
+        };
+        let ip = self.peer.ip().to_string();
+        let meter_id = match registration.meter_id(policy, Some((&ip, self.peer.port()))) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, id = ?registration.raw_id, error = %e, "registration packet with an invalid meter id; closing");
+                self.ctx.metrics.parse_error("invalid_meter_id");
+                return Err(EndReason::Rejected(e.to_string()));
+            }
+        };
+        self.identify(&meter_id, protocol);
+        if let Some(ack) = &registration.ack {
+            self.send(ack).await?;
+        }
+        Ok(())
     }
 
     /// Whether this connection still holds `meter_id` (it may have been replaced).
     pub fn holds(&self, meter_id: &MeterId) -> bool {
-        self.shared.registry.is_held_by(meter_id, self.conn_id)
+        self.ctx.registry.is_held_by(meter_id, self.conn_id)
     }
 
     /// Ends the session: fails queued requests with `connection_closed`, unregisters the meters this connection
@@ -244,11 +269,11 @@ impl Conn {
         let _ = self.stream.shutdown().await;
         let ts = now_ms();
         for meter_id in &self.meters {
-            if !self.shared.registry.unregister(meter_id, self.conn_id) {
+            if !self.ctx.registry.unregister(meter_id, self.conn_id) {
                 continue;
             }
             tracing::info!(meter = %meter_id, peer = %self.peer, reason = %reason.as_str(), "meter offline");
-            self.shared.hub.publish(HubEvent::Status(StatusChange {
+            self.ctx.hub.publish(HubEvent::Status(StatusChange {
                 meter_id: meter_id.clone(),
                 online: false,
                 ip: None,
@@ -257,7 +282,7 @@ impl Conn {
                 reason: Some(reason.as_str()),
                 ts,
             }));
-            self.shared.hub.publish(HubEvent::Event(MeterEvent {
+            self.ctx.hub.publish(HubEvent::Event(MeterEvent {
                 meter_id: meter_id.clone(),
                 event: "meter_disconnected".into(),
                 severity: Some(Severity::Info),
@@ -265,6 +290,6 @@ impl Conn {
                 ts,
             }));
         }
-        self.shared.metrics.meters_online.set(self.shared.registry.len() as i64);
+        self.ctx.metrics.meters_online.set(self.ctx.registry.len() as i64);
     }
 }

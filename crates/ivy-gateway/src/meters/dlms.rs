@@ -4,8 +4,10 @@
 //! [`Association`]; this module only moves bytes and time.
 
 use super::conn::{Conn, EndReason, ReadOutcome};
-use super::{ErrorCode, MeterOp, OpError, RelayState, SessionRequest};
+use super::{MeterOp, RelayState, SessionRequest};
+use crate::error::{ErrorCode, OpError};
 use crate::hub::HubEvent;
+use crate::metrics::PollOutcome;
 use crate::model::{MeterEvent, Reading, ReadingValue, Severity, Source, now_ms};
 use crate::registers::{ObisTarget, Target};
 use ivy_protocol::dlms::apdu::{
@@ -71,7 +73,7 @@ pub async fn run(
     leftover: Vec<u8>,
     _raw: bool,
 ) -> EndReason {
-    let cfg = &conn.shared.config.dlms;
+    let cfg = &conn.ctx.config.dlms;
     let mut aarq = ivy_protocol::dlms::apdu::Aarq {
         conformance: Conformance(cfg.conformance),
         max_pdu: cfg.max_pdu_size,
@@ -86,7 +88,7 @@ pub async fn run(
         confirmed: cfg.service_class_confirmed,
         ..ClientConfig::default()
     };
-    let identify_after = Duration::from_secs(conn.shared.config.meters.identify_after_secs);
+    let identify_after = Duration::from_secs(conn.ctx.config.meters.identify_after_secs);
     let meter = conn.meters.first().cloned();
     let mut s = Session {
         framer: Framer::new(cfg.max_payload),
@@ -96,7 +98,7 @@ pub async fn run(
         meter: None,
         flush_at: None,
         next_poll: None,
-        interval: Duration::from_millis(conn.shared.config.polling.interval_ms),
+        interval: Duration::from_millis(conn.ctx.config.polling.interval_ms),
         plan: Vec::new(),
         undefined: HashSet::new(),
         scalers: HashMap::new(),
@@ -137,7 +139,7 @@ impl Session<'_> {
                     self.framer.flush();
                 }
                 _ = tokio::time::sleep_until(self.next_poll.unwrap_or(far)), if self.next_poll.is_some() => {
-                    let permits = self.conn.shared.poll_permits.clone();
+                    let permits = self.conn.ctx.poll_permits.clone();
                     let _permit = tokio::select! {
                         p = permits.acquire_owned() => p.map_err(|_| EndReason::Shutdown)?,
                         reason = self.conn.closed() => return Err(reason),
@@ -161,24 +163,24 @@ impl Session<'_> {
         while let Some(event) = self.framer.next_event() {
             match event {
                 FramerEvent::Packet(p) => self.on_packet(p).await?,
-                FramerEvent::Discarded { reason, .. } => self.conn.shared.metrics.parse_error(reason.kind()),
+                FramerEvent::Discarded { reason, .. } => self.conn.ctx.metrics.parse_error(reason.kind()),
             }
         }
-        if self.framer.buffered() > self.conn.shared.config.meters.buffer_cap {
+        if self.framer.buffered() > self.conn.ctx.config.meters.buffer_cap {
             return Err(EndReason::BufferOverflow);
         }
         Ok(())
     }
 
     async fn on_packet(&mut self, packet: Packet) -> Result<(), EndReason> {
-        self.conn.shared.metrics.frame("dlms");
+        self.conn.ctx.metrics.frame("dlms");
         if packet.header.is_some()
-            && let RuleMatch::Matched(registration) = match_any(&self.conn.shared.rules, &packet.to_bytes())
+            && let RuleMatch::Matched(registration) = match_any(&self.conn.ctx.rules, &packet.to_bytes())
         {
             // Heartbeat: liveness (already counted by the read), identification if new.
             let known = self.meter.as_ref().is_some_and(|m| m.as_str() == registration.raw_id);
             if !known {
-                super::session::apply_registration(self.conn, &registration, Source::Dlms).await?;
+                self.conn.apply_registration(&registration, Source::Dlms).await?;
                 if let Some(id) = self.conn.meters.last().cloned() {
                     self.on_identified(id);
                 }
@@ -193,13 +195,13 @@ impl Session<'_> {
 
     fn on_identified(&mut self, id: MeterId) {
         self.identify_at = None;
-        let shared = &self.conn.shared;
+        let shared = &self.conn.ctx;
         let (enabled, interval_ms) =
             shared.resolver.poll_settings(&id, shared.config.polling.enabled, shared.config.polling.interval_ms);
         self.interval = Duration::from_millis(interval_ms);
         self.plan = shared.resolver.dlms_poll_plan(&id);
         let active = enabled && !shared.config.dlms.passive_only && !self.plan.is_empty();
-        self.next_poll = active.then(|| super::first_poll_at(&shared.config.polling, interval_ms));
+        self.next_poll = active.then(|| super::poll::first_poll_at(&shared.config.polling, interval_ms));
         self.meter = Some(id);
         while let Some(apdu) = self.pending_pushes.pop_front() {
             self.on_push(&apdu);
@@ -215,17 +217,17 @@ impl Session<'_> {
                 Event::Response { id, .. } => tracing::debug!(request = id, "response to a request nobody awaits"),
                 Event::Notification(apdu) => self.on_push(&apdu),
                 Event::Unmatched(apdu) => {
-                    self.conn.shared.metrics.parse_error("dlms_unmatched");
+                    self.conn.ctx.metrics.parse_error("dlms_unmatched");
                     tracing::debug!(peer = %self.conn.peer, apdu = apdu.name(), "reply that matches no request");
                 }
                 Event::Malformed(e) => {
-                    self.conn.shared.metrics.parse_error(e.kind_name());
+                    self.conn.ctx.metrics.parse_error(e.kind_name());
                     tracing::debug!(peer = %self.conn.peer, error = %e, "malformed DLMS APDU");
                 }
                 Event::AssociationFailed(f) => {
                     tracing::warn!(peer = %self.conn.peer, failure = %f, "DLMS association failed");
                     if let Some(m) = &self.meter {
-                        self.conn.shared.hub.publish(HubEvent::Event(MeterEvent {
+                        self.conn.ctx.hub.publish(HubEvent::Event(MeterEvent {
                             meter_id: m.clone(),
                             event: "dlms-error".into(),
                             severity: Some(Severity::Warning),
@@ -252,7 +254,7 @@ impl Session<'_> {
     /// Runs one request to completion (association opened as needed); the deadline bounds the whole call.
     async fn call(&mut self, request: Request, deadline: Instant) -> Result<Response, Failure> {
         let id = self.assoc.request(request);
-        let cfg = &self.conn.shared.config.dlms;
+        let cfg = &self.conn.ctx.config.dlms;
         let step = Duration::from_millis(cfg.response_timeout_ms.max(cfg.association_timeout_ms));
         loop {
             self.transmit().await?;
@@ -283,12 +285,12 @@ impl Session<'_> {
 
     /// Releases the association (unless configured to keep it), waiting briefly for the RLRE.
     async fn finish_association(&mut self) -> Result<(), EndReason> {
-        if self.conn.shared.config.dlms.keep_association || !self.assoc.is_associated() {
+        if self.conn.ctx.config.dlms.keep_association || !self.assoc.is_associated() {
             return Ok(());
         }
         self.assoc.release();
         self.transmit().await?;
-        let deadline = Instant::now() + Duration::from_millis(self.conn.shared.config.dlms.response_timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(self.conn.ctx.config.dlms.response_timeout_ms);
         while self.assoc.awaiting_reply() {
             tokio::select! {
                 outcome = self.conn.read() => match outcome {
@@ -310,9 +312,9 @@ impl Session<'_> {
 
     /// No heartbeat identified the meter: ask for its logical device name, then its serial number.
     async fn identify_by_name(&mut self) -> Result<(), EndReason> {
-        let retry = Duration::from_secs(self.conn.shared.config.meters.identify_after_secs * 3);
+        let retry = Duration::from_secs(self.conn.ctx.config.meters.identify_after_secs * 3);
         self.identify_at = Some(Instant::now() + retry);
-        let deadline = Instant::now() + Duration::from_millis(self.conn.shared.config.commands.timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(self.conn.ctx.config.commands.timeout_ms);
         for obis in [LOGICAL_DEVICE_NAME, SERIAL_NUMBER] {
             match self.call(Request::Get(AttributeDescriptor::new(1, obis, 2)), deadline).await {
                 Ok(Response::Data(d)) => {
@@ -345,7 +347,7 @@ impl Session<'_> {
             if self.pending_pushes.len() < MAX_PENDING_PUSHES {
                 self.pending_pushes.push_back(apdu.clone());
             } else {
-                self.conn.shared.metrics.parse_error("push_before_identification_dropped");
+                self.conn.ctx.metrics.parse_error("push_before_identification_dropped");
             }
             return;
         };
@@ -362,7 +364,7 @@ impl Session<'_> {
             _ => {}
         }
         if !readings.is_empty() {
-            self.conn.shared.hub.publish(HubEvent::Readings {
+            self.conn.ctx.hub.publish(HubEvent::Readings {
                 meter_id: meter,
                 source: Source::Dlms,
                 readings,
@@ -382,7 +384,7 @@ impl Session<'_> {
             Data::OctetString(b) => Obis::from_slice(b),
             _ => None,
         };
-        let class_of = |o: &Obis| self.conn.shared.resolver.obis.get(o).map(|d| d.class_id).unwrap_or(3);
+        let class_of = |o: &Obis| self.conn.ctx.resolver.obis.get(o).map(|d| d.class_id).unwrap_or(3);
         // Nested pairs: [{obis, value}, ...].
         let nested: Option<Vec<_>> = items
             .iter()
@@ -410,7 +412,7 @@ impl Session<'_> {
                 return pairs;
             }
         }
-        let configured = &self.conn.shared.config.dlms.push_objects;
+        let configured = &self.conn.ctx.config.dlms.push_objects;
         items
             .into_iter()
             .enumerate()
@@ -427,7 +429,7 @@ impl Session<'_> {
 
     /// A normalised reading for `value` of `attribute` (scaled by the meter's scaler_unit, else the registry's).
     fn reading(&self, meter: &MeterId, attribute: &AttributeDescriptor, value: &Data) -> Option<Reading> {
-        let registry = &self.conn.shared.resolver.obis;
+        let registry = &self.conn.ctx.resolver.obis;
         let def = registry.get(&attribute.obis);
         let base_key = def.map(|d| d.key.clone()).unwrap_or_else(|| obis_key(&attribute.obis));
         let key = if attribute.attribute == 2 { base_key } else { format!("{base_key}_ATTR{}", attribute.attribute) };
@@ -469,7 +471,7 @@ impl Session<'_> {
                 ),
             },
         };
-        self.conn.shared.metrics.readings.inc();
+        self.conn.ctx.metrics.readings.inc();
         Some(Reading {
             meter_id: meter.clone(),
             source: Source::Dlms,
@@ -493,29 +495,29 @@ impl Session<'_> {
         let started = Instant::now();
         let targets: Vec<ObisTarget> =
             self.plan.iter().filter(|t| !self.undefined.contains(&t.attribute.obis)).cloned().collect();
-        let deadline = started + Duration::from_millis(self.conn.shared.config.commands.timeout_ms);
+        let deadline = started + Duration::from_millis(self.conn.ctx.config.commands.timeout_ms);
         let outcome = match self.read_targets(&meter, &targets, deadline).await {
             Ok((readings, _)) => {
                 if !readings.is_empty() {
-                    self.conn.shared.hub.publish(HubEvent::Readings {
+                    self.conn.ctx.hub.publish(HubEvent::Readings {
                         meter_id: meter.clone(),
                         source: Source::Dlms,
                         readings,
                         snapshot: true,
                     });
                 }
-                "ok"
+                PollOutcome::Ok
             }
             Err(Failure::Op(e)) => {
                 tracing::warn!(meter = %meter, error = %e, "DLMS poll failed");
-                if e.code == ErrorCode::Timeout { "timeout" } else { "failed" }
+                if e.code == ErrorCode::Timeout { PollOutcome::Timeout } else { PollOutcome::Failed }
             }
             Err(Failure::End(r)) => return Err(r),
         };
         self.finish_association().await?;
-        self.conn.shared.metrics.poll(outcome, started.elapsed().as_secs_f64());
+        self.conn.ctx.metrics.poll(outcome, started.elapsed().as_secs_f64());
         self.next_poll =
-            Some(super::next_poll_at(&self.conn.shared.config.polling, self.interval.as_millis() as u64, started));
+            Some(super::poll::next_poll_at(&self.conn.ctx.config.polling, self.interval.as_millis() as u64, started));
         Ok(())
     }
 
@@ -527,7 +529,7 @@ impl Session<'_> {
         targets: &[ObisTarget],
         deadline: Instant,
     ) -> Result<(Vec<Reading>, Vec<Result<Reading, OpError>>), Failure> {
-        let registry = &self.conn.shared.resolver.obis;
+        let registry = &self.conn.ctx.resolver.obis;
         let scaler_reads: Vec<AttributeDescriptor> = targets
             .iter()
             .filter(|t| t.attribute.attribute == 2 && matches!(t.attribute.class_id, 3 | 4))
@@ -631,7 +633,7 @@ impl Session<'_> {
                 }
                 let (readings, per_target) = self.read_targets(meter, &obis_targets, deadline).await?;
                 if !readings.is_empty() {
-                    self.conn.shared.hub.publish(HubEvent::Readings {
+                    self.conn.ctx.hub.publish(HubEvent::Readings {
                         meter_id: meter.clone(),
                         source: Source::Dlms,
                         readings,
@@ -652,7 +654,7 @@ impl Session<'_> {
                 for (t, r) in obis_targets.iter().zip(per_target) {
                     let key = self
                         .conn
-                        .shared
+                        .ctx
                         .resolver
                         .obis
                         .get(&t.attribute.obis)
@@ -670,7 +672,7 @@ impl Session<'_> {
             }
             MeterOp::Relay { state, .. } => {
                 let method = if state == RelayState::Open { 1 } else { 2 };
-                let parameter = self.conn.shared.config.dlms.disconnect_integer_parameter.then_some(Data::Integer(0));
+                let parameter = self.conn.ctx.config.dlms.disconnect_integer_parameter.then_some(Data::Integer(0));
                 let m = MethodDescriptor { class_id: 70, obis: DISCONNECT_CONTROL, method };
                 match self.call(Request::Action(m, parameter), deadline).await {
                     Ok(_) => {}
@@ -724,7 +726,7 @@ impl Session<'_> {
                 }
             }
             MeterOp::SyncTime(ms) => {
-                let offset_min = self.conn.shared.config.meters.clock_utc_offset_minutes;
+                let offset_min = self.conn.ctx.config.meters.clock_utc_offset_minutes;
                 let mut t = CosemDateTime::from_unix_utc(ms.div_euclid(1000) + i64::from(offset_min) * 60);
                 // Blue Book sign: UTC = local + deviation.
                 t.deviation = Some(i16::try_from(-offset_min).unwrap_or(0));

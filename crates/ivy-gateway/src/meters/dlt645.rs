@@ -3,8 +3,10 @@
 //! commands. Everything on the wire is one exchange at a time: polls and commands never interleave.
 
 use super::conn::{Conn, EndReason, ReadOutcome};
-use super::{ErrorCode, MeterOp, OpError, RelayMode, RelayState, SessionRequest};
+use super::{MeterOp, RelayMode, RelayState, SessionRequest};
+use crate::error::{ErrorCode, OpError};
 use crate::hub::HubEvent;
+use crate::metrics::PollOutcome;
 use crate::model::{Reading, ReadingValue, Source, now_ms};
 use crate::registers::Target;
 use ivy_protocol::dlt645::control::function;
@@ -72,7 +74,7 @@ struct Session<'a> {
 
 /// Runs the DL/T 645 conversation until the connection ends.
 pub async fn run(conn: &mut Conn, requests: &mut mpsc::Receiver<super::QueuedRequest>, leftover: Vec<u8>) -> EndReason {
-    let probe_after = Duration::from_secs(conn.shared.config.meters.identify_after_secs);
+    let probe_after = Duration::from_secs(conn.ctx.config.meters.identify_after_secs);
     let mut s = Session { conn, framer: Framer::new(), meters: Vec::new(), probe_at: Instant::now() + probe_after };
     s.framer.push(&leftover);
     match s.main_loop(requests).await {
@@ -107,7 +109,7 @@ impl Session<'_> {
                 _ = tokio::time::sleep_until(self.probe_at), if unidentified => {
                     // A silent connection: ask whoever is there for its address.
                     self.send(&Frame::read_address()).await?;
-                    self.probe_at = Instant::now() + Duration::from_secs(self.conn.shared.config.meters.identify_after_secs);
+                    self.probe_at = Instant::now() + Duration::from_secs(self.conn.ctx.config.meters.identify_after_secs);
                 }
             }
         }
@@ -121,19 +123,19 @@ impl Session<'_> {
                 FramerEvent::Discarded { reason, .. } => self.on_discard(reason),
             }
         }
-        if self.framer.buffered() > self.conn.shared.config.meters.buffer_cap {
+        if self.framer.buffered() > self.conn.ctx.config.meters.buffer_cap {
             return Err(EndReason::BufferOverflow);
         }
         Ok(())
     }
 
     fn on_discard(&self, reason: Option<ivy_protocol::dlt645::FrameError>) {
-        self.conn.shared.metrics.parse_error(reason.map(|r| r.kind()).unwrap_or("dlt645_garbage"));
+        self.conn.ctx.metrics.parse_error(reason.map(|r| r.kind()).unwrap_or("dlt645_garbage"));
     }
 
     /// A frame that answers nothing outstanding: identifies its meter, and publishes a reading if it carries one.
     fn on_frame(&mut self, f: &Frame) {
-        self.conn.shared.metrics.frame("dlt645");
+        self.conn.ctx.metrics.frame("dlt645");
         if !f.control.from_meter() {
             return;
         }
@@ -159,7 +161,7 @@ impl Session<'_> {
         }
         let id = MeterId::new(address.to_string()).ok()?;
         self.conn.identify(&id, Source::Dlt645);
-        let shared = &self.conn.shared;
+        let shared = &self.conn.ctx;
         let (enabled, interval_ms) =
             shared.resolver.poll_settings(&id, shared.config.polling.enabled, shared.config.polling.interval_ms);
         let interval = Duration::from_millis(interval_ms);
@@ -167,7 +169,8 @@ impl Session<'_> {
         self.meters.push(Meter {
             id,
             address,
-            next_poll: (enabled && !plan.is_empty()).then(|| super::first_poll_at(&shared.config.polling, interval_ms)),
+            next_poll: (enabled && !plan.is_empty())
+                .then(|| super::poll::first_poll_at(&shared.config.polling, interval_ms)),
             interval,
             plan,
             skip: HashSet::new(),
@@ -176,7 +179,7 @@ impl Session<'_> {
     }
 
     async fn send(&mut self, frame: &Frame) -> Result<(), EndReason> {
-        let preamble = self.conn.shared.config.dlt645.wakeup_preamble;
+        let preamble = self.conn.ctx.config.dlt645.wakeup_preamble;
         self.conn.send(&frame.encode_with_preamble(preamble)).await
     }
 
@@ -187,7 +190,7 @@ impl Session<'_> {
             while let Some(event) = self.framer.next_event() {
                 match event {
                     FramerEvent::Frame(f) if expect.matches(&f) => {
-                        self.conn.shared.metrics.frame("dlt645");
+                        self.conn.ctx.metrics.frame("dlt645");
                         // The reply also identifies (or confirms) the meter.
                         self.identify(f.address);
                         return Ok(f);
@@ -196,7 +199,7 @@ impl Session<'_> {
                     FramerEvent::Discarded { reason, .. } => self.on_discard(reason),
                 }
             }
-            if self.framer.buffered() > self.conn.shared.config.meters.buffer_cap {
+            if self.framer.buffered() > self.conn.ctx.config.meters.buffer_cap {
                 return Err(ExchangeError::End(EndReason::BufferOverflow));
             }
             tokio::select! {
@@ -211,7 +214,7 @@ impl Session<'_> {
 
     /// Reads one register (with retries and follow-up frames) before `deadline`; returns its value bytes.
     async fn read_register(&mut self, address: Address, di: u32, deadline: Instant) -> Result<Vec<u8>, ReadError> {
-        let cfg = &self.conn.shared.config.dlt645;
+        let cfg = &self.conn.ctx.config.dlt645;
         let per_try = Duration::from_millis(cfg.timeout_ms);
         let retries = cfg.retries;
         let expect = Expect { address: Some(address), function: function::READ, di: Some(di) };
@@ -259,17 +262,17 @@ impl Session<'_> {
 
     /// A normalised reading for `di`, or `None` (logged, counted) when the value does not decode.
     fn decode(&self, meter: &MeterId, di: u32, value: &[u8]) -> Option<Reading> {
-        let catalogue = &self.conn.shared.resolver.catalogue;
+        let catalogue = &self.conn.ctx.resolver.catalogue;
         let def = catalogue.by_di(di);
         let decoded = match catalogue.decode(di, value) {
             Ok(v) => v,
             Err(e) => {
-                self.conn.shared.metrics.parse_error(e.kind());
+                self.conn.ctx.metrics.parse_error(e.kind());
                 tracing::warn!(meter = %meter, di = format!("{di:08x}"), error = %e, "DL/T 645 value does not decode");
                 return None;
             }
         };
-        self.conn.shared.metrics.readings.inc();
+        self.conn.ctx.metrics.readings.inc();
         let (value, raw_value) = match &decoded {
             DecodedValue::Number { value, raw, .. } => (ReadingValue::Number(*value), json!(raw)),
             DecodedValue::Status(s) => (ReadingValue::Number(f64::from(*s)), json!(format!("{s:04x}"))),
@@ -293,7 +296,7 @@ impl Session<'_> {
         if readings.is_empty() {
             return;
         }
-        self.conn.shared.hub.publish(HubEvent::Readings {
+        self.conn.ctx.hub.publish(HubEvent::Readings {
             meter_id: meter.clone(),
             source: Source::Dlt645,
             readings,
@@ -312,7 +315,7 @@ impl Session<'_> {
             .map(|(i, _)| i)
             .collect();
         for index in due {
-            let permits = self.conn.shared.poll_permits.clone();
+            let permits = self.conn.ctx.poll_permits.clone();
             let _permit = tokio::select! {
                 p = permits.acquire_owned() => p.map_err(|_| EndReason::Shutdown)?,
                 reason = self.conn.closed() => return Err(reason),
@@ -334,15 +337,15 @@ impl Session<'_> {
         let (id, address, interval) = (m.id.clone(), m.address, m.interval);
         let plan: Vec<u32> = m.plan.iter().copied().filter(|di| !m.skip.contains(di)).collect();
         let started = Instant::now();
-        let cfg = &self.conn.shared.config.dlt645;
+        let cfg = &self.conn.ctx.config.dlt645;
         let per_register = Duration::from_millis(cfg.timeout_ms) * (cfg.retries + 1);
         let mut readings = Vec::with_capacity(plan.len());
-        let mut outcome = "ok";
+        let mut outcome = PollOutcome::Ok;
         for di in plan {
             match self.read_register(address, di, Instant::now() + per_register).await {
                 Ok(value) => readings.extend(self.decode(&id, di, &value)),
                 Err(ReadError::Meter(flags)) => {
-                    outcome = "partial";
+                    outcome = PollOutcome::Partial;
                     // "No requested data": the meter does not have this register; stop asking until it reconnects.
                     if flags.0 & 0x02 != 0
                         && let Some(m) = self.meters.get_mut(index)
@@ -353,18 +356,18 @@ impl Session<'_> {
                 }
                 Err(ReadError::Timeout) => {
                     // A meter that does not answer one register (after retries) will not answer the next ones.
-                    outcome = "timeout";
+                    outcome = PollOutcome::Timeout;
                     tracing::warn!(meter = %id, di = format!("{di:08x}"), "poll timed out");
                     break;
                 }
                 Err(ReadError::End(r)) => return Err(r),
             }
         }
-        self.conn.shared.metrics.poll(outcome, started.elapsed().as_secs_f64());
+        self.conn.ctx.metrics.poll(outcome, started.elapsed().as_secs_f64());
         self.publish(&id, readings);
         if let Some(m) = self.meters.get_mut(index) {
             m.next_poll =
-                Some(super::next_poll_at(&self.conn.shared.config.polling, interval.as_millis() as u64, started));
+                Some(super::poll::next_poll_at(&self.conn.ctx.config.polling, interval.as_millis() as u64, started));
         }
         Ok(())
     }
@@ -503,7 +506,7 @@ impl Session<'_> {
                 }
             }
             MeterOp::SyncTime(ms) => {
-                let offset = i64::from(self.conn.shared.config.meters.clock_utc_offset_minutes) * 60;
+                let offset = i64::from(self.conn.ctx.config.meters.clock_utc_offset_minutes) * 60;
                 let local = MeterDateTime::from_unix(ms.div_euclid(1000) + offset)
                     .map_err(|e| Failure::Op(OpError::new(ErrorCode::InvalidParams, e.to_string())))?;
                 // Broadcast time has no reply by design: success means the frame was sent.
@@ -518,7 +521,7 @@ impl Session<'_> {
     }
 
     fn register_key(&self, di: u32) -> String {
-        self.conn.shared.resolver.catalogue.by_di(di).map(|d| d.key.clone()).unwrap_or_else(|| format!("DI_{di:08X}"))
+        self.conn.ctx.resolver.catalogue.by_di(di).map(|d| d.key.clone()).unwrap_or_else(|| format!("DI_{di:08X}"))
     }
 
     async fn relay(
@@ -529,7 +532,7 @@ impl Session<'_> {
         mode: RelayMode,
         deadline: Instant,
     ) -> Result<Value, Failure> {
-        let cfg = &self.conn.shared.config;
+        let cfg = &self.conn.ctx.config;
         let o = cfg.dlt645.meter_overrides.get(meter.as_str());
         let level = o.and_then(|o| o.password_level).unwrap_or(cfg.dlt645.password_level);
         let password = o.and_then(|o| o.password.clone()).unwrap_or_else(|| cfg.dlt645.password.clone());

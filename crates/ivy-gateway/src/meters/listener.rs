@@ -1,7 +1,8 @@
 //! Accepts meter connections under the admission limits and starts one session task per connection.
 
+use super::context::MeterContext;
 use super::session;
-use crate::gateway::Shared;
+use crate::lock::lock;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,16 +10,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Releases the admission slot when the session ends, however it ends.
 struct AdmissionSlot {
-    shared: Arc<Shared>,
+    ctx: Arc<MeterContext>,
     peer: SocketAddr,
 }
 
 impl Drop for AdmissionSlot {
     fn drop(&mut self) {
-        if let Ok(mut a) = self.shared.admission.lock() {
-            a.release(self.peer.ip());
-            self.shared.metrics.connections_active.set(a.active() as i64);
-        }
+        let mut a = lock(&self.ctx.admission);
+        a.release(self.peer.ip());
+        self.ctx.metrics.connections_active.set(a.active() as i64);
     }
 }
 
@@ -36,15 +36,13 @@ fn configure(stream: &TcpStream, keepalive_secs: u64) {
 }
 
 /// Runs the accept loop until shutdown.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
-    let mut sweep = tokio::time::interval(Duration::from_secs(shared.config.meters.sweep_interval_secs.max(1)));
+pub async fn run(listener: TcpListener, ctx: Arc<MeterContext>) {
+    let mut sweep = tokio::time::interval(Duration::from_secs(ctx.config.meters.sweep_interval_secs.max(1)));
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
+            _ = ctx.shutdown.cancelled() => break,
             _ = sweep.tick() => {
-                if let Ok(mut a) = shared.admission.lock() {
-                    a.sweep(Instant::now());
-                }
+                lock(&ctx.admission).sweep(Instant::now());
                 continue;
             }
             accepted = listener.accept() => match accepted {
@@ -57,34 +55,32 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
                 }
             },
         };
-        let admitted = match shared.admission.lock() {
-            Ok(mut a) => {
-                let now = Instant::now();
-                match a.admit(peer.ip(), now) {
-                    Ok(()) => {
-                        shared.metrics.connections_active.set(a.active() as i64);
-                        Ok(())
-                    }
-                    Err(reason) => Err((reason, a.should_log(peer.ip(), now))),
+        let admitted = {
+            let mut a = lock(&ctx.admission);
+            let now = Instant::now();
+            match a.admit(peer.ip(), now) {
+                Ok(()) => {
+                    ctx.metrics.connections_active.set(a.active() as i64);
+                    Ok(())
                 }
+                Err(reason) => Err((reason, a.should_log(peer.ip(), now))),
             }
-            Err(_) => continue,
         };
         if let Err((reason, log)) = admitted {
-            shared.metrics.rejected(reason);
+            ctx.metrics.rejected(reason);
             if log {
                 tracing::warn!(peer = %peer, ?reason, "meter connection refused (logged once per IP per minute)");
             }
             drop(stream);
             continue;
         }
-        shared.metrics.connections_total.inc();
-        configure(&stream, shared.config.meters.tcp_keepalive_secs);
-        let slot = AdmissionSlot { shared: shared.clone(), peer };
-        let shared = shared.clone();
+        ctx.metrics.connections_total.inc();
+        configure(&stream, ctx.config.meters.tcp_keepalive_secs);
+        let slot = AdmissionSlot { ctx: ctx.clone(), peer };
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            session::run(shared, stream, peer).await;
+            session::run(ctx, stream, peer).await;
         });
     }
 }

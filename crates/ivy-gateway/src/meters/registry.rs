@@ -5,9 +5,10 @@
 //! and [`Registry::unregister`] only removes an entry when that same connection asks.
 
 use super::SessionHandle;
+use crate::lock::lock;
 use crate::model::Source;
 use ivy_protocol::registration::MeterId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 /// What the registry knows about a connected meter.
@@ -40,10 +41,16 @@ pub enum Registered {
     Refreshed,
 }
 
-/// The registry. Its lock guards only the map, never protocol state, and is held for map operations only.
+/// Most meter ids remembered for the "seen since start" figure: ids are validated and a fleet is finite, but the
+/// set is capped anyway against id-spraying peers.
+const MAX_SEEN: usize = 1_000_000;
+
+/// The registry. Its locks guard only the maps, never protocol state, and are held for map operations only.
 #[derive(Debug, Default)]
 pub struct Registry {
     meters: Mutex<HashMap<MeterId, Entry>>,
+    /// Every meter id registered since start (the "meters total" figure).
+    seen: Mutex<HashSet<MeterId>>,
 }
 
 impl Registry {
@@ -53,9 +60,12 @@ impl Registry {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<MeterId, Entry>> {
-        // A panic while holding this lock cannot leave the map half-updated (single inserts/removes), so a
-        // poisoned lock is still usable.
-        self.meters.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.meters)
+    }
+
+    /// Meters registered since start (online or not).
+    pub fn seen_total(&self) -> usize {
+        lock(&self.seen).len()
     }
 
     /// Records that `handle`'s connection holds `meter_id`.
@@ -63,7 +73,14 @@ impl Registry {
         let mut map = self.map();
         let previous = map.insert(meter_id.clone(), Entry { handle: handle.clone(), info });
         match previous {
-            None => Registered::New,
+            None => {
+                drop(map);
+                let mut seen = lock(&self.seen);
+                if seen.len() < MAX_SEEN {
+                    seen.insert(meter_id.clone());
+                }
+                Registered::New
+            }
             Some(old) if old.handle.conn_id() == handle.conn_id() => Registered::Refreshed,
             Some(old) => Registered::Replaced(old.handle),
         }

@@ -2,6 +2,7 @@
 //! Too slow for the default run; `scripts/fleet-test` runs it in release mode.
 
 use crate::harness::*;
+use ivy_gateway::metrics::PollOutcome;
 use ivy_protocol::dlt645::Address;
 use ivy_sim::dlt645::{Dlt645Config, Dlt645Meter, Dlt645Sim};
 use std::collections::{HashMap, HashSet};
@@ -42,12 +43,12 @@ async fn a_fleet_of_1000_meters_polled_every_5_s_for_60_s_delivers_every_reading
         sims.push(Dlt645Sim::connect_from(gw.meters(), Some(source), cfg).await.unwrap());
     }
     let online = tokio::time::timeout(Duration::from_secs(30), async {
-        while gw.gw.shared().registry.len() < METERS as usize {
+        while gw.gw.meters().registry.len() < METERS as usize {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await;
-    assert!(online.is_ok(), "only {} of {METERS} meters came online", gw.gw.shared().registry.len());
+    assert!(online.is_ok(), "only {} of {METERS} meters came online", gw.gw.meters().registry.len());
 
     let msgs = c.collect(RUN_SECS * 1000).await;
     for s in sims.iter() {
@@ -69,8 +70,11 @@ async fn a_fleet_of_1000_meters_polled_every_5_s_for_60_s_delivers_every_reading
         *per_meter.entry(key.0).or_default() += 1;
     }
     let delivered = seen.len() as u64;
-    let m = &gw.gw.shared().metrics;
-    let polls = |o: &str| m.polls.get_or_create(&ivy_gateway::metrics::OutcomeLabel { outcome: o.into() }).get();
+    let m = &gw.gw.meters().metrics;
+    let polls = |o: &str| {
+        let outcome = PollOutcome::ALL.into_iter().find(|x| x.as_str() == o).expect("a poll outcome");
+        m.poll_cycles(outcome)
+    };
     println!(
         "fleet: {METERS} meters, {delivered} readings delivered, {replies} meter replies, poll cycles ok {} / partial {} / \
          timeout {} / failed {}, mqtt dropped {}, overlaps {overlaps}",

@@ -336,7 +336,7 @@ async fn rate_limit_answers_429_with_retry_after() {
     assert_eq!(s, StatusCode::OK);
     let metrics = http.client.get(http.url("/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), StatusCode::TOO_MANY_REQUESTS, "everything else counts against the limit");
-    assert_eq!(gw.gw.shared().metrics.http_rate_limited.get(), 2);
+    assert_eq!(gw.gw.meters().metrics.http_rate_limited.get(), 2);
 }
 
 #[tokio::test]
@@ -429,7 +429,7 @@ async fn metrics_are_valid_prometheus_text() {
     // A connection that is refused as garbage, for the parse-error and unknown-protocol counters.
     let mut garbage = tokio::net::TcpStream::connect(gw.meters()).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut garbage, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let unknown = &gw.gw.shared().metrics.connections_unknown_protocol;
+    let unknown = &gw.gw.meters().metrics.connections_unknown_protocol;
     wait_json("the garbage connection counted", 15, async || (unknown.get() >= 1).then_some(Value::Null)).await;
     let r = http.client.get(http.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);

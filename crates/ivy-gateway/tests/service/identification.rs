@@ -106,5 +106,5 @@ async fn heartbeat_with_an_invalid_id_is_rejected_and_publishes_nothing() {
     // ... and publishes no status or event at all.
     let msgs = c.collect(1500).await;
     assert!(msgs.iter().all(|m| !m.topic.contains("/meters/")), "published: {msgs:?}");
-    assert_eq!(gw.gw.shared().registry.len(), 0);
+    assert_eq!(gw.gw.meters().registry.len(), 0);
 }

@@ -45,7 +45,7 @@ async fn reconnect_keeps_the_meter_online_and_the_old_close_does_not_unregister_
     // Exactly one online status and one meter_reconnected event in total (the retained status says online).
     let late = retained(gw.mqtt(), "ivy/v1/meters/311501114070/status").await;
     assert_eq!(late.json["online"], true);
-    assert_eq!(gw.gw.shared().registry.len(), 1);
+    assert_eq!(gw.gw.meters().registry.len(), 1);
 }
 
 #[tokio::test]
@@ -197,6 +197,6 @@ async fn access_control() {
 
 fn denied(gw: &TestGateway) -> u64 {
     // Broker counters are mirrored into the metrics when /metrics is scraped; read the stats payload instead.
-    let stats = ivy_gateway::gateway::stats_payload(gw.gw.shared(), &gw.gw.broker_stats());
+    let stats = gw.gw.stats().payload();
     stats["mqtt"]["denied"].as_u64().unwrap_or(0)
 }

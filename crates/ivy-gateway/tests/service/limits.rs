@@ -30,7 +30,7 @@ async fn several_dlt645_addresses_on_one_connection_are_separate_meters() {
         .await;
     assert_eq!(r1["result"]["value"], 230.1, "{r1}");
     assert_eq!(r2["result"]["value"], 219.9, "{r2}");
-    assert_eq!(gw.gw.shared().registry.len(), 2);
+    assert_eq!(gw.gw.meters().registry.len(), 2);
 }
 
 #[tokio::test]

@@ -1,0 +1,85 @@
+//! The stable error codes of command responses (SPEC 5) and the failed-operation type every room reports with.
+//! A leaf of the module graph: everything may use it, it uses nothing of the gateway.
+
+use serde_json::Value;
+
+/// Stable error codes of command responses (SPEC 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The payload is not JSON.
+    InvalidJson,
+    /// No request id.
+    MissingId,
+    /// No method.
+    MissingMethod,
+    /// Unknown method.
+    UnknownMethod,
+    /// Bad or missing parameters.
+    InvalidParams,
+    /// No such register/group.
+    UnknownRegister,
+    /// The meter is not connected (or not identified yet).
+    MeterNotConnected,
+    /// The meter's protocol cannot do this.
+    UnsupportedForProtocol,
+    /// No answer in time.
+    Timeout,
+    /// The meter answered with an error.
+    MeterError,
+    /// The DLMS association was rejected.
+    AssociationRejected,
+    /// The connection ended before the answer.
+    ConnectionClosed,
+    /// The meter's queue is full.
+    Busy,
+    /// The gateway is shutting down.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// The snake_case code.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::MissingId => "missing_id",
+            ErrorCode::MissingMethod => "missing_method",
+            ErrorCode::UnknownMethod => "unknown_method",
+            ErrorCode::InvalidParams => "invalid_params",
+            ErrorCode::UnknownRegister => "unknown_register",
+            ErrorCode::MeterNotConnected => "meter_not_connected",
+            ErrorCode::UnsupportedForProtocol => "unsupported_for_protocol",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::MeterError => "meter_error",
+            ErrorCode::AssociationRejected => "association_rejected",
+            ErrorCode::ConnectionClosed => "connection_closed",
+            ErrorCode::Busy => "busy",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// A failed operation: a stable code, a message, and optional details (decoded error bits, DLMS result names).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct OpError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable message.
+    pub message: String,
+    /// Details, e.g. `{"error_flags": ["password_wrong"]}`.
+    pub details: Option<Value>,
+}
+
+impl OpError {
+    /// A new error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        OpError { code, message: message.into(), details: None }
+    }
+
+    /// With details.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
