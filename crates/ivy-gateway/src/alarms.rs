@@ -4,6 +4,7 @@
 
 use crate::config::{AlarmOverride, AlarmsConfig};
 use crate::hub::{Hub, HubEvent};
+use crate::lock::lock;
 use crate::model::{MeterEvent, Quantity, Reading, Severity, StatusChange, now_ms};
 use ivy_protocol::registration::MeterId;
 use serde::Serialize;
@@ -420,7 +421,7 @@ pub async fn run(
         let events = tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
-                let Ok(mut e) = engine.lock() else { break };
+                let mut e = lock(&engine);
                 match ev.as_ref() {
                     HubEvent::Readings { readings, .. } => readings.iter().flat_map(|r| e.on_reading(r)).collect(),
                     HubEvent::Status(s) => e.on_status(s),
@@ -428,13 +429,10 @@ pub async fn run(
                 }
             }
             _ = ticker.tick() => {
-                let Ok(mut e) = engine.lock() else { break };
-                e.tick(now_ms())
+                lock(&engine).tick(now_ms())
             }
         };
-        if let Ok(e) = engine.lock() {
-            metrics.alarms_active.set(e.active.len() as i64);
-        }
+        metrics.alarms_active.set(lock(&engine).active.len() as i64);
         for event in events {
             hub.publish(HubEvent::Event(event));
         }

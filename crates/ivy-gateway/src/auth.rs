@@ -8,6 +8,7 @@
 //! credentials are cached (keyed by a SHA-256 of user and password) so reconnecting clients do not pay again.
 //! Unknown users are verified against a dummy hash so timing does not reveal which names exist.
 
+use crate::lock::lock;
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -164,14 +165,14 @@ pub fn random_password() -> String {
 
 /// The users, loaded once at start-up.
 #[derive(Debug)]
-pub struct UserStore {
+pub struct Users {
     users: HashMap<String, User>,
 }
 
-impl UserStore {
+impl Users {
     /// Loads `users.toml` from `data_dir`, adds the `MQTT_USERS` users, and when there is nobody at all creates
     /// `admin` with a random password (returned, to be printed once; only its hash is stored).
-    pub fn load_or_init(data_dir: &Path, mqtt_users: Option<&str>) -> Result<(UserStore, Option<String>), AuthError> {
+    pub fn load_or_init(data_dir: &Path, mqtt_users: Option<&str>) -> Result<(Users, Option<String>), AuthError> {
         let path = data_dir.join(USERS_FILE);
         let mut users = HashMap::new();
         if path.exists() {
@@ -213,12 +214,12 @@ impl UserStore {
             users.insert(admin.name.clone(), admin);
             first_run = Some(password);
         }
-        Ok((UserStore { users }, first_run))
+        Ok((Users { users }, first_run))
     }
 
-    /// A store from users given directly (tests, HTTP fixtures).
+    /// Users given directly (tests, HTTP fixtures).
     pub fn from_users(users: Vec<User>) -> Self {
-        UserStore { users: users.into_iter().map(|u| (u.name.clone(), u)).collect() }
+        Users { users: users.into_iter().map(|u| (u.name.clone(), u)).collect() }
     }
 
     /// The user named `name`.
@@ -274,16 +275,16 @@ const CACHE_MAX: usize = 10_000;
 /// Checks credentials for the broker and the HTTP API.
 #[derive(Debug)]
 pub struct Authenticator {
-    store: UserStore,
+    users: Users,
     enabled: bool,
     cache: Mutex<HashMap<[u8; 32], Role>>,
     permits: Arc<Semaphore>,
 }
 
 impl Authenticator {
-    /// An authenticator over `store`; with `enabled` false every client is accepted with role admin.
-    pub fn new(store: UserStore, enabled: bool) -> Self {
-        Authenticator { store, enabled, cache: Mutex::new(HashMap::new()), permits: Arc::new(Semaphore::new(2)) }
+    /// An authenticator over `users`; with `enabled` false every client is accepted with role admin.
+    pub fn new(users: Users, enabled: bool) -> Self {
+        Authenticator { users, enabled, cache: Mutex::new(HashMap::new()), permits: Arc::new(Semaphore::new(2)) }
     }
 
     /// Whether credentials are required.
@@ -296,7 +297,7 @@ impl Authenticator {
         if !self.enabled {
             return Some(Role::Admin);
         }
-        user.and_then(|u| self.store.get(u)).map(|u| u.role)
+        user.and_then(|u| self.users.get(u)).map(|u| u.role)
     }
 
     fn cache_key(user: &str, password: &[u8]) -> [u8; 32] {
@@ -313,10 +314,10 @@ impl Authenticator {
             return Some(Role::Admin);
         }
         let key = Self::cache_key(user, password);
-        if let Some(role) = self.cache.lock().ok().and_then(|c| c.get(&key).copied()) {
+        if let Some(role) = lock(&self.cache).get(&key).copied() {
             return Some(role);
         }
-        let (hash, role) = match self.store.get(user) {
+        let (hash, role) = match self.users.get(user) {
             Some(u) => match &u.env_secret {
                 Some(secret) if secret.matches(password) => {
                     self.remember(key, u.role);
@@ -342,12 +343,11 @@ impl Authenticator {
     }
 
     fn remember(&self, key: [u8; 32], role: Role) {
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(key, role);
+        let mut cache = lock(&self.cache);
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
         }
+        cache.insert(key, role);
     }
 }
 
@@ -358,7 +358,7 @@ mod tests {
     #[tokio::test]
     async fn first_run_creates_admin_and_stores_only_a_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, first) = UserStore::load_or_init(dir.path(), None).unwrap();
+        let (store, first) = Users::load_or_init(dir.path(), None).unwrap();
         let password = first.expect("a first-run password");
         let text = std::fs::read_to_string(dir.path().join(USERS_FILE)).unwrap();
         assert!(!text.contains(&password));
@@ -374,7 +374,7 @@ mod tests {
         assert_eq!(auth.verify("admin", b"wrong").await, None);
         assert_eq!(auth.verify("nobody", b"x").await, None);
         // Second start: the stored admin is loaded, no new password.
-        let (_, again) = UserStore::load_or_init(dir.path(), None).unwrap();
+        let (_, again) = Users::load_or_init(dir.path(), None).unwrap();
         assert!(again.is_none());
     }
 
@@ -389,7 +389,7 @@ mod tests {
     #[tokio::test]
     async fn mqtt_users_compatibility() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, first) = UserStore::load_or_init(dir.path(), Some("alice:s3cret, bob:pw:viewer")).unwrap();
+        let (store, first) = Users::load_or_init(dir.path(), Some("alice:s3cret, bob:pw:viewer")).unwrap();
         assert!(first.is_none());
         assert!(!dir.path().join(USERS_FILE).exists(), "plain users are not written to disk");
         let auth = Authenticator::new(store, true);
@@ -397,7 +397,7 @@ mod tests {
         assert_eq!(auth.verify("bob", b"pw").await, Some(Role::Viewer));
         assert_eq!(auth.verify("bob", b"pw2").await, None);
         assert_eq!(auth.verify("alice", b"").await, None);
-        assert!(UserStore::load_or_init(dir.path(), Some("broken")).is_err());
-        assert!(UserStore::load_or_init(dir.path(), Some("u:p:king")).is_err());
+        assert!(Users::load_or_init(dir.path(), Some("broken")).is_err());
+        assert!(Users::load_or_init(dir.path(), Some("u:p:king")).is_err());
     }
 }

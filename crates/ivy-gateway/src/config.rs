@@ -8,8 +8,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 /// A configuration problem, naming the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -899,7 +898,7 @@ impl Config {
         check(&mut e, q.publish_queue >= 16, "mqtt.publish_queue", "must be at least 16");
         check(
             &mut e,
-            valid_prefix(&q.topic_prefix),
+            valid_topic_prefix(&q.topic_prefix),
             "mqtt.topic_prefix",
             "must be non-empty, without +, # or empty levels",
         );
@@ -939,11 +938,6 @@ impl Config {
         e
     }
 
-    /// Duration helper for millisecond fields.
-    pub fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
-
     /// The registration rules: the built-in EM114070 heartbeat (with the configured ack), then the configured ones.
     pub fn registration_rules(&self) -> Vec<ivy_protocol::registration::RegistrationRule> {
         let mut builtin = ivy_protocol::registration::RegistrationRule::em114070();
@@ -981,15 +975,10 @@ impl Config {
         }
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
-
-    /// The data directory, created if missing.
-    pub fn ensure_data_dir(&self) -> std::io::Result<&Path> {
-        std::fs::create_dir_all(&self.gateway.data_dir)?;
-        Ok(&self.gateway.data_dir)
-    }
 }
 
-fn valid_prefix(p: &str) -> bool {
+/// Whether `p` can prefix MQTT topics: non-empty, no wildcards, no NUL, no empty level (SPEC 4.2).
+pub fn valid_topic_prefix(p: &str) -> bool {
     !p.is_empty() && !p.contains(['+', '#', '\0']) && p.split('/').all(|l| !l.is_empty())
 }
 

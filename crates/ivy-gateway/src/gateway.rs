@@ -75,8 +75,7 @@ impl Gateway {
         let resolver = Arc::new(crate::registers::Resolver::from_config(&config)?);
         let data_dir = config.gateway.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
-        let (users, first_run_password) =
-            crate::auth::UserStore::load_or_init(&data_dir, config.mqtt.users.as_deref())?;
+        let (users, first_run_password) = crate::auth::Users::load_or_init(&data_dir, config.mqtt.users.as_deref())?;
         let auth = Arc::new(crate::auth::Authenticator::new(users, config.mqtt.auth_enabled));
         let prefix =
             crate::mqtt::topics::TopicPrefix::new(&config.mqtt.topic_prefix, config.gateway.gateway_id.as_deref())
@@ -125,7 +124,7 @@ impl Gateway {
             Err(e) => tracing::warn!(file = %acks_file.display(), error = %e, "alarm acknowledgements not restored"),
         }
         let alarms = Arc::new(Mutex::new(engine));
-        let live = Arc::new(crate::http::live::LiveStore::new(crate::http::live::LiveLimits {
+        let live = Arc::new(crate::http::live::LiveView::new(crate::http::live::LiveLimits {
             history_points: config.http.history_points,
             ..Default::default()
         }));
@@ -164,7 +163,7 @@ impl Gateway {
                 shutdown: shutdown.clone(),
                 broker: broker.counters(),
                 auth: auth.clone(),
-                sessions: Arc::new(crate::http::session::Sessions::new(
+                logins: Arc::new(crate::http::login::Logins::new(
                     Duration::from_secs(config.http.session_idle_secs.max(60)),
                     10_000,
                 )),

@@ -1,6 +1,7 @@
 //! The single fan-out point: sessions and the alarm engine publish normalised readings, status transitions and
-//! events here; every sink (MQTT, alarms, store, HTTP live stream) has its own bounded queue. A sink that falls
-//! behind loses events *for itself only*, and each loss is counted, never silent; producers never wait.
+//! events here; every sink (the MQTT sink and the alarm engine) has its own bounded queue. A sink that falls
+//! behind loses events *for itself only*, and each loss is counted, never silent; producers never wait. Observers
+//! (the HTTP live view) are applied in place on the producer's thread instead.
 
 use crate::model::{MeterEvent, Reading, Source, StatusChange};
 use ivy_protocol::registration::MeterId;

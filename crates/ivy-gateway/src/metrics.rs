@@ -6,7 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as Exposition;
 
 /// Why a meter connection was refused.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -261,9 +261,9 @@ impl Metrics {
         self.http_requests.get_or_create(&StatusLabel { class }).inc();
     }
 
-    /// A registry holding every metric, for text encoding.
-    pub fn registry(self: &std::sync::Arc<Self>) -> Registry {
-        let mut r = Registry::with_prefix("ivy");
+    /// Every metric, registered for the OpenMetrics text encoding.
+    pub fn exposition(self: &std::sync::Arc<Self>) -> Exposition {
+        let mut r = Exposition::with_prefix("ivy");
         let m = self.as_ref();
         r.register("meters_online", "Meters online now", m.meters_online.clone());
         r.register("meters_total", "Meters seen since start", m.meters_total.clone());
@@ -301,7 +301,7 @@ impl Metrics {
     /// The metrics in the OpenMetrics text format (which Prometheus scrapes).
     pub fn encode(self: &std::sync::Arc<Self>) -> String {
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry());
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.exposition());
         out
     }
 }

@@ -1,5 +1,5 @@
 //! The gateway's own vocabulary: normalised readings, meter status and events, shared by sessions, the hub and
-//! every sink (MQTT, alarms, store, HTTP). Values are normalised once, where they are decoded.
+//! every sink (MQTT, alarms, the live view). Values are normalised once, where they are decoded.
 
 use ivy_protocol::registration::MeterId;
 use serde::Serialize;

@@ -1,4 +1,5 @@
-//! Parsing and validating command requests (SPEC 5), and shaping responses. Pure: no IO.
+//! Parsing and validating command requests (SPEC 5) into one [`Command`] whose variants carry their parameters.
+//! Pure: no IO.
 //!
 //! Accepted shapes: `{id, method, params}` (ours), `{requestId, command, ...}` (the original's, with parameters at
 //! the top level), and mixtures. Method names are matched case-insensitively, camelCase or snake_case, and the
@@ -7,6 +8,7 @@
 use crate::error::{ErrorCode, OpError};
 use crate::meters::{RelayMode, RelayState};
 use crate::registers::parse_data_id;
+use ivy_protocol::dlms::Obis;
 use serde_json::{Map, Value, json};
 
 /// Command methods.
@@ -122,38 +124,62 @@ pub enum RegisterName {
     },
 }
 
-/// Validated parameters.
+/// Which registers a `read_all` / `read_group` reads: an explicit list, a group, or both.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Params {
+pub struct RegisterSelection {
+    /// Explicit registers.
+    pub registers: Vec<RegisterName>,
+    /// Group name.
+    pub group: Option<String>,
+}
+
+/// A validated command: one variant per method, carrying its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
     /// `read_register`.
     ReadRegister(RegisterName),
-    /// `read_all` / `read_group`: explicit list or a group.
-    ReadMany {
-        /// Explicit registers.
-        registers: Vec<RegisterName>,
-        /// Group name.
-        group: Option<String>,
-    },
+    /// `read_all` (no list and no group reads the group `all`).
+    ReadAll(RegisterSelection),
+    /// `read_group`.
+    ReadGroup(RegisterSelection),
     /// `relay_control`.
-    Relay {
+    RelayControl {
         /// Target state.
         state: RelayState,
         /// Close mode.
         mode: RelayMode,
     },
-    /// No parameters.
-    None,
+    /// `read_relay_state`.
+    ReadRelayState,
+    /// `read_address`.
+    ReadAddress,
     /// `sync_time`: ms since epoch (UTC); `None` = now.
     SyncTime(Option<i64>),
     /// `read_obis`.
     ReadObis {
-        /// OBIS text.
-        obis: String,
+        /// The object.
+        obis: Obis,
         /// Class.
         class_id: u16,
         /// Attribute.
         attribute: u8,
     },
+}
+
+impl Command {
+    /// The method this command is.
+    pub fn method(&self) -> Method {
+        match self {
+            Command::ReadRegister(_) => Method::ReadRegister,
+            Command::ReadAll(_) => Method::ReadAll,
+            Command::ReadGroup(_) => Method::ReadGroup,
+            Command::RelayControl { .. } => Method::RelayControl,
+            Command::ReadRelayState => Method::ReadRelayState,
+            Command::ReadAddress => Method::ReadAddress,
+            Command::SyncTime(_) => Method::SyncTime,
+            Command::ReadObis { .. } => Method::ReadObis,
+        }
+    }
 }
 
 /// A parsed, validated command request.
@@ -165,10 +191,8 @@ pub struct CommandRequest {
     pub id_value: Value,
     /// Field that carried it.
     pub id_field: IdField,
-    /// Method.
-    pub method: Method,
-    /// Parameters.
-    pub params: Params,
+    /// The command with its parameters.
+    pub command: Command,
 }
 
 /// A request that failed validation: the id when it could be recovered, and the error.
@@ -228,8 +252,8 @@ pub fn parse(payload: &[u8]) -> Result<CommandRequest, Rejected> {
         Some(Value::Null) | None => obj.clone(),
         Some(_) => return Err(reject(err(ErrorCode::InvalidParams, "\"params\" must be an object"))),
     };
-    let params = parse_params(method, &params_obj).map_err(reject)?;
-    Ok(CommandRequest { id: id_text, id_value, id_field, method, params })
+    let command = parse_command(method, &params_obj).map_err(reject)?;
+    Ok(CommandRequest { id: id_text, id_value, id_field, command })
 }
 
 fn extract_id(obj: &Map<String, Value>) -> Option<(Value, IdField)> {
@@ -322,10 +346,10 @@ fn register_name(p: &Map<String, Value>) -> Result<Option<RegisterName>, OpError
     Ok(str_param(p, &["register", "key", "name"])?.map(|k| RegisterName::Key(k.to_owned())))
 }
 
-fn parse_params(method: Method, p: &Map<String, Value>) -> Result<Params, OpError> {
+fn parse_command(method: Method, p: &Map<String, Value>) -> Result<Command, OpError> {
     match method {
         Method::ReadRegister => register_name(p)?
-            .map(Params::ReadRegister)
+            .map(Command::ReadRegister)
             .ok_or_else(|| invalid("read_register needs \"register\", \"dataId\" or \"obis\"")),
         Method::ReadAll | Method::ReadGroup => {
             let group = str_param(p, &["group"])?.map(str::to_owned);
@@ -356,10 +380,11 @@ fn parse_params(method: Method, p: &Map<String, Value>) -> Result<Params, OpErro
                 }
                 Some(_) => return Err(invalid("\"registers\" must be a list")),
             };
-            match (method, registers.is_empty(), &group) {
+            match (method, registers.is_empty(), group) {
                 (Method::ReadGroup, _, None) => Err(invalid("read_group needs \"group\"")),
-                (_, true, None) => Ok(Params::ReadMany { registers, group: Some("all".into()) }),
-                _ => Ok(Params::ReadMany { registers, group }),
+                (Method::ReadGroup, _, group) => Ok(Command::ReadGroup(RegisterSelection { registers, group })),
+                (_, true, None) => Ok(Command::ReadAll(RegisterSelection { registers, group: Some("all".into()) })),
+                (_, _, group) => Ok(Command::ReadAll(RegisterSelection { registers, group })),
             }
         }
         Method::RelayControl => {
@@ -374,60 +399,27 @@ fn parse_params(method: Method, p: &Map<String, Value>) -> Result<Params, OpErro
                 Some("allow" | "allowed" | "permit") => RelayMode::Allow,
                 Some(other) => return Err(invalid(format!("mode '{other}' must be \"direct\" or \"allow\""))),
             };
-            Ok(Params::Relay { state, mode })
+            Ok(Command::RelayControl { state, mode })
         }
-        Method::ReadRelayState | Method::ReadAddress => Ok(Params::None),
+        Method::ReadRelayState => Ok(Command::ReadRelayState),
+        Method::ReadAddress => Ok(Command::ReadAddress),
         Method::SyncTime => match str_param(p, &["time"])? {
-            None => Ok(Params::SyncTime(None)),
+            None => Ok(Command::SyncTime(None)),
             Some(t) => {
                 let parsed = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
                     .map_err(|e| invalid(format!("time '{t}' is not an ISO-8601/RFC 3339 date-time: {e}")))?;
-                Ok(Params::SyncTime(Some((parsed.unix_timestamp_nanos() / 1_000_000) as i64)))
+                Ok(Command::SyncTime(Some((parsed.unix_timestamp_nanos() / 1_000_000) as i64)))
             }
         },
         Method::ReadObis => {
-            let obis = str_param(p, &["obis", "obisCode"])?.ok_or_else(|| invalid("read_obis needs \"obis\""))?;
+            let text = str_param(p, &["obis", "obisCode"])?.ok_or_else(|| invalid("read_obis needs \"obis\""))?;
             let class_id = int_param(p, &["classId", "class_id"], u64::from(u16::MAX))?
                 .ok_or_else(|| invalid("read_obis needs \"classId\""))? as u16;
             let attribute = int_param(p, &["attribute", "attr"], 255)?.unwrap_or(2) as u8;
-            Ok(Params::ReadObis { obis: obis.to_owned(), class_id, attribute })
+            let obis = text.parse::<Obis>().map_err(|e| invalid(e.to_string()))?;
+            Ok(Command::ReadObis { obis, class_id, attribute })
         }
     }
-}
-
-/// A success response payload.
-pub fn success(id: &Value, id_field: IdField, result: Value, ts: u64) -> Value {
-    let mut m = Map::new();
-    m.insert("ts".into(), json!(ts));
-    m.insert("id".into(), id.clone());
-    if id_field == IdField::RequestId {
-        m.insert("requestId".into(), id.clone());
-    }
-    m.insert("success".into(), json!(true));
-    m.insert("result".into(), result);
-    Value::Object(m)
-}
-
-/// A failure response payload: `error` (message), `code`, and `result: {error}` for the original's clients.
-pub fn failure(id: Option<&Value>, id_field: IdField, error: &OpError, ts: u64) -> Value {
-    let mut m = Map::new();
-    m.insert("ts".into(), json!(ts));
-    m.insert("id".into(), id.cloned().unwrap_or(Value::Null));
-    if id_field == IdField::RequestId {
-        m.insert("requestId".into(), id.cloned().unwrap_or(Value::Null));
-    }
-    m.insert("success".into(), json!(false));
-    m.insert("error".into(), json!(error.message));
-    m.insert("code".into(), json!(error.code.as_str()));
-    let mut result = Map::new();
-    result.insert("error".into(), json!(error.message));
-    if let Some(Value::Object(details)) = &error.details {
-        for (k, v) in details {
-            result.insert(k.clone(), v.clone());
-        }
-    }
-    m.insert("result".into(), Value::Object(result));
-    Value::Object(m)
 }
 
 #[cfg(test)]
@@ -441,18 +433,20 @@ mod tests {
     #[test]
     fn both_field_styles_are_accepted() {
         let ours = parse(br#"{"id":"r1","method":"read_register","params":{"register":"voltage_a"}}"#).unwrap();
-        assert_eq!(ours.method, Method::ReadRegister);
-        assert_eq!(ours.params, Params::ReadRegister(RegisterName::Key("voltage_a".into())));
+        assert_eq!(ours.command.method(), Method::ReadRegister);
+        assert_eq!(ours.command, Command::ReadRegister(RegisterName::Key("voltage_a".into())));
         let original = parse(br#"{"requestId":"req-1","command":"read","dataId":"02010100"}"#).unwrap();
         assert_eq!(original.id_field, IdField::RequestId);
-        assert_eq!(original.params, Params::ReadRegister(RegisterName::DataId(0x0201_0100)));
+        assert_eq!(original.command, Command::ReadRegister(RegisterName::DataId(0x0201_0100)));
         let grouped = parse(br#"{"requestId":7,"command":"readGroup","group":"energy"}"#).unwrap();
         assert_eq!(grouped.id, "7");
-        assert_eq!(grouped.method, Method::ReadGroup);
+        assert_eq!(grouped.command.method(), Method::ReadGroup);
         let multi =
             parse(br#"{"id":"x","method":"readMultiple","registers":["VOLTAGE_A","02020100","1-0:12.7.0.255"]}"#)
                 .unwrap();
-        assert!(matches!(multi.params, Params::ReadMany { ref registers, .. } if registers.len() == 3));
+        assert!(
+            matches!(multi.command, Command::ReadAll(RegisterSelection { ref registers, .. }) if registers.len() == 3)
+        );
     }
 
     #[test]
@@ -482,19 +476,6 @@ mod tests {
         let r = parse(br#"{"requestId": 42, "command": "#).unwrap_err();
         assert_eq!(r.id, Some((json!(42), IdField::RequestId)));
         assert_eq!(parse(b"garbage").unwrap_err().id, None);
-    }
-
-    #[test]
-    fn response_shapes() {
-        let e = OpError::new(ErrorCode::Timeout, "no reply within 15 s");
-        let f = failure(Some(&json!("r1")), IdField::RequestId, &e, 5);
-        assert_eq!(f["success"], false);
-        assert_eq!(f["code"], "timeout");
-        assert_eq!(f["result"]["error"], "no reply within 15 s");
-        assert_eq!(f["requestId"], "r1");
-        let s = success(&json!("r2"), IdField::Id, json!({"address": "1"}), 6);
-        assert_eq!(s["success"], true);
-        assert!(s.get("requestId").is_none());
     }
 
     #[test]

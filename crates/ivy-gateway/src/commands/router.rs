@@ -1,16 +1,18 @@
 //! Routes validated commands to the session that holds the meter and shapes the answer. The same path serves MQTT
 //! (`.../command/request` → `.../command/response`) and HTTP (`POST /api/meters/{id}/commands`).
 
-use super::request::{self, CommandRequest, IdField, Method, Params, RegisterName, Rejected};
+use super::reply;
+use super::request::{self, Command, CommandRequest, IdField, RegisterName, RegisterSelection, Rejected};
 use crate::config::CommandsConfig;
 use crate::error::{ErrorCode, OpError};
 use crate::meters::registry::Registry;
-use crate::meters::{MeterOp, SessionRequest, SubmitError};
+use crate::meters::{MeterOp, OpResult, SessionRequest, SubmitError};
 use crate::metrics::Metrics;
 use crate::model::{Source, now_ms};
 use crate::mqtt::topics::TopicPrefix;
 use crate::mqtt::{InboundPublish, OutboundMessage, Publisher, Qos};
 use crate::registers::{Resolver, Target};
+use ivy_protocol::dlms::AttributeDescriptor;
 use ivy_protocol::registration::MeterId;
 use serde_json::Value;
 use std::sync::Arc;
@@ -67,18 +69,18 @@ impl CommandRouter {
                     None if error.code == ErrorCode::InvalidJson => return None,
                     None => (None, IdField::Id),
                 };
-                let payload = request::failure(id.as_ref(), field, &error, now_ms());
+                let payload = reply::failure(id.as_ref(), field, &error, now_ms());
                 return Some(Answer { payload, success: false, code: Some(error.code) });
             }
         };
         let result = self.run(meter_id, &req).await;
         let seconds = started.elapsed().as_secs_f64();
-        let method = req.method.as_str();
+        let method = req.command.method().as_str();
         Some(match result {
             Ok(value) => {
                 self.metrics.command(method, "success", seconds);
                 Answer {
-                    payload: request::success(&req.id_value, req.id_field, value, now_ms()),
+                    payload: reply::success(&req.id_value, req.id_field, reply::result(&value), now_ms()),
                     success: true,
                     code: None,
                 }
@@ -87,7 +89,7 @@ impl CommandRouter {
                 self.metrics.command(method, e.code.as_str(), seconds);
                 tracing::info!(meter = %meter_id, method, code = e.code.as_str(), error = %e, "command failed");
                 Answer {
-                    payload: request::failure(Some(&req.id_value), req.id_field, &e, now_ms()),
+                    payload: reply::failure(Some(&req.id_value), req.id_field, &e, now_ms()),
                     success: false,
                     code: Some(e.code),
                 }
@@ -95,12 +97,12 @@ impl CommandRouter {
         })
     }
 
-    async fn run(&self, meter_id: &MeterId, req: &CommandRequest) -> Result<Value, OpError> {
+    async fn run(&self, meter_id: &MeterId, req: &CommandRequest) -> Result<OpResult, OpError> {
         let deadline = Instant::now() + self.timeout;
         let Some((handle, info)) = self.registry.get(meter_id) else {
             return Err(OpError::new(ErrorCode::MeterNotConnected, format!("meter {meter_id} is not connected")));
         };
-        let op = self.op_for(req, info.protocol)?;
+        let op = self.op_for(&req.command, info.protocol)?;
         let _permit = tokio::time::timeout_at(deadline, self.limit.acquire())
             .await
             .map_err(|_| OpError::new(ErrorCode::Busy, "too many commands in progress"))?
@@ -125,7 +127,7 @@ impl CommandRouter {
     }
 
     /// The session operation for a request on a meter of `protocol`, with registers resolved.
-    fn op_for(&self, req: &CommandRequest, protocol: Source) -> Result<MeterOp, OpError> {
+    fn op_for(&self, command: &Command, protocol: Source) -> Result<MeterOp, OpError> {
         let resolver = &self.resolver;
         let unsupported = |what: &str| {
             OpError::new(
@@ -145,11 +147,9 @@ impl CommandRouter {
                 (Source::Dlms, RegisterName::DataId(_)) => Err(unsupported("reading a DL/T 645 data identifier")),
             }
         };
-        Ok(match (&req.method, &req.params) {
-            (Method::ReadRegister, Params::ReadRegister(name)) => {
-                MeterOp::Read { targets: vec![resolve(name)?], single: true }
-            }
-            (Method::ReadAll | Method::ReadGroup, Params::ReadMany { registers, group }) => {
+        let read_many =
+            |selection: &RegisterSelection| -> Result<MeterOp, OpError> {
+                let RegisterSelection { registers, group } = selection;
                 let mut targets: Vec<Target> = registers.iter().map(resolve).collect::<Result<_, _>>()?;
                 if let Some(g) = group {
                     let unknown = || OpError::new(ErrorCode::UnknownRegister, format!("unknown register group '{g}'"));
@@ -160,21 +160,21 @@ impl CommandRouter {
                             .extend(resolver.dlms_group(g).ok_or_else(unknown)?.iter().cloned().map(Target::Dlms)),
                     }
                 }
-                MeterOp::Read { targets, single: false }
-            }
-            (Method::RelayControl, Params::Relay { state, mode }) => MeterOp::Relay { state: *state, mode: *mode },
-            (Method::ReadRelayState, _) => MeterOp::ReadRelayState,
-            (Method::ReadAddress, _) => MeterOp::ReadAddress,
-            (Method::SyncTime, Params::SyncTime(ms)) => MeterOp::SyncTime(ms.unwrap_or(now_ms() as i64)),
-            (Method::ReadObis, Params::ReadObis { obis, class_id, attribute }) => {
+                Ok(MeterOp::Read { targets, single: false })
+            };
+        Ok(match command {
+            Command::ReadRegister(name) => MeterOp::Read { targets: vec![resolve(name)?], single: true },
+            Command::ReadAll(selection) | Command::ReadGroup(selection) => read_many(selection)?,
+            Command::RelayControl { state, mode } => MeterOp::Relay { state: *state, mode: *mode },
+            Command::ReadRelayState => MeterOp::ReadRelayState,
+            Command::ReadAddress => MeterOp::ReadAddress,
+            Command::SyncTime(ms) => MeterOp::SyncTime(ms.unwrap_or(now_ms() as i64)),
+            Command::ReadObis { obis, class_id, attribute } => {
                 if protocol == Source::Dlt645 {
                     return Err(unsupported("read_obis"));
                 }
-                obis.parse::<ivy_protocol::dlms::Obis>()
-                    .map_err(|e| OpError::new(ErrorCode::InvalidParams, e.to_string()))?;
-                MeterOp::ReadObis { obis: obis.clone(), class_id: *class_id, attribute: *attribute }
+                MeterOp::ReadAttribute(AttributeDescriptor::new(*class_id, *obis, *attribute))
             }
-            _ => return Err(OpError::new(ErrorCode::InvalidParams, "parameters do not fit the method")),
         })
     }
 

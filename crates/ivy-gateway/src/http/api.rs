@@ -1,11 +1,13 @@
 //! The REST handlers and the live stream.
 
 use super::live::MeterView;
-use super::session::{self, Caller};
+use super::login::{self, Caller};
 use super::state::{ApiError, HttpState, Operator};
+use crate::commands::request::Method;
 use crate::commands::router::Answer;
 use crate::error::ErrorCode;
 use crate::hub::HubEvent;
+use crate::lock::lock;
 use crate::meters::registry::MeterInfo;
 use crate::model::{MeterEvent, Severity, now_ms};
 use axum::Json;
@@ -50,7 +52,7 @@ pub async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     let m = &s.metrics;
     m.hub_dropped.set(s.hub.dropped() as i64);
     m.meters_online.set(s.registry.len() as i64);
-    m.http_sessions.set(s.sessions.len() as i64);
+    m.http_sessions.set(s.logins.len() as i64);
     m.http_stream_clients.set(s.live.stream_clients() as i64);
     // Broker counters live in the broker; mirror them into the registry's counters at scrape time.
     let sync = |c: &prometheus_client::metrics::counter::Counter, v: u64| {
@@ -81,17 +83,17 @@ pub async fn login(State(s): State<HttpState>, body: Bytes) -> Result<Response, 
         tracing::info!(user = %form.username, "HTTP login refused");
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong user name or password"));
     };
-    let token = s.sessions.create(Caller { user: form.username.clone(), role });
-    let cookie = s.sessions.set_cookie(&token);
+    let token = s.logins.create(Caller { user: form.username.clone(), role });
+    let cookie = s.logins.set_cookie(&token);
     Ok(([(header::SET_COOKIE, cookie)], Json(json!({"user": form.username, "role": role}))).into_response())
 }
 
-/// `POST /api/logout`: ends the session and clears the cookie.
+/// `POST /api/logout`: ends the login and clears the cookie.
 pub async fn logout(State(s): State<HttpState>, headers: HeaderMap) -> Response {
-    for token in session::tokens(&headers) {
-        s.sessions.remove(token);
+    for token in login::tokens(&headers) {
+        s.logins.remove(token);
     }
-    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, session::Sessions::clear_cookie())]).into_response()
+    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, login::Logins::clear_cookie())]).into_response()
 }
 
 /// `GET /api/me`: who is logged in.
@@ -112,7 +114,7 @@ pub async fn info(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
         "mqtt": {"topicPrefix": c.mqtt.topic_prefix, "port": c.mqtt.port, "wsPort": c.mqtt.ws_port, "authEnabled": c.mqtt.auth_enabled},
         "meters": {"port": c.meters.port},
         "polling": {"enabled": c.polling.enabled, "intervalMs": c.polling.interval_ms, "group": c.polling.group},
-        "commandMethods": ["read_register", "read_all", "read_group", "relay_control", "read_relay_state", "read_address", "sync_time", "read_obis"],
+        "commandMethods": Method::ALL.map(|m| m.as_str()),
     }))
 }
 
@@ -129,10 +131,8 @@ pub struct MeterFilter {
 
 fn active_alarm_counts(s: &HttpState) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
-    if let Ok(engine) = s.alarms.lock() {
-        for a in engine.active() {
-            *counts.entry(a.meter_id).or_insert(0) += 1;
-        }
+    for a in lock(&s.alarms).active() {
+        *counts.entry(a.meter_id).or_insert(0) += 1;
     }
     counts
 }
@@ -213,11 +213,7 @@ pub async fn meter(
         return Err(meter_not_found(&id));
     }
     let view = view.unwrap_or_else(|| MeterView::new(id.as_str()));
-    let alarms: Vec<_> = s
-        .alarms
-        .lock()
-        .map(|e| e.active().into_iter().filter(|a| a.meter_id == id.as_str()).collect())
-        .unwrap_or_default();
+    let alarms: Vec<_> = lock(&s.alarms).active().into_iter().filter(|a| a.meter_id == id.as_str()).collect();
     let mut m = meter_json(&view, online.as_ref());
     if let Some(info) = &online {
         m.insert("port".into(), json!(info.port));
@@ -316,7 +312,7 @@ pub async fn command(
 
 /// `GET /api/alarms`: active alarms, oldest first.
 pub async fn alarms(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
-    let active = s.alarms.lock().map(|e| e.active()).unwrap_or_default();
+    let active = lock(&s.alarms).active();
     Json(json!({"count": active.len(), "alarms": active}))
 }
 
@@ -328,9 +324,7 @@ pub async fn acknowledge(
     Path(alarm_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (alarm, acknowledged) = {
-        let mut engine = s.alarms.lock().map_err(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the alarm engine is unavailable")
-        })?;
+        let mut engine = lock(&s.alarms);
         let Some(alarm) = engine.acknowledge(&alarm_id) else {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_alarm", format!("no active alarm '{alarm_id}'")));
         };
@@ -379,7 +373,7 @@ pub async fn stats(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
         m.insert(
             "http".into(),
             json!({
-                "sessions": s.sessions.len(),
+                "sessions": s.logins.len(),
                 "streamClients": s.live.stream_clients(),
                 "droppedMeters": s.live.dropped_meters(),
             }),

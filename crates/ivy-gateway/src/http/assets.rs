@@ -41,7 +41,7 @@ pub async fn index() -> Response {
 pub async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|a| a.name == file) {
         Some(a) => respond(a.content_type, a.bytes),
-        None => super::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such asset").into_response(),
+        None => super::state::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such asset").into_response(),
     }
 }
 

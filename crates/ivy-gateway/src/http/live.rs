@@ -6,6 +6,7 @@
 //! (`/api/meters/{id}/readings?register=&from=&to=`) does not depend on where the points come from.
 
 use crate::hub::HubEvent;
+use crate::lock::lock;
 use crate::model::{MeterEvent, Reading, Source, StatusChange};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -174,22 +175,22 @@ struct Inner {
 
 /// The live state. Its lock guards these views only; it is never held across an await.
 #[derive(Debug)]
-pub struct LiveStore {
+pub struct LiveView {
     inner: Mutex<Inner>,
     limits: LiveLimits,
     stream: broadcast::Sender<Arc<str>>,
 }
 
-impl LiveStore {
-    /// An empty store.
+impl LiveView {
+    /// An empty live view.
     pub fn new(limits: LiveLimits) -> Self {
         let (stream, _) = broadcast::channel(limits.stream_buffer.max(16));
-        LiveStore { inner: Mutex::new(Inner::default()), limits, stream }
+        LiveView { inner: Mutex::new(Inner::default()), limits, stream }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Updates are single map operations; a poisoned lock still holds consistent views.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// A receiver of live-stream messages (each one JSON text `{type, ...}`).
@@ -456,7 +457,7 @@ mod tests {
 
     #[test]
     fn keeps_latest_and_bounded_history() {
-        let store = LiveStore::new(LiveLimits { history_points: 3, ..LiveLimits::default() });
+        let store = LiveView::new(LiveLimits { history_points: 3, ..LiveLimits::default() });
         for ts in 1..=5 {
             store.apply(&HubEvent::Readings {
                 meter_id: MeterId::new("m1").unwrap(),
@@ -491,7 +492,7 @@ mod tests {
 
     #[test]
     fn online_meters_without_readings_take_no_entry_until_they_go_offline() {
-        let store = LiveStore::new(LiveLimits::default());
+        let store = LiveView::new(LiveLimits::default());
         store.apply(&status(true));
         assert!(store.meter_view("m1").is_none(), "the registry describes it while online");
         store.apply(&status(false));
@@ -506,7 +507,7 @@ mod tests {
 
     #[test]
     fn events_are_bounded_newest_first() {
-        let store = LiveStore::new(LiveLimits { events: 2, ..LiveLimits::default() });
+        let store = LiveView::new(LiveLimits { events: 2, ..LiveLimits::default() });
         for n in 0..3 {
             store.apply(&HubEvent::Event(MeterEvent {
                 meter_id: MeterId::new("m1").unwrap(),

@@ -7,8 +7,8 @@
 pub mod api;
 pub mod assets;
 pub mod live;
+pub mod login;
 pub mod ratelimit;
-pub mod session;
 
 pub mod state;
 

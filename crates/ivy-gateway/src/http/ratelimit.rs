@@ -1,5 +1,6 @@
 //! Per-IP request rate limit: a fixed one-minute window per address, answered with 429 and `Retry-After`.
 
+use crate::lock::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -25,7 +26,7 @@ impl RateLimiter {
 
     /// Counts a request from `ip`; `Err(retry_after)` when over the limit.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = lock(&self.table);
         if table.len() >= MAX_ADDRESSES && !table.contains_key(&ip) {
             table.retain(|_, (start, _)| now.duration_since(*start) < self.window);
             if table.len() >= MAX_ADDRESSES {

@@ -1,9 +1,9 @@
 //! What the HTTP handlers share: narrow handles on the gateway (registry, hub, counters, figures, the command
 //! path, alarms, the live view), the API error type, and the caller extractors (session cookie or HTTP Basic).
 
-use super::live::LiveStore;
+use super::live::LiveView;
+use super::login::{self, Caller, Logins};
 use super::ratelimit::RateLimiter;
-use super::session::{self, Caller, Sessions};
 use crate::alarms::SharedAlarms;
 use crate::auth::{Authenticator, Role};
 use crate::commands::router::CommandRouter;
@@ -40,14 +40,14 @@ pub struct HttpState {
     pub broker: Arc<BrokerCounters>,
     /// Users and passwords (the MQTT ones).
     pub auth: Arc<Authenticator>,
-    /// Logged-in sessions.
-    pub sessions: Arc<Sessions>,
+    /// Logged-in users (login cookies).
+    pub logins: Arc<Logins>,
     /// The alarm engine (list, acknowledge).
     pub alarms: SharedAlarms,
     /// Where acknowledgements are persisted.
     pub acks_file: std::path::PathBuf,
     /// Latest readings, history, events, live stream.
-    pub live: Arc<LiveStore>,
+    pub live: Arc<LiveView>,
     /// The command path shared with MQTT.
     pub commands: CommandRouter,
     /// Per-IP request limit.
@@ -90,11 +90,11 @@ impl FromRequestParts<HttpState> for Caller {
         if !state.auth.enabled() {
             return Ok(Caller { user: "anonymous".into(), role: Role::Admin });
         }
-        if let Some(caller) = session::tokens(&parts.headers).find_map(|t| state.sessions.get(t)) {
+        if let Some(caller) = login::tokens(&parts.headers).find_map(|t| state.logins.get(t)) {
             return Ok(caller);
         }
         if let Some((user, password)) =
-            parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(session::basic_credentials)
+            parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(login::basic_credentials)
             && let Some(role) = state.auth.verify(&user, &password).await
         {
             return Ok(Caller { user, role });

@@ -4,7 +4,9 @@
 //! [`Association`]; this module only moves bytes and time.
 
 use super::conn::{Conn, EndReason, ReadOutcome};
-use super::{MeterOp, RelayState, SessionRequest};
+use super::driver::{self, Driver, Failure, Reads};
+use super::poll::{self, PollTimer};
+use super::{RelayConfirmation, RelayDetail, RelayMode, RelayState, TimeSet};
 use crate::error::{ErrorCode, OpError};
 use crate::hub::HubEvent;
 use crate::metrics::PollOutcome;
@@ -22,7 +24,7 @@ use ivy_protocol::dlms::{CosemDateTime, Data, Obis};
 use ivy_protocol::explain::dlms::json_int;
 use ivy_protocol::registration::{MeterId, RuleMatch, match_any};
 use ivy_protocol::wrapper::{Framer, FramerEvent, Packet, Ports};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -33,16 +35,17 @@ const FLUSH_AFTER: Duration = Duration::from_millis(200);
 /// Pushes kept while the meter is not identified yet.
 const MAX_PENDING_PUSHES: usize = 32;
 
-struct Session<'a> {
+struct DlmsDriver<'a> {
     conn: &'a mut Conn,
     framer: Framer,
     assoc: Association,
+    /// Most attributes per GET-with-list (the association's own limit).
+    max_list_items: usize,
     ports: Ports,
     meter: Option<MeterId>,
     identify_at: Option<Instant>,
     flush_at: Option<Instant>,
-    next_poll: Option<Instant>,
-    interval: Duration,
+    timer: PollTimer,
     plan: Vec<ObisTarget>,
     /// Objects the meter answered object-undefined: not asked again on this connection.
     undefined: HashSet<Obis>,
@@ -53,26 +56,10 @@ struct Session<'a> {
     pending_pushes: VecDeque<Apdu>,
 }
 
-enum Failure {
-    Op(OpError),
-    End(EndReason),
-}
-
-impl From<EndReason> for Failure {
-    fn from(r: EndReason) -> Self {
-        Failure::End(r)
-    }
-}
-
 enum Never {}
 
 /// Runs the DLMS conversation until the connection ends.
-pub async fn run(
-    conn: &mut Conn,
-    requests: &mut mpsc::Receiver<super::QueuedRequest>,
-    leftover: Vec<u8>,
-    _raw: bool,
-) -> EndReason {
+pub async fn run(conn: &mut Conn, requests: &mut mpsc::Receiver<super::QueuedRequest>, leftover: Vec<u8>) -> EndReason {
     let cfg = &conn.ctx.config.dlms;
     let mut aarq = ivy_protocol::dlms::apdu::Aarq {
         conformance: Conformance(cfg.conformance),
@@ -90,15 +77,15 @@ pub async fn run(
     };
     let identify_after = Duration::from_secs(conn.ctx.config.meters.identify_after_secs);
     let meter = conn.meters.first().cloned();
-    let mut s = Session {
+    let mut s = DlmsDriver {
         framer: Framer::new(cfg.max_payload),
+        max_list_items: client.max_list_items.max(1),
         assoc: Association::new(client),
         ports: Ports { source: cfg.client_wport, destination: cfg.server_wport },
         identify_at: meter.is_none().then(|| Instant::now() + identify_after),
         meter: None,
         flush_at: None,
-        next_poll: None,
-        interval: Duration::from_millis(conn.ctx.config.polling.interval_ms),
+        timer: PollTimer::default(),
         plan: Vec::new(),
         undefined: HashSet::new(),
         scalers: HashMap::new(),
@@ -117,7 +104,7 @@ pub async fn run(
     }
 }
 
-impl Session<'_> {
+impl DlmsDriver<'_> {
     async fn main_loop(&mut self, requests: &mut mpsc::Receiver<super::QueuedRequest>) -> Result<Never, EndReason> {
         loop {
             self.drain_packets().await?;
@@ -131,19 +118,15 @@ impl Session<'_> {
                 },
                 request = requests.recv() => {
                     if let Some(request) = request {
-                        self.execute(*request).await?;
+                        driver::execute(self, *request).await?;
                     }
                 }
                 _ = tokio::time::sleep_until(self.flush_at.unwrap_or(far)), if self.flush_at.is_some() => {
                     self.flush_at = None;
                     self.framer.flush();
                 }
-                _ = tokio::time::sleep_until(self.next_poll.unwrap_or(far)), if self.next_poll.is_some() => {
-                    let permits = self.conn.ctx.poll_permits.clone();
-                    let _permit = tokio::select! {
-                        p = permits.acquire_owned() => p.map_err(|_| EndReason::Shutdown)?,
-                        reason = self.conn.closed() => return Err(reason),
-                    };
+                _ = tokio::time::sleep_until(self.timer.due_at().unwrap_or(far)), if self.timer.due_at().is_some() => {
+                    let _permit = poll::permit(self.conn).await?;
                     self.poll().await?;
                 }
                 _ = tokio::time::sleep_until(self.identify_at.unwrap_or(far)), if self.identify_at.is_some() => {
@@ -195,13 +178,9 @@ impl Session<'_> {
 
     fn on_identified(&mut self, id: MeterId) {
         self.identify_at = None;
-        let shared = &self.conn.ctx;
-        let (enabled, interval_ms) =
-            shared.resolver.poll_settings(&id, shared.config.polling.enabled, shared.config.polling.interval_ms);
-        self.interval = Duration::from_millis(interval_ms);
-        self.plan = shared.resolver.dlms_poll_plan(&id);
-        let active = enabled && !shared.config.dlms.passive_only && !self.plan.is_empty();
-        self.next_poll = active.then(|| super::poll::first_poll_at(&shared.config.polling, interval_ms));
+        let ctx = &self.conn.ctx;
+        self.plan = ctx.resolver.dlms_poll_plan(&id);
+        self.timer = PollTimer::start(ctx, &id, !ctx.config.dlms.passive_only && !self.plan.is_empty());
         self.meter = Some(id);
         while let Some(apdu) = self.pending_pushes.pop_front() {
             self.on_push(&apdu);
@@ -363,14 +342,7 @@ impl Session<'_> {
             }
             _ => {}
         }
-        if !readings.is_empty() {
-            self.conn.ctx.hub.publish(HubEvent::Readings {
-                meter_id: meter,
-                source: Source::Dlms,
-                readings,
-                snapshot: true,
-            });
-        }
+        driver::publish(self.conn, &meter, Source::Dlms, readings);
     }
 
     /// The values of a DataNotification body: `(OBIS octet-string, value)` pairs (flat or as 2-element structures)
@@ -489,7 +461,7 @@ impl Session<'_> {
     async fn poll(&mut self) -> Result<(), EndReason> {
         let Some(meter) = self.meter.clone() else { return Ok(()) };
         if !self.conn.holds(&meter) {
-            self.next_poll = None;
+            self.timer.stop();
             return Ok(());
         }
         let started = Instant::now();
@@ -497,15 +469,9 @@ impl Session<'_> {
             self.plan.iter().filter(|t| !self.undefined.contains(&t.attribute.obis)).cloned().collect();
         let deadline = started + Duration::from_millis(self.conn.ctx.config.commands.timeout_ms);
         let outcome = match self.read_targets(&meter, &targets, deadline).await {
-            Ok((readings, _)) => {
-                if !readings.is_empty() {
-                    self.conn.ctx.hub.publish(HubEvent::Readings {
-                        meter_id: meter.clone(),
-                        source: Source::Dlms,
-                        readings,
-                        snapshot: true,
-                    });
-                }
+            Ok(per_target) => {
+                let readings = per_target.into_iter().filter_map(Result::ok).collect();
+                driver::publish(self.conn, &meter, Source::Dlms, readings);
                 PollOutcome::Ok
             }
             Err(Failure::Op(e)) => {
@@ -515,20 +481,19 @@ impl Session<'_> {
             Err(Failure::End(r)) => return Err(r),
         };
         self.finish_association().await?;
-        self.conn.ctx.metrics.poll(outcome, started.elapsed().as_secs_f64());
-        self.next_poll =
-            Some(super::poll::next_poll_at(&self.conn.ctx.config.polling, self.interval.as_millis() as u64, started));
+        poll::count_cycle(self.conn, outcome, started);
+        self.timer.schedule_next(&self.conn.ctx.config.polling, started);
         Ok(())
     }
 
-    /// Reads `targets` (plus unknown scaler_units), in lists of at most 10. Returns the readings and, per target,
-    /// the reading or the error.
+    /// Reads `targets` (plus unknown scaler_units), in lists of at most `max_list_items`. Returns, per target, the reading or the
+    /// error.
     async fn read_targets(
         &mut self,
         meter: &MeterId,
         targets: &[ObisTarget],
         deadline: Instant,
-    ) -> Result<(Vec<Reading>, Vec<Result<Reading, OpError>>), Failure> {
+    ) -> Result<Vec<Result<Reading, OpError>>, Failure> {
         let registry = &self.conn.ctx.resolver.obis;
         let scaler_reads: Vec<AttributeDescriptor> = targets
             .iter()
@@ -540,11 +505,11 @@ impl Session<'_> {
         let attributes: Vec<AttributeDescriptor> =
             scaler_reads.iter().copied().chain(targets.iter().map(|t| t.attribute)).collect();
         let mut results: Vec<GetDataResult> = Vec::with_capacity(attributes.len());
-        for chunk in attributes.chunks(10) {
+        for chunk in attributes.chunks(self.max_list_items) {
             match self.call(Request::GetList(chunk.to_vec()), deadline).await? {
                 Response::List(r) => results.extend(r),
                 Response::Data(d) => results.push(Ok(d)),
-                _ => return Err(Failure::Op(OpError::new(ErrorCode::MeterError, "unexpected reply to GET"))),
+                _ => return Err(driver::unexpected(" to GET")),
             }
         }
         let (scaler_results, value_results) = results.split_at(scaler_reads.len().min(results.len()));
@@ -555,19 +520,13 @@ impl Session<'_> {
                 self.scalers.insert(a.obis, su);
             }
         }
-        let mut readings = Vec::new();
         let mut per_target = Vec::with_capacity(targets.len());
         for (t, r) in targets.iter().zip(value_results) {
             match r {
-                Ok(d) => match self.reading(meter, &t.attribute, d) {
-                    Some(reading) => {
-                        readings.push(reading.clone());
-                        per_target.push(Ok(reading));
-                    }
-                    None => {
-                        per_target.push(Err(OpError::new(ErrorCode::MeterError, "value cannot be read as a number")))
-                    }
-                },
+                Ok(d) => per_target.push(
+                    self.reading(meter, &t.attribute, d)
+                        .ok_or_else(|| OpError::new(ErrorCode::MeterError, "value cannot be read as a number")),
+                ),
                 Err(dar) => {
                     if *dar == DataAccessResult::OBJECT_UNDEFINED {
                         self.undefined.insert(t.attribute.obis);
@@ -576,182 +535,118 @@ impl Session<'_> {
                 }
             }
         }
-        Ok((readings, per_target))
+        Ok(per_target)
     }
 
-    async fn execute(&mut self, request: SessionRequest) -> Result<(), EndReason> {
-        let SessionRequest { meter_id, op, deadline, reply } = request;
-        if Instant::now() >= deadline {
-            let _ = reply.send(Err(OpError::new(
-                ErrorCode::Timeout,
-                "the command waited in the meter's queue past its deadline",
-            )));
-            return Ok(());
-        }
-        if self.meter.as_ref() != Some(&meter_id) {
-            let _ = reply.send(Err(OpError::new(ErrorCode::MeterNotConnected, "meter is not on this connection")));
-            return Ok(());
-        }
-        let result = self.run_op(&meter_id, op, deadline).await;
-        let released = match &result {
-            Err(Failure::End(_)) => Ok(()),
-            _ => self.finish_association().await,
-        };
-        match result {
-            Ok(v) => {
-                let _ = reply.send(Ok(v));
-            }
-            Err(Failure::Op(e)) => {
-                let _ = reply.send(Err(e));
-            }
-            Err(Failure::End(r)) => {
-                let _ = reply.send(Err(OpError::new(ErrorCode::ConnectionClosed, "the meter's connection closed")));
-                return Err(r);
-            }
-        }
-        released
+    /// The key of a register in a `read_all` answer: the registry's, else one made of the code.
+    fn register_key(&self, obis: &Obis) -> String {
+        self.conn.ctx.resolver.obis.get(obis).map(|d| d.key.clone()).unwrap_or_else(|| obis_key(obis))
+    }
+}
+
+impl Driver for DlmsDriver<'_> {
+    const SOURCE: Source = Source::Dlms;
+
+    fn conn(&self) -> &Conn {
+        &*self.conn
     }
 
-    async fn run_op(&mut self, meter: &MeterId, op: MeterOp, deadline: Instant) -> Result<Value, Failure> {
-        match op {
-            MeterOp::Poll => {
-                self.poll().await?;
-                Ok(json!({"polled": true}))
+    fn serves(&self, meter: &MeterId) -> bool {
+        self.meter.as_ref() == Some(meter)
+    }
+
+    async fn read(&mut self, meter: &MeterId, targets: Vec<Target>, deadline: Instant) -> Reads {
+        let mut obis_targets = Vec::with_capacity(targets.len());
+        for t in targets {
+            match t {
+                Target::Dlms(o) => obis_targets.push(o),
+                Target::Dlt645(_) => {
+                    return Reads::stopped(driver::unsupported("DL/T 645 registers cannot be read from a DLMS meter"));
+                }
             }
-            MeterOp::Read { targets, single } => {
-                let mut obis_targets = Vec::with_capacity(targets.len());
-                for t in targets {
-                    match t {
-                        Target::Dlms(o) => obis_targets.push(o),
-                        Target::Dlt645(_) => {
-                            return Err(Failure::Op(OpError::new(
-                                ErrorCode::UnsupportedForProtocol,
-                                "DL/T 645 registers cannot be read from a DLMS meter",
-                            )));
-                        }
-                    }
-                }
-                let (readings, per_target) = self.read_targets(meter, &obis_targets, deadline).await?;
-                if !readings.is_empty() {
-                    self.conn.ctx.hub.publish(HubEvent::Readings {
-                        meter_id: meter.clone(),
-                        source: Source::Dlms,
-                        readings,
-                        snapshot: true,
-                    });
-                }
-                if single {
-                    return match per_target.into_iter().next() {
-                        Some(Ok(r)) => Ok(json!({
-                            "register": r.register, "obisCode": r.data_id, "value": r.value.to_json(),
-                            "unit": r.unit, "rawValue": r.raw_value,
-                        })),
-                        Some(Err(e)) => Err(Failure::Op(e)),
-                        None => Err(Failure::Op(OpError::new(ErrorCode::InvalidParams, "nothing to read"))),
-                    };
-                }
-                let mut map = Map::new();
-                for (t, r) in obis_targets.iter().zip(per_target) {
-                    let key = self
-                        .conn
-                        .ctx
-                        .resolver
-                        .obis
-                        .get(&t.attribute.obis)
-                        .map(|d| d.key.clone())
-                        .unwrap_or_else(|| obis_key(&t.attribute.obis));
-                    map.insert(
-                        key,
-                        match r {
-                            Ok(r) => json!({"value": r.value.to_json(), "unit": r.unit}),
-                            Err(e) => json!({"error": e.message}),
-                        },
-                    );
-                }
-                Ok(json!({"readings": map}))
-            }
-            MeterOp::Relay { state, .. } => {
-                let method = if state == RelayState::Open { 1 } else { 2 };
-                let parameter = self.conn.ctx.config.dlms.disconnect_integer_parameter.then_some(Data::Integer(0));
-                let m = MethodDescriptor { class_id: 70, obis: DISCONNECT_CONTROL, method };
-                match self.call(Request::Action(m, parameter), deadline).await {
-                    Ok(_) => {}
-                    Err(Failure::Op(e)) => return Err(Failure::Op(e)),
-                    Err(e) => return Err(e),
-                }
-                let output = self
-                    .call(Request::Get(AttributeDescriptor::new(70, DISCONNECT_CONTROL, 2)), deadline)
-                    .await
-                    .ok()
-                    .and_then(|r| match r {
-                        Response::Data(Data::Boolean(b)) => Some(b),
-                        _ => None,
-                    });
-                Ok(json!({
-                    "relay_state": if state == RelayState::Open { "open" } else { "closed" },
-                    "output_state": output,
-                }))
-            }
-            MeterOp::ReadRelayState => {
-                let attrs = vec![
-                    AttributeDescriptor::new(70, DISCONNECT_CONTROL, 2),
-                    AttributeDescriptor::new(70, DISCONNECT_CONTROL, 3),
-                ];
-                let results = match self.call(Request::GetList(attrs), deadline).await? {
-                    Response::List(r) => r,
-                    _ => return Err(Failure::Op(OpError::new(ErrorCode::MeterError, "unexpected reply"))),
-                };
-                let output = match results.first() {
-                    Some(Ok(Data::Boolean(b))) => *b,
-                    Some(Err(dar)) => return Err(Failure::Op(dar_error(*dar))),
-                    _ => return Err(Failure::Op(OpError::new(ErrorCode::MeterError, "output_state is not a boolean"))),
-                };
-                let control = match results.get(1) {
-                    Some(Ok(Data::Enum(e))) => Some(*e),
+        }
+        match self.read_targets(meter, &obis_targets, deadline).await {
+            Ok(per_target) => Reads {
+                results: obis_targets.iter().map(|t| self.register_key(&t.attribute.obis)).zip(per_target).collect(),
+                stopped: None,
+            },
+            Err(failure) => Reads::stopped(failure),
+        }
+    }
+
+    async fn switch_relay(
+        &mut self,
+        _meter: &MeterId,
+        state: RelayState,
+        _mode: RelayMode,
+        deadline: Instant,
+    ) -> Result<RelayConfirmation, Failure> {
+        let method = if state == RelayState::Open { 1 } else { 2 };
+        let parameter = self.conn.ctx.config.dlms.disconnect_integer_parameter.then_some(Data::Integer(0));
+        let m = MethodDescriptor { class_id: 70, obis: DISCONNECT_CONTROL, method };
+        self.call(Request::Action(m, parameter), deadline).await?;
+        let output =
+            self.call(Request::Get(AttributeDescriptor::new(70, DISCONNECT_CONTROL, 2)), deadline).await.ok().and_then(
+                |r| match r {
+                    Response::Data(Data::Boolean(b)) => Some(b),
                     _ => None,
-                };
-                Ok(json!({
-                    "relay_state": if output { "closed" } else { "open" },
-                    "output_state": output,
-                    "control_state": control,
-                }))
-            }
-            MeterOp::ReadAddress => {
-                match self.call(Request::Get(AttributeDescriptor::new(1, SERIAL_NUMBER, 2)), deadline).await? {
-                    Response::Data(d) => {
-                        let address = d.as_text().or_else(|| d.as_bytes().map(hex::encode)).unwrap_or_default();
-                        Ok(json!({"address": address}))
-                    }
-                    _ => Err(Failure::Op(OpError::new(ErrorCode::MeterError, "unexpected reply"))),
-                }
-            }
-            MeterOp::SyncTime(ms) => {
-                let offset_min = self.conn.ctx.config.meters.clock_utc_offset_minutes;
-                let mut t = CosemDateTime::from_unix_utc(ms.div_euclid(1000) + i64::from(offset_min) * 60);
-                // Blue Book sign: UTC = local + deviation.
-                t.deviation = Some(i16::try_from(-offset_min).unwrap_or(0));
-                let value = Data::OctetString(t.to_bytes().to_vec());
-                self.call(Request::Set(AttributeDescriptor::new(8, CLOCK, 2), value), deadline).await?;
-                Ok(json!({"time": t.iso()}))
-            }
-            MeterOp::ReadObis { obis, class_id, attribute } => {
-                let code: Obis = obis.parse().map_err(|e: ivy_protocol::dlms::obis::ObisError| {
-                    Failure::Op(OpError::new(ErrorCode::InvalidParams, e.to_string()))
-                })?;
-                match self.call(Request::Get(AttributeDescriptor::new(class_id, code, attribute)), deadline).await? {
-                    Response::Data(d) => {
-                        let mut json_value = ivy_protocol::explain::dlms::data_json(&d);
-                        let value = json_value
-                            .remove("value")
-                            .unwrap_or_else(|| json_value.get("value_hex").cloned().unwrap_or(Value::Null));
-                        Ok(
-                            json!({"obisCode": code.to_string(), "value": value, "dataType": d.type_name(), "data": json_value}),
-                        )
-                    }
-                    _ => Err(Failure::Op(OpError::new(ErrorCode::MeterError, "unexpected reply"))),
-                }
-            }
+                },
+            );
+        Ok(RelayConfirmation::OutputState(output))
+    }
+
+    async fn read_relay_state(&mut self, _meter: &MeterId, deadline: Instant) -> Result<RelayDetail, Failure> {
+        let attrs = vec![
+            AttributeDescriptor::new(70, DISCONNECT_CONTROL, 2),
+            AttributeDescriptor::new(70, DISCONNECT_CONTROL, 3),
+        ];
+        let results = match self.call(Request::GetList(attrs), deadline).await? {
+            Response::List(r) => r,
+            _ => return Err(driver::unexpected("")),
+        };
+        let output_state = match results.first() {
+            Some(Ok(Data::Boolean(b))) => *b,
+            Some(Err(dar)) => return Err(Failure::Op(dar_error(*dar))),
+            _ => return Err(Failure::Op(OpError::new(ErrorCode::MeterError, "output_state is not a boolean"))),
+        };
+        let control_state = match results.get(1) {
+            Some(Ok(Data::Enum(e))) => Some(*e),
+            _ => None,
+        };
+        Ok(RelayDetail::Dlms { output_state, control_state })
+    }
+
+    async fn read_address(&mut self, _meter: &MeterId, deadline: Instant) -> Result<String, Failure> {
+        match self.call(Request::Get(AttributeDescriptor::new(1, SERIAL_NUMBER, 2)), deadline).await? {
+            Response::Data(d) => Ok(d.as_text().or_else(|| d.as_bytes().map(hex::encode)).unwrap_or_default()),
+            _ => Err(driver::unexpected("")),
         }
+    }
+
+    async fn sync_time(&mut self, _meter: &MeterId, unix_ms: i64, deadline: Instant) -> Result<TimeSet, Failure> {
+        let offset_min = self.conn.ctx.config.meters.clock_utc_offset_minutes;
+        let mut t = CosemDateTime::from_unix_utc(unix_ms.div_euclid(1000) + i64::from(offset_min) * 60);
+        // Blue Book sign: UTC = local + deviation.
+        t.deviation = Some(i16::try_from(-offset_min).unwrap_or(0));
+        let value = Data::OctetString(t.to_bytes().to_vec());
+        self.call(Request::Set(AttributeDescriptor::new(8, CLOCK, 2), value), deadline).await?;
+        Ok(TimeSet { time: t.iso(), broadcast: false })
+    }
+
+    async fn read_attribute(
+        &mut self,
+        _meter: &MeterId,
+        attribute: AttributeDescriptor,
+        deadline: Instant,
+    ) -> Result<Data, Failure> {
+        match self.call(Request::Get(attribute), deadline).await? {
+            Response::Data(d) => Ok(d),
+            _ => Err(driver::unexpected("")),
+        }
+    }
+
+    async fn settle(&mut self) -> Result<(), EndReason> {
+        self.finish_association().await
     }
 }
 

@@ -3,19 +3,21 @@
 //! commands. Everything on the wire is one exchange at a time: polls and commands never interleave.
 
 use super::conn::{Conn, EndReason, ReadOutcome};
-use super::{MeterOp, RelayMode, RelayState, SessionRequest};
+use super::driver::{self, Driver, Failure, Reads};
+use super::poll::{self, PollTimer};
+use super::{RelayConfirmation, RelayDetail, RelayMode, RelayState, TimeSet};
 use crate::error::{ErrorCode, OpError};
-use crate::hub::HubEvent;
 use crate::metrics::PollOutcome;
 use crate::model::{Reading, ReadingValue, Source, now_ms};
 use crate::registers::Target;
+use ivy_protocol::dlms::{AttributeDescriptor, Data};
 use ivy_protocol::dlt645::control::function;
-use ivy_protocol::dlt645::registers::{DecodedValue, RELAY_OPEN_BIT, RELAY_STATUS_DI};
+use ivy_protocol::dlt645::registers::{DecodedValue, RELAY_STATUS_DI};
 use ivy_protocol::dlt645::{
     Address, ErrorFlags, Frame, Framer, FramerEvent, MeterDateTime, RelayAuth, RelayCommand, Reply,
 };
 use ivy_protocol::registration::MeterId;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -27,8 +29,7 @@ const MAX_FOLLOW_UPS: u8 = 16;
 struct Meter {
     id: MeterId,
     address: Address,
-    next_poll: Option<Instant>,
-    interval: Duration,
+    timer: PollTimer,
     plan: Vec<u32>,
     /// DIs the meter said it does not have: not polled again on this connection.
     skip: HashSet<u32>,
@@ -65,7 +66,7 @@ enum ReadError {
     End(EndReason),
 }
 
-struct Session<'a> {
+struct Dlt645Driver<'a> {
     conn: &'a mut Conn,
     framer: Framer,
     meters: Vec<Meter>,
@@ -75,7 +76,8 @@ struct Session<'a> {
 /// Runs the DL/T 645 conversation until the connection ends.
 pub async fn run(conn: &mut Conn, requests: &mut mpsc::Receiver<super::QueuedRequest>, leftover: Vec<u8>) -> EndReason {
     let probe_after = Duration::from_secs(conn.ctx.config.meters.identify_after_secs);
-    let mut s = Session { conn, framer: Framer::new(), meters: Vec::new(), probe_at: Instant::now() + probe_after };
+    let mut s =
+        Dlt645Driver { conn, framer: Framer::new(), meters: Vec::new(), probe_at: Instant::now() + probe_after };
     s.framer.push(&leftover);
     match s.main_loop(requests).await {
         Ok(never) => match never {},
@@ -85,11 +87,11 @@ pub async fn run(conn: &mut Conn, requests: &mut mpsc::Receiver<super::QueuedReq
 
 enum Never {}
 
-impl Session<'_> {
+impl Dlt645Driver<'_> {
     async fn main_loop(&mut self, requests: &mut mpsc::Receiver<super::QueuedRequest>) -> Result<Never, EndReason> {
         loop {
             self.drain_frames().await?;
-            let poll_due = self.meters.iter().filter_map(|m| m.next_poll).min();
+            let poll_due = self.meters.iter().filter_map(|m| m.timer.due_at()).min();
             let far = Instant::now() + Duration::from_secs(3600);
             let unidentified = self.meters.is_empty();
             tokio::select! {
@@ -100,7 +102,7 @@ impl Session<'_> {
                 },
                 request = requests.recv() => {
                     if let Some(request) = request {
-                        self.execute(*request).await?;
+                        driver::execute(self, *request).await?;
                     }
                 }
                 _ = tokio::time::sleep_until(poll_due.unwrap_or(far)), if poll_due.is_some() => {
@@ -145,7 +147,7 @@ impl Session<'_> {
             && let Some(reading) = self.decode(&m.id.clone(), di, value)
         {
             let id = m.id.clone();
-            self.publish(&id, vec![reading]);
+            driver::publish(self.conn, &id, Source::Dlt645, vec![reading]);
         }
     }
 
@@ -161,20 +163,9 @@ impl Session<'_> {
         }
         let id = MeterId::new(address.to_string()).ok()?;
         self.conn.identify(&id, Source::Dlt645);
-        let shared = &self.conn.ctx;
-        let (enabled, interval_ms) =
-            shared.resolver.poll_settings(&id, shared.config.polling.enabled, shared.config.polling.interval_ms);
-        let interval = Duration::from_millis(interval_ms);
-        let plan = shared.resolver.dlt_poll_plan(&id);
-        self.meters.push(Meter {
-            id,
-            address,
-            next_poll: (enabled && !plan.is_empty())
-                .then(|| super::poll::first_poll_at(&shared.config.polling, interval_ms)),
-            interval,
-            plan,
-            skip: HashSet::new(),
-        });
+        let plan = self.conn.ctx.resolver.dlt_poll_plan(&id);
+        let timer = PollTimer::start(&self.conn.ctx, &id, !plan.is_empty());
+        self.meters.push(Meter { id, address, timer, plan, skip: HashSet::new() });
         Some(self.meters.len() - 1)
     }
 
@@ -292,34 +283,13 @@ impl Session<'_> {
         })
     }
 
-    fn publish(&self, meter: &MeterId, readings: Vec<Reading>) {
-        if readings.is_empty() {
-            return;
-        }
-        self.conn.ctx.hub.publish(HubEvent::Readings {
-            meter_id: meter.clone(),
-            source: Source::Dlt645,
-            readings,
-            snapshot: true,
-        });
-    }
-
     /// Polls every meter whose time has come.
     async fn poll_due(&mut self) -> Result<(), EndReason> {
         let now = Instant::now();
-        let due: Vec<usize> = self
-            .meters
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.next_poll.is_some_and(|t| t <= now))
-            .map(|(i, _)| i)
-            .collect();
+        let due: Vec<usize> =
+            self.meters.iter().enumerate().filter(|(_, m)| m.timer.is_due(now)).map(|(i, _)| i).collect();
         for index in due {
-            let permits = self.conn.ctx.poll_permits.clone();
-            let _permit = tokio::select! {
-                p = permits.acquire_owned() => p.map_err(|_| EndReason::Shutdown)?,
-                reason = self.conn.closed() => return Err(reason),
-            };
+            let _permit = poll::permit(self.conn).await?;
             self.poll_meter(index).await?;
         }
         Ok(())
@@ -330,11 +300,11 @@ impl Session<'_> {
         if !self.conn.holds(&m.id) {
             // Replaced by a newer connection of the same meter: stop polling it here.
             if let Some(m) = self.meters.get_mut(index) {
-                m.next_poll = None;
+                m.timer.stop();
             }
             return Ok(());
         }
-        let (id, address, interval) = (m.id.clone(), m.address, m.interval);
+        let (id, address) = (m.id.clone(), m.address);
         let plan: Vec<u32> = m.plan.iter().copied().filter(|di| !m.skip.contains(di)).collect();
         let started = Instant::now();
         let cfg = &self.conn.ctx.config.dlt645;
@@ -363,175 +333,94 @@ impl Session<'_> {
                 Err(ReadError::End(r)) => return Err(r),
             }
         }
-        self.conn.ctx.metrics.poll(outcome, started.elapsed().as_secs_f64());
-        self.publish(&id, readings);
+        driver::publish(self.conn, &id, Source::Dlt645, readings);
+        poll::count_cycle(self.conn, outcome, started);
         if let Some(m) = self.meters.get_mut(index) {
-            m.next_poll =
-                Some(super::poll::next_poll_at(&self.conn.ctx.config.polling, interval.as_millis() as u64, started));
+            m.timer.schedule_next(&self.conn.ctx.config.polling, started);
         }
         Ok(())
-    }
-
-    async fn execute(&mut self, request: SessionRequest) -> Result<(), EndReason> {
-        let SessionRequest { meter_id, op, deadline, reply } = request;
-        if Instant::now() >= deadline {
-            let _ = reply.send(Err(OpError::new(
-                ErrorCode::Timeout,
-                "the command waited in the meter's queue past its deadline",
-            )));
-            return Ok(());
-        }
-        let Some(address) = self.meters.iter().find(|m| m.id == meter_id).map(|m| m.address) else {
-            let _ = reply.send(Err(OpError::new(ErrorCode::MeterNotConnected, "meter is not on this connection")));
-            return Ok(());
-        };
-        let result = self.run_op(&meter_id, address, op, deadline).await;
-        match result {
-            Ok(value) => {
-                let _ = reply.send(Ok(value));
-                Ok(())
-            }
-            Err(Failure::Op(e)) => {
-                let _ = reply.send(Err(e));
-                Ok(())
-            }
-            Err(Failure::End(reason)) => {
-                let _ = reply.send(Err(OpError::new(ErrorCode::ConnectionClosed, "the meter's connection closed")));
-                Err(reason)
-            }
-        }
-    }
-
-    async fn run_op(
-        &mut self,
-        meter: &MeterId,
-        address: Address,
-        op: MeterOp,
-        deadline: Instant,
-    ) -> Result<Value, Failure> {
-        match op {
-            MeterOp::Poll => {
-                let index = self.meters.iter().position(|m| &m.id == meter).ok_or_else(|| {
-                    Failure::Op(OpError::new(ErrorCode::MeterNotConnected, "meter is not on this connection"))
-                })?;
-                self.poll_meter(index).await.map_err(Failure::End)?;
-                Ok(json!({"polled": true}))
-            }
-            MeterOp::Read { targets, single } => {
-                let mut readings = Vec::new();
-                let mut map = Map::new();
-                let mut first: Option<Value> = None;
-                for target in targets {
-                    let Target::Dlt645(di) = target else {
-                        return Err(Failure::Op(OpError::new(
-                            ErrorCode::UnsupportedForProtocol,
-                            "OBIS registers cannot be read from a DL/T 645 meter",
-                        )));
-                    };
-                    let key = self.register_key(di);
-                    match self.read_register(address, di, deadline).await {
-                        Ok(value) => match self.decode(meter, di, &value) {
-                            Some(r) => {
-                                let entry = json!({"value": r.value.to_json(), "unit": r.unit});
-                                if single {
-                                    first = Some(json!({
-                                        "register": r.register, "dataId": r.data_id, "value": r.value.to_json(),
-                                        "unit": r.unit, "rawValue": r.raw_value,
-                                    }));
-                                }
-                                map.insert(key, entry);
-                                readings.push(r);
-                            }
-                            None => {
-                                let e =
-                                    OpError::new(ErrorCode::MeterError, format!("the value of {key} does not decode"));
-                                if single {
-                                    return Err(Failure::Op(e));
-                                }
-                                map.insert(key, json!({"error": e.message}));
-                            }
-                        },
-                        Err(ReadError::Meter(flags)) => {
-                            let e = meter_error(flags);
-                            if single {
-                                return Err(Failure::Op(e));
-                            }
-                            map.insert(key, json!({"error": e.message, "error_flags": flags.names()}));
-                        }
-                        Err(ReadError::Timeout) => {
-                            self.publish(meter, readings);
-                            return Err(Failure::Op(OpError::new(
-                                ErrorCode::Timeout,
-                                "the meter did not answer in time",
-                            )));
-                        }
-                        Err(ReadError::End(r)) => return Err(Failure::End(r)),
-                    }
-                }
-                self.publish(meter, readings);
-                Ok(if single { first.unwrap_or(Value::Null) } else { json!({"readings": map}) })
-            }
-            MeterOp::Relay { state, mode } => self.relay(meter, address, state, mode, deadline).await,
-            MeterOp::ReadRelayState => match self.read_register(address, RELAY_STATUS_DI, deadline).await {
-                Ok(value) => {
-                    let word = match value.as_slice() {
-                        [lo, hi, ..] => u16::from_le_bytes([*lo, *hi]),
-                        _ => {
-                            return Err(Failure::Op(OpError::new(ErrorCode::MeterError, "status word 3 is too short")));
-                        }
-                    };
-                    let open = word & RELAY_OPEN_BIT != 0;
-                    Ok(
-                        json!({"relay_state": if open { "open" } else { "closed" }, "status_word_3": format!("{word:04x}")}),
-                    )
-                }
-                Err(ReadError::Meter(flags)) => Err(Failure::Op(meter_error(flags))),
-                Err(ReadError::Timeout) => {
-                    Err(Failure::Op(OpError::new(ErrorCode::Timeout, "the meter did not answer in time")))
-                }
-                Err(ReadError::End(r)) => Err(Failure::End(r)),
-            },
-            MeterOp::ReadAddress => {
-                let expect = Expect { address: None, function: function::READ_ADDRESS, di: None };
-                match self.exchange(&Frame::read_address(), expect, deadline).await {
-                    Ok(f) => match f.reply() {
-                        Reply::Address(a) => Ok(json!({"address": a.to_string()})),
-                        Reply::Error { flags, .. } => Err(Failure::Op(meter_error(flags))),
-                        _ => Err(Failure::Op(OpError::new(ErrorCode::MeterError, "unexpected reply to read address"))),
-                    },
-                    Err(ExchangeError::Timeout) => {
-                        Err(Failure::Op(OpError::new(ErrorCode::Timeout, "the meter did not answer in time")))
-                    }
-                    Err(ExchangeError::End(r)) => Err(Failure::End(r)),
-                }
-            }
-            MeterOp::SyncTime(ms) => {
-                let offset = i64::from(self.conn.ctx.config.meters.clock_utc_offset_minutes) * 60;
-                let local = MeterDateTime::from_unix(ms.div_euclid(1000) + offset)
-                    .map_err(|e| Failure::Op(OpError::new(ErrorCode::InvalidParams, e.to_string())))?;
-                // Broadcast time has no reply by design: success means the frame was sent.
-                self.send(&Frame::broadcast_time(&local)).await.map_err(Failure::End)?;
-                Ok(json!({"time": local.to_iso(), "broadcast": true}))
-            }
-            MeterOp::ReadObis { .. } => Err(Failure::Op(OpError::new(
-                ErrorCode::UnsupportedForProtocol,
-                "read_obis is a DLMS method; this meter speaks DL/T 645",
-            ))),
-        }
     }
 
     fn register_key(&self, di: u32) -> String {
         self.conn.ctx.resolver.catalogue.by_di(di).map(|d| d.key.clone()).unwrap_or_else(|| format!("DI_{di:08X}"))
     }
 
-    async fn relay(
+    fn address_of(&self, meter: &MeterId) -> Result<Address, Failure> {
+        self.meters
+            .iter()
+            .find(|m| &m.id == meter)
+            .map(|m| m.address)
+            .ok_or_else(|| Failure::Op(OpError::new(ErrorCode::MeterNotConnected, "meter is not on this connection")))
+    }
+
+    /// Sends `frame` and waits for the reply `expect` describes; a timeout is the operation's failure.
+    async fn request(&mut self, frame: &Frame, expect: Expect, deadline: Instant) -> Result<Frame, Failure> {
+        self.exchange(frame, expect, deadline).await.map_err(|e| match e {
+            ExchangeError::Timeout => Failure::Op(driver::timeout()),
+            ExchangeError::End(r) => Failure::End(r),
+        })
+    }
+
+    /// Reads one register for a command: a meter refusal or a timeout is the operation's failure.
+    async fn read_value(&mut self, address: Address, di: u32, deadline: Instant) -> Result<Vec<u8>, Failure> {
+        self.read_register(address, di, deadline).await.map_err(|e| match e {
+            ReadError::Meter(flags) => Failure::Op(meter_error(flags)),
+            ReadError::Timeout => Failure::Op(driver::timeout()),
+            ReadError::End(r) => Failure::End(r),
+        })
+    }
+}
+
+impl Driver for Dlt645Driver<'_> {
+    const SOURCE: Source = Source::Dlt645;
+
+    fn conn(&self) -> &Conn {
+        &*self.conn
+    }
+
+    fn serves(&self, meter: &MeterId) -> bool {
+        self.meters.iter().any(|m| &m.id == meter)
+    }
+
+    async fn read(&mut self, meter: &MeterId, targets: Vec<Target>, deadline: Instant) -> Reads {
+        let address = match self.address_of(meter) {
+            Ok(a) => a,
+            Err(f) => return Reads::stopped(f),
+        };
+        let mut reads = Reads::default();
+        for target in targets {
+            let Target::Dlt645(di) = target else {
+                reads.stopped = Some(driver::unsupported("OBIS registers cannot be read from a DL/T 645 meter"));
+                break;
+            };
+            let key = self.register_key(di);
+            let result = match self.read_register(address, di, deadline).await {
+                Ok(value) => self
+                    .decode(meter, di, &value)
+                    .ok_or_else(|| OpError::new(ErrorCode::MeterError, format!("the value of {key} does not decode"))),
+                Err(ReadError::Meter(flags)) => Err(meter_error(flags)),
+                Err(ReadError::Timeout) => {
+                    reads.stopped = Some(Failure::Op(driver::timeout()));
+                    break;
+                }
+                Err(ReadError::End(r)) => {
+                    reads.stopped = Some(Failure::End(r));
+                    break;
+                }
+            };
+            reads.results.push((key, result));
+        }
+        reads
+    }
+
+    async fn switch_relay(
         &mut self,
         meter: &MeterId,
-        address: Address,
         state: RelayState,
         mode: RelayMode,
         deadline: Instant,
-    ) -> Result<Value, Failure> {
+    ) -> Result<RelayConfirmation, Failure> {
+        let address = self.address_of(meter)?;
         let cfg = &self.conn.ctx.config;
         let o = cfg.dlt645.meter_overrides.get(meter.as_str());
         let level = o.and_then(|o| o.password_level).unwrap_or(cfg.dlt645.password_level);
@@ -556,27 +445,48 @@ impl Session<'_> {
         };
         let frame = Frame::relay_control(address, command, &auth, &valid_until, key.as_ref());
         let expect = Expect { address: Some(address), function: function::RELAY_CONTROL, di: None };
-        match self.exchange(&frame, expect, deadline).await {
-            Ok(f) => match f.reply() {
-                Reply::Ack(_) => Ok(json!({
-                    "relay_state": if state == RelayState::Open { "open" } else { "closed" },
-                    "command": command.name(),
-                })),
-                Reply::Error { flags, .. } => Err(Failure::Op(meter_error(flags))),
-                _ => Err(Failure::Op(OpError::new(ErrorCode::MeterError, "unexpected reply to relay control"))),
-            },
-            Err(ExchangeError::Timeout) => {
-                Err(Failure::Op(OpError::new(ErrorCode::Timeout, "the meter did not answer in time")))
-            }
-            Err(ExchangeError::End(r)) => Err(Failure::End(r)),
+        match self.request(&frame, expect, deadline).await?.reply() {
+            Reply::Ack(_) => Ok(RelayConfirmation::Acknowledged(command.name())),
+            Reply::Error { flags, .. } => Err(Failure::Op(meter_error(flags))),
+            _ => Err(driver::unexpected(" to relay control")),
         }
     }
-}
 
-/// An operation's failure: a command error, or the end of the connection.
-enum Failure {
-    Op(OpError),
-    End(EndReason),
+    async fn read_relay_state(&mut self, meter: &MeterId, deadline: Instant) -> Result<RelayDetail, Failure> {
+        let address = self.address_of(meter)?;
+        let value = self.read_value(address, RELAY_STATUS_DI, deadline).await?;
+        match value.as_slice() {
+            [lo, hi, ..] => Ok(RelayDetail::Dlt645 { status_word_3: u16::from_le_bytes([*lo, *hi]) }),
+            _ => Err(Failure::Op(OpError::new(ErrorCode::MeterError, "status word 3 is too short"))),
+        }
+    }
+
+    async fn read_address(&mut self, _meter: &MeterId, deadline: Instant) -> Result<String, Failure> {
+        let expect = Expect { address: None, function: function::READ_ADDRESS, di: None };
+        match self.request(&Frame::read_address(), expect, deadline).await?.reply() {
+            Reply::Address(a) => Ok(a.to_string()),
+            Reply::Error { flags, .. } => Err(Failure::Op(meter_error(flags))),
+            _ => Err(driver::unexpected(" to read address")),
+        }
+    }
+
+    async fn sync_time(&mut self, _meter: &MeterId, unix_ms: i64, _deadline: Instant) -> Result<TimeSet, Failure> {
+        let offset = i64::from(self.conn.ctx.config.meters.clock_utc_offset_minutes) * 60;
+        let local = MeterDateTime::from_unix(unix_ms.div_euclid(1000) + offset)
+            .map_err(|e| Failure::Op(OpError::new(ErrorCode::InvalidParams, e.to_string())))?;
+        // Broadcast time has no reply by design: success means the frame was sent.
+        self.send(&Frame::broadcast_time(&local)).await?;
+        Ok(TimeSet { time: Some(local.to_iso()), broadcast: true })
+    }
+
+    async fn read_attribute(
+        &mut self,
+        _meter: &MeterId,
+        _attribute: AttributeDescriptor,
+        _deadline: Instant,
+    ) -> Result<Data, Failure> {
+        Err(driver::unsupported("read_obis is a DLMS method; this meter speaks DL/T 645"))
+    }
 }
 
 fn meter_error(flags: ErrorFlags) -> OpError {

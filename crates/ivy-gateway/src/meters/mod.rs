@@ -8,14 +8,16 @@ pub mod conn;
 pub mod context;
 pub mod dlms;
 pub mod dlt645;
+pub mod driver;
 pub mod listener;
 pub mod poll;
 pub mod registry;
 pub mod session;
 
 use crate::error::OpError;
+use crate::model::Reading;
+use ivy_protocol::dlms::Obis;
 use ivy_protocol::registration::MeterId;
-use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
@@ -40,16 +42,14 @@ pub enum RelayMode {
     Allow,
 }
 
-/// What a session is asked to do for one of its meters.
+/// What a session is asked to do for one of its meters (a parsed command, registers already resolved).
 #[derive(Debug, Clone, PartialEq)]
 pub enum MeterOp {
-    /// One poll cycle of the meter's configured registers.
-    Poll,
-    /// Read registers (`read_register`, `read_all`, `read_group`), already resolved for the meter's protocol.
+    /// Read registers (`read_register`, `read_all`, `read_group`), resolved for the meter's protocol.
     Read {
         /// What to read.
         targets: Vec<crate::registers::Target>,
-        /// Report a single reading (read_register) rather than a map.
+        /// Answer with the one reading (`read_register`) rather than a map.
         single: bool,
     },
     /// Open or close the relay.
@@ -66,14 +66,83 @@ pub enum MeterOp {
     /// Set the meter clock (ms since epoch, UTC).
     SyncTime(i64),
     /// Read any DLMS attribute.
-    ReadObis {
-        /// OBIS text.
-        obis: String,
-        /// Class.
-        class_id: u16,
-        /// Attribute.
-        attribute: u8,
+    ReadAttribute(ivy_protocol::dlms::AttributeDescriptor),
+}
+
+/// What a meter operation produced, typed; `commands::reply` renders it as the response's `result`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpResult {
+    /// `read_register`: the reading.
+    Reading(Reading),
+    /// `read_all` / `read_group`: per register key (catalogue key or generated name), its reading or why not.
+    Readings(Vec<(String, Result<Reading, OpError>)>),
+    /// The relay was switched.
+    RelaySwitched {
+        /// The state asked for.
+        state: RelayState,
+        /// What the meter confirmed.
+        confirmation: RelayConfirmation,
     },
+    /// The relay state was read.
+    RelayStatus(RelayDetail),
+    /// The meter's address (DL/T 645) or serial number (DLMS).
+    Address(String),
+    /// The clock was set.
+    TimeSet(TimeSet),
+    /// A DLMS attribute's value.
+    Attribute {
+        /// The object.
+        obis: Obis,
+        /// Its value.
+        data: ivy_protocol::dlms::Data,
+    },
+}
+
+/// A clock setting that was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeSet {
+    /// The local time sent, ISO 8601 (none when it has no calendar form).
+    pub time: Option<String>,
+    /// Sent as a broadcast, which has no reply by design (DL/T 645).
+    pub broadcast: bool,
+}
+
+/// How a relay switch was confirmed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayConfirmation {
+    /// DLMS: the disconnect control's output_state read back after the action (none when it could not be read).
+    OutputState(Option<bool>),
+    /// DL/T 645: the meter acknowledged this control command.
+    Acknowledged(&'static str),
+}
+
+/// The protocol detail of a relay state read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayDetail {
+    /// DLMS disconnect control: output_state and control_state (when it is an enum).
+    Dlms {
+        /// output_state.
+        output_state: bool,
+        /// control_state.
+        control_state: Option<u8>,
+    },
+    /// DL/T 645 status word 3.
+    Dlt645 {
+        /// The word.
+        status_word_3: u16,
+    },
+}
+
+impl RelayDetail {
+    /// Whether the load is disconnected.
+    pub fn is_open(&self) -> bool {
+        match self {
+            RelayDetail::Dlms { output_state, .. } => !output_state,
+            RelayDetail::Dlt645 { status_word_3 } => {
+                status_word_3 & ivy_protocol::dlt645::registers::RELAY_OPEN_BIT != 0
+            }
+        }
+    }
 }
 
 /// A request queued to a session.
@@ -85,8 +154,8 @@ pub struct SessionRequest {
     pub op: MeterOp,
     /// When the caller stops waiting; the session fails the request with `timeout` if it is still queued then.
     pub deadline: Instant,
-    /// Where the result goes (a JSON result object).
-    pub reply: oneshot::Sender<Result<Value, OpError>>,
+    /// Where the result goes.
+    pub reply: oneshot::Sender<Result<OpResult, OpError>>,
 }
 
 /// Why a request could not be queued.

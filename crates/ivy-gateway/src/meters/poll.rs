@@ -1,10 +1,68 @@
-//! Poll scheduling: when a meter's first and next poll cycles are due.
+//! The poll cycle both drivers share: each meter's timetable (first poll with jitter or aligned, next poll after
+//! each cycle, overrides per meter), the gateway-wide bound on meters polled at once, and the end of a cycle
+//! (publication of its readings, its typed outcome counted).
 
+use super::conn::{Conn, EndReason};
+use super::context::MeterContext;
+use crate::config::PollingConfig;
+use crate::metrics::PollOutcome;
+use ivy_protocol::registration::MeterId;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
+/// When a meter is polled next.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PollTimer {
+    next: Option<Instant>,
+    interval_ms: u64,
+}
+
+impl PollTimer {
+    /// The timer of `meter`, identified now: polled when polling is on for it (global setting or its override)
+    /// and `can_poll` (the driver has something to poll); first after the first-poll delay.
+    pub(crate) fn start(ctx: &MeterContext, meter: &MeterId, can_poll: bool) -> Self {
+        let polling = &ctx.config.polling;
+        let (enabled, interval_ms) = ctx.resolver.poll_settings(meter, polling.enabled, polling.interval_ms);
+        PollTimer { next: (enabled && can_poll).then(|| first_poll_at(polling, interval_ms)), interval_ms }
+    }
+
+    /// When the next cycle is due (`None`: not polled).
+    pub(crate) fn due_at(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Whether a cycle is due at `now`.
+    pub(crate) fn is_due(&self, now: Instant) -> bool {
+        self.next.is_some_and(|t| t <= now)
+    }
+
+    /// No more polling (the meter was replaced by a newer connection).
+    pub(crate) fn stop(&mut self) {
+        self.next = None;
+    }
+
+    /// Schedules the cycle after one that started at `started`.
+    pub(crate) fn schedule_next(&mut self, polling: &PollingConfig, started: Instant) {
+        self.next = Some(next_poll_at(polling, self.interval_ms, started));
+    }
+}
+
+/// Waits for one of the gateway's poll permits (`polling.max_concurrent`), or for the session to end.
+pub(crate) async fn permit(conn: &Conn) -> Result<OwnedSemaphorePermit, EndReason> {
+    let permits = conn.ctx.poll_permits.clone();
+    tokio::select! {
+        p = permits.acquire_owned() => p.map_err(|_| EndReason::Shutdown),
+        reason = conn.closed() => Err(reason),
+    }
+}
+
+/// Counts a poll cycle that started at `started` and ended with `outcome`.
+pub(crate) fn count_cycle(conn: &Conn, outcome: PollOutcome, started: Instant) {
+    conn.ctx.metrics.poll(outcome, started.elapsed().as_secs_f64());
+}
 /// When a meter identified now is first polled: after `first_poll_delay_ms` plus random jitter, or with
 /// `polling.align` at the first multiple of the interval on the wall clock at least `first_poll_delay_ms` away.
-pub(crate) fn first_poll_at(polling: &crate::config::PollingConfig, interval_ms: u64) -> Instant {
+fn first_poll_at(polling: &PollingConfig, interval_ms: u64) -> Instant {
     let now = Instant::now();
     if polling.align {
         return now + until_boundary(interval_ms, polling.first_poll_delay_ms);
@@ -14,7 +72,7 @@ pub(crate) fn first_poll_at(polling: &crate::config::PollingConfig, interval_ms:
 }
 
 /// When the cycle after one that started at `started` is due (never in the past: an overrun cycle is not caught up).
-pub(crate) fn next_poll_at(polling: &crate::config::PollingConfig, interval_ms: u64, started: Instant) -> Instant {
+fn next_poll_at(polling: &PollingConfig, interval_ms: u64, started: Instant) -> Instant {
     let now = Instant::now();
     if polling.align {
         return now + until_boundary(interval_ms, 1);

@@ -21,9 +21,7 @@ pub async fn run(ctx: Arc<MeterContext>, stream: TcpStream, peer: SocketAddr) {
             ctx.metrics.frame("detect_dlt645");
             super::dlt645::run(&mut conn, &mut requests, leftover).await
         }
-        Ok((protocol, leftover)) => {
-            super::dlms::run(&mut conn, &mut requests, leftover, protocol == Protocol::DlmsRaw).await
-        }
+        Ok((_, leftover)) => super::dlms::run(&mut conn, &mut requests, leftover).await,
         Err(reason) => reason,
     };
     tracing::debug!(peer = %peer, conn = conn_id, reason = %reason.as_str(), "meter connection ended");

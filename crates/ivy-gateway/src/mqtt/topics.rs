@@ -1,6 +1,7 @@
 //! Topic names (SPEC 4.2) and the access rules of the roles (SPEC 4.3).
 
 use crate::auth::Role;
+use crate::config::valid_topic_prefix;
 use ivy_protocol::registration::MeterId;
 
 /// The validated topic prefix (default `ivy/v1`).
@@ -21,8 +22,7 @@ const METER_OWNED: [&str; 5] = ["telemetry", "snapshot", "status", "events", "co
 impl TopicPrefix {
     /// Validates `prefix`; `gateway_id` moves gateway topics to `{p}/gateways/{id}/...`.
     pub fn new(prefix: &str, gateway_id: Option<&str>) -> Result<Self, PrefixError> {
-        let ok = !prefix.is_empty() && !prefix.contains(['+', '#', '\0']) && prefix.split('/').all(|l| !l.is_empty());
-        if !ok {
+        if !valid_topic_prefix(prefix) {
             return Err(PrefixError(prefix.to_owned()));
         }
         Ok(TopicPrefix { prefix: prefix.to_owned(), gateway_id: gateway_id.map(str::to_owned) })

@@ -1,9 +1,10 @@
-//! Who is calling: session cookies from `POST /api/login`, or HTTP Basic with the same users (for scripts).
+//! Who is calling: login cookies from `POST /api/login`, or HTTP Basic with the same users (for scripts).
 //!
-//! Sessions live in memory (a restart logs everyone out) with an idle expiry and a bound on their number; the
+//! Logins live in memory (a restart logs everyone out) with an idle expiry and a bound on their number; the
 //! cookie is HttpOnly and SameSite=Strict, and the token is 32 random bytes.
 
 use crate::auth::Role;
+use crate::lock::lock;
 use base64::Engine;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,20 +30,20 @@ struct Session {
 
 /// The session table.
 #[derive(Debug)]
-pub struct Sessions {
+pub struct Logins {
     map: Mutex<HashMap<String, Session>>,
     idle: Duration,
     max: usize,
 }
 
-impl Sessions {
-    /// Sessions that expire after `idle` without use; at most `max` at once (the oldest is evicted).
+impl Logins {
+    /// Logins that expire after `idle` without use; at most `max` at once (the oldest is evicted).
     pub fn new(idle: Duration, max: usize) -> Self {
-        Sessions { map: Mutex::new(HashMap::new()), idle, max: max.max(1) }
+        Logins { map: Mutex::new(HashMap::new()), idle, max: max.max(1) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.map)
     }
 
     /// Starts a session; returns its token.
@@ -81,7 +82,7 @@ impl Sessions {
         self.lock().remove(token);
     }
 
-    /// Sessions open now.
+    /// Logins open now.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -135,7 +136,7 @@ mod tests {
 
     #[test]
     fn sessions_expire_and_are_bounded() {
-        let s = Sessions::new(Duration::from_secs(60), 2);
+        let s = Logins::new(Duration::from_secs(60), 2);
         let a = s.create(caller("a"));
         let b = s.create(caller("b"));
         assert_eq!(s.get(&a).unwrap().user, "a");
@@ -145,7 +146,7 @@ mod tests {
         assert!(s.get(&a).is_some() && s.get(&c).is_some());
         s.remove(&a);
         assert!(s.get(&a).is_none());
-        let short = Sessions::new(Duration::from_millis(0), 10);
+        let short = Logins::new(Duration::from_millis(0), 10);
         let t = short.create(caller("x"));
         assert!(short.get(&t).is_none());
     }
