@@ -1,16 +1,19 @@
 //! The IVY gateway service: meter sessions, polling, commands, alarms and the MQTT bridge, on top of the sans-IO
 //! [`ivy_protocol`] crate.
 
+// What nothing outside the crate needs is `pub(crate)`, so the public surface is what the binary and the tests use.
+#![warn(unreachable_pub)]
+
 pub mod alarms;
 pub mod auth;
-pub mod commands;
+pub(crate) mod commands;
 pub mod config;
 pub mod decode;
 pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod hub;
-pub mod lock;
+pub(crate) mod lock;
 pub mod meters;
 pub mod metrics;
 pub mod model;

@@ -8,6 +8,6 @@
 use std::sync::{Mutex, MutexGuard};
 
 /// Locks `mutex`, using the data even if a previous holder panicked (see the module docs).
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -8,7 +8,7 @@ use crate::model::{Reading, Source};
 use serde_json::{Map, Value, json};
 
 /// The `result` object of a successful operation.
-pub fn result(answer: &OpResult) -> Value {
+pub(crate) fn result(answer: &OpResult) -> Value {
     match answer {
         OpResult::Reading(r) => {
             let id_key = match r.source {
@@ -70,7 +70,7 @@ fn register_entry(r: &Result<Reading, OpError>) -> Value {
 }
 
 /// A success response payload.
-pub fn success(id: &Value, id_field: IdField, result: Value, ts: u64) -> Value {
+pub(crate) fn success(id: &Value, id_field: IdField, result: Value, ts: u64) -> Value {
     let mut m = Map::new();
     m.insert("ts".into(), json!(ts));
     m.insert("id".into(), id.clone());
@@ -83,7 +83,7 @@ pub fn success(id: &Value, id_field: IdField, result: Value, ts: u64) -> Value {
 }
 
 /// A failure response payload: `error` (message), `code`, and `result: {error}` for the original's clients.
-pub fn failure(id: Option<&Value>, id_field: IdField, error: &OpError, ts: u64) -> Value {
+pub(crate) fn failure(id: Option<&Value>, id_field: IdField, error: &OpError, ts: u64) -> Value {
     let mut m = Map::new();
     m.insert("ts".into(), json!(ts));
     m.insert("id".into(), id.cloned().unwrap_or(Value::Null));

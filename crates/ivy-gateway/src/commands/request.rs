@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 /// Command methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Method {
+pub(crate) enum Method {
     /// Read one register.
     ReadRegister,
     /// Read a list of registers (or a group).
@@ -34,7 +34,7 @@ pub enum Method {
 
 impl Method {
     /// Every method, for documentation and the dashboard.
-    pub const ALL: [Method; 8] = [
+    pub(crate) const ALL: [Method; 8] = [
         Method::ReadRegister,
         Method::ReadAll,
         Method::ReadGroup,
@@ -46,7 +46,7 @@ impl Method {
     ];
 
     /// The canonical name.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Method::ReadRegister => "read_register",
             Method::ReadAll => "read_all",
@@ -60,7 +60,7 @@ impl Method {
     }
 
     /// Parses a method name (any case, camelCase or snake_case, original aliases).
-    pub fn parse(name: &str) -> Option<Method> {
+    pub(crate) fn parse(name: &str) -> Option<Method> {
         let snake = to_snake(name);
         Some(match snake.as_str() {
             "read_register" | "read" => Method::ReadRegister,
@@ -99,7 +99,7 @@ fn to_snake(name: &str) -> String {
 
 /// Which field name carried the request id (echoed back for the original's clients).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdField {
+pub(crate) enum IdField {
     /// `id`.
     Id,
     /// `requestId`.
@@ -108,7 +108,7 @@ pub enum IdField {
 
 /// A register named in the parameters, not yet resolved against a catalogue.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RegisterName {
+pub(crate) enum RegisterName {
     /// Key or alias.
     Key(String),
     /// DL/T 645 DI given as hex.
@@ -126,7 +126,7 @@ pub enum RegisterName {
 
 /// Which registers a `read_all` / `read_group` reads: an explicit list, a group, or both.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RegisterSelection {
+pub(crate) struct RegisterSelection {
     /// Explicit registers.
     pub registers: Vec<RegisterName>,
     /// Group name.
@@ -135,7 +135,7 @@ pub struct RegisterSelection {
 
 /// A validated command: one variant per method, carrying its parameters.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Command {
+pub(crate) enum Command {
     /// `read_register`.
     ReadRegister(RegisterName),
     /// `read_all` (no list and no group reads the group `all`).
@@ -168,7 +168,7 @@ pub enum Command {
 
 impl Command {
     /// The method this command is.
-    pub fn method(&self) -> Method {
+    pub(crate) fn method(&self) -> Method {
         match self {
             Command::ReadRegister(_) => Method::ReadRegister,
             Command::ReadAll(_) => Method::ReadAll,
@@ -184,7 +184,7 @@ impl Command {
 
 /// A parsed, validated command request.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CommandRequest {
+pub(crate) struct CommandRequest {
     /// Request id as text.
     pub id: String,
     /// The id as it was sent (string or number), echoed back.
@@ -197,7 +197,7 @@ pub struct CommandRequest {
 
 /// A request that failed validation: the id when it could be recovered, and the error.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rejected {
+pub(crate) struct Rejected {
     /// Recovered id (value and field).
     pub id: Option<(Value, IdField)>,
     /// Why.
@@ -205,14 +205,14 @@ pub struct Rejected {
 }
 
 /// Largest command payload accepted.
-pub const MAX_PAYLOAD: usize = 64 * 1024;
+pub(crate) const MAX_PAYLOAD: usize = 64 * 1024;
 
 fn err(code: ErrorCode, message: impl Into<String>) -> OpError {
     OpError::new(code, message)
 }
 
 /// Parses and validates a request payload.
-pub fn parse(payload: &[u8]) -> Result<CommandRequest, Rejected> {
+pub(crate) fn parse(payload: &[u8]) -> Result<CommandRequest, Rejected> {
     if payload.len() > MAX_PAYLOAD {
         return Err(Rejected { id: None, error: err(ErrorCode::InvalidJson, "payload larger than 64 KiB") });
     }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 /// The router. It holds only what routing needs: the registry (which session holds a meter), the catalogues
 /// (to resolve register names), the counters and the command settings.
 #[derive(Debug, Clone)]
-pub struct CommandRouter {
+pub(crate) struct CommandRouter {
     registry: Arc<Registry>,
     resolver: Arc<Resolver>,
     metrics: Arc<Metrics>,
@@ -33,7 +33,7 @@ pub struct CommandRouter {
 
 /// A command's outcome: the response payload, and the id to echo.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// The response payload (`{ts, id, success, result, ...}`).
     pub payload: Value,
     /// Whether the command succeeded.
@@ -44,7 +44,7 @@ pub struct Answer {
 
 impl CommandRouter {
     /// A router over `registry`, resolving names with `resolver`, bounded by `config`.
-    pub fn new(
+    pub(crate) fn new(
         registry: Arc<Registry>,
         resolver: Arc<Resolver>,
         metrics: Arc<Metrics>,
@@ -56,7 +56,7 @@ impl CommandRouter {
 
     /// Validates and executes one request payload for `meter_id`; `None` when nothing can be answered (an
     /// unparseable payload without a recoverable id).
-    pub async fn execute(&self, meter_id: &MeterId, payload: &[u8]) -> Option<Answer> {
+    pub(crate) async fn execute(&self, meter_id: &MeterId, payload: &[u8]) -> Option<Answer> {
         let started = Instant::now();
         let req = match request::parse(payload) {
             Ok(r) => r,
@@ -180,7 +180,7 @@ impl CommandRouter {
 
     /// Serves MQTT command requests until the inbound queue closes: each request runs in its own task (bounded by
     /// the router's limit) and its answer goes to `.../command/response`.
-    pub async fn run_mqtt(
+    pub(crate) async fn run_mqtt(
         self,
         prefix: TopicPrefix,
         publisher: Publisher,

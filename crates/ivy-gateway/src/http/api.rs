@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// `GET /health`: 200 when every required part runs, 503 with the failing parts otherwise.
-pub async fn health(State(s): State<HttpState>) -> impl IntoResponse {
+pub(crate) async fn health(State(s): State<HttpState>) -> impl IntoResponse {
     let mut failing: Vec<String> = Vec::new();
     let stopping = s.shutdown.is_cancelled();
     if stopping {
@@ -47,7 +47,7 @@ pub async fn health(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 /// `GET /metrics`: Prometheus/OpenMetrics text.
-pub async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+pub(crate) async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     let b = s.broker.snapshot();
     let m = &s.metrics;
     m.hub_dropped.set(s.hub.dropped() as i64);
@@ -69,13 +69,13 @@ pub async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 
 /// Login form.
 #[derive(Debug, Deserialize)]
-pub struct LoginRequest {
+pub(crate) struct LoginRequest {
     username: String,
     password: String,
 }
 
 /// `POST /api/login`: checks the user against the MQTT user store and sets the session cookie.
-pub async fn login(State(s): State<HttpState>, body: Bytes) -> Result<Response, ApiError> {
+pub(crate) async fn login(State(s): State<HttpState>, body: Bytes) -> Result<Response, ApiError> {
     let form: LoginRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("expected {{username, password}}: {e}"))
     })?;
@@ -89,7 +89,7 @@ pub async fn login(State(s): State<HttpState>, body: Bytes) -> Result<Response, 
 }
 
 /// `POST /api/logout`: ends the login and clears the cookie.
-pub async fn logout(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+pub(crate) async fn logout(State(s): State<HttpState>, headers: HeaderMap) -> Response {
     for token in login::tokens(&headers) {
         s.logins.remove(token);
     }
@@ -97,12 +97,12 @@ pub async fn logout(State(s): State<HttpState>, headers: HeaderMap) -> Response 
 }
 
 /// `GET /api/me`: who is logged in.
-pub async fn me(caller: Caller) -> Json<Value> {
+pub(crate) async fn me(caller: Caller) -> Json<Value> {
     Json(json!({"user": caller.user, "role": caller.role, "canCommand": caller.role.can_command()}))
 }
 
 /// `GET /api/info`: the gateway's identity and configuration summary.
-pub async fn info(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
+pub(crate) async fn info(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
     let c = &s.config;
     Json(json!({
         "name": c.gateway.name,
@@ -120,7 +120,7 @@ pub async fn info(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
 
 /// Filters of `GET /api/meters`.
 #[derive(Debug, Deserialize)]
-pub struct MeterFilter {
+pub(crate) struct MeterFilter {
     /// Substring of the meter id (case-insensitive).
     q: Option<String>,
     /// Only online (`true`) or offline (`false`) meters.
@@ -178,7 +178,7 @@ fn meter_rows(s: &HttpState) -> Vec<Value> {
 }
 
 /// `GET /api/meters`: every known meter (online or seen since start).
-pub async fn meters(State(s): State<HttpState>, _caller: Caller, Query(f): Query<MeterFilter>) -> Json<Value> {
+pub(crate) async fn meters(State(s): State<HttpState>, _caller: Caller, Query(f): Query<MeterFilter>) -> Json<Value> {
     let q = f.q.as_deref().map(str::to_ascii_lowercase);
     let rows: Vec<Value> = meter_rows(&s)
         .into_iter()
@@ -201,7 +201,7 @@ fn meter_not_found(id: &MeterId) -> ApiError {
 }
 
 /// `GET /api/meters/{id}`: status, protocol, ip, counters, latest readings and active alarms.
-pub async fn meter(
+pub(crate) async fn meter(
     State(s): State<HttpState>,
     _caller: Caller,
     Path(raw): Path<String>,
@@ -225,7 +225,7 @@ pub async fn meter(
 
 /// Query of `GET /api/meters/{id}/readings`.
 #[derive(Debug, Deserialize)]
-pub struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     /// Register key (case-insensitive); all registers when absent.
     register: Option<String>,
     /// From (ms since epoch, inclusive).
@@ -237,7 +237,7 @@ pub struct HistoryQuery {
 }
 
 /// `GET /api/meters/{id}/readings`: numeric history, oldest first.
-pub async fn readings(
+pub(crate) async fn readings(
     State(s): State<HttpState>,
     _caller: Caller,
     Path(raw): Path<String>,
@@ -288,7 +288,7 @@ fn status_for(code: Option<ErrorCode>) -> StatusCode {
 
 /// `POST /api/meters/{id}/commands`: the MQTT command path; the body is a command request (`id` optional here),
 /// the answer is the command response payload.
-pub async fn command(
+pub(crate) async fn command(
     State(s): State<HttpState>,
     Operator(caller): Operator,
     Path(raw): Path<String>,
@@ -311,14 +311,14 @@ pub async fn command(
 }
 
 /// `GET /api/alarms`: active alarms, oldest first.
-pub async fn alarms(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
+pub(crate) async fn alarms(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
     let active = lock(&s.alarms).active();
     Json(json!({"count": active.len(), "alarms": active}))
 }
 
 /// `POST /api/alarms/{id}/ack`: acknowledges an active alarm (persisted; announced as an `alarm_acknowledged`
 /// event).
-pub async fn acknowledge(
+pub(crate) async fn acknowledge(
     State(s): State<HttpState>,
     Operator(caller): Operator,
     Path(alarm_id): Path<String>,
@@ -352,7 +352,7 @@ pub async fn acknowledge(
 
 /// Query of `GET /api/events`.
 #[derive(Debug, Deserialize)]
-pub struct EventQuery {
+pub(crate) struct EventQuery {
     /// Only this meter's events.
     meter: Option<String>,
     /// At most this many (default 100, at most 1000).
@@ -360,13 +360,13 @@ pub struct EventQuery {
 }
 
 /// `GET /api/events`: recent events, newest first.
-pub async fn events(State(s): State<HttpState>, _caller: Caller, Query(q): Query<EventQuery>) -> Json<Value> {
+pub(crate) async fn events(State(s): State<HttpState>, _caller: Caller, Query(q): Query<EventQuery>) -> Json<Value> {
     let events = s.live.events(q.meter.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000));
     Json(json!({"count": events.len(), "events": events}))
 }
 
 /// `GET /api/stats`: the `gateway/stats` payload plus what the dashboard's cards show.
-pub async fn stats(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
+pub(crate) async fn stats(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
     let mut stats = s.stats.payload();
     if let Value::Object(m) = &mut stats {
         m.insert("readingsPerMinute".into(), json!(s.live.readings_per_minute()));
@@ -384,7 +384,7 @@ pub async fn stats(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
 
 /// `GET /api/stream`: server-sent events — `hello` first, then `readings`, `status` and `event` messages as they
 /// happen; `lagged` when this client fell behind (it should reload its lists). Ends when the gateway stops.
-pub async fn stream(State(s): State<HttpState>, _caller: Caller) -> impl IntoResponse {
+pub(crate) async fn stream(State(s): State<HttpState>, _caller: Caller) -> impl IntoResponse {
     let rx = s.live.subscribe();
     let shutdown = s.shutdown.clone();
     let hello = Event::default().event("hello").data(json!({"ts": now_ms()}).to_string());
@@ -407,7 +407,7 @@ pub async fn stream(State(s): State<HttpState>, _caller: Caller) -> impl IntoRes
 
 /// `POST /api/csp-report`: browsers report CSP violations here; counted and logged (the dashboard should cause
 /// none).
-pub async fn csp_report(State(s): State<HttpState>, body: Bytes) -> StatusCode {
+pub(crate) async fn csp_report(State(s): State<HttpState>, body: Bytes) -> StatusCode {
     s.metrics.http_csp_reports.inc();
     let text = String::from_utf8_lossy(body.get(..2048).unwrap_or(&body)).into_owned();
     tracing::warn!(report = %text, "content security policy violation reported by a browser");
@@ -415,6 +415,6 @@ pub async fn csp_report(State(s): State<HttpState>, body: Bytes) -> StatusCode {
 }
 
 /// Unknown paths.
-pub async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }

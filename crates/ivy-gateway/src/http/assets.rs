@@ -33,12 +33,12 @@ fn respond(content_type: &'static str, bytes: &'static [u8]) -> Response {
 }
 
 /// `GET /`: the dashboard page.
-pub async fn index() -> Response {
+pub(crate) async fn index() -> Response {
     respond("text/html; charset=utf-8", INDEX)
 }
 
 /// `GET /assets/{file}`.
-pub async fn asset(Path(file): Path<String>) -> Response {
+pub(crate) async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|a| a.name == file) {
         Some(a) => respond(a.content_type, a.bytes),
         None => super::state::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such asset").into_response(),
@@ -46,11 +46,11 @@ pub async fn asset(Path(file): Path<String>) -> Response {
 }
 
 /// `GET /favicon.ico` (browsers ask for it whatever the page says).
-pub async fn favicon() -> Response {
+pub(crate) async fn favicon() -> Response {
     asset(Path("favicon.svg".to_owned())).await
 }
 
 /// `GET /api/openapi.json`: the OpenAPI 3.1 description of the API.
-pub async fn openapi() -> Response {
+pub(crate) async fn openapi() -> Response {
     respond("application/json", OPENAPI)
 }

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 /// Bounds of the in-memory views.
 #[derive(Debug, Clone, Copy)]
-pub struct LiveLimits {
+pub(crate) struct LiveLimits {
     /// Numeric points kept per meter and register.
     pub history_points: usize,
     /// Events kept (newest win).
@@ -36,7 +36,7 @@ impl Default for LiveLimits {
 /// The latest value of one register.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct LatestReading {
+pub(crate) struct LatestReading {
     /// Normalised value.
     pub value: Value,
     /// Unit symbol.
@@ -51,7 +51,7 @@ pub struct LatestReading {
 
 /// One point of history.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct Point {
+pub(crate) struct Point {
     /// When (ms).
     pub ts: u64,
     /// The value.
@@ -61,7 +61,7 @@ pub struct Point {
 /// What is known about one meter.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MeterView {
+pub(crate) struct MeterView {
     /// The meter id.
     pub meter_id: String,
     /// Connected now.
@@ -90,7 +90,7 @@ pub struct MeterView {
 
 impl MeterView {
     /// A meter nothing is known about yet.
-    pub fn new(meter_id: &str) -> Self {
+    pub(crate) fn new(meter_id: &str) -> Self {
         MeterView {
             meter_id: meter_id.to_owned(),
             online: false,
@@ -108,7 +108,7 @@ impl MeterView {
     }
 
     /// The latest reading per register key.
-    pub fn latest(&self) -> &BTreeMap<String, LatestReading> {
+    pub(crate) fn latest(&self) -> &BTreeMap<String, LatestReading> {
         &self.latest
     }
 
@@ -135,7 +135,7 @@ impl MeterView {
 /// An event as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EventView {
+pub(crate) struct EventView {
     /// Sequence number since start (newer is larger).
     pub seq: u64,
     /// When (ms).
@@ -152,7 +152,7 @@ pub struct EventView {
 
 /// A history point with its register, for the readings endpoint.
 #[derive(Debug, Clone, Serialize)]
-pub struct HistoryPoint {
+pub(crate) struct HistoryPoint {
     /// Register key.
     pub register: String,
     /// When (ms).
@@ -175,7 +175,7 @@ struct Inner {
 
 /// The live state. Its lock guards these views only; it is never held across an await.
 #[derive(Debug)]
-pub struct LiveView {
+pub(crate) struct LiveView {
     inner: Mutex<Inner>,
     limits: LiveLimits,
     stream: broadcast::Sender<Arc<str>>,
@@ -183,7 +183,7 @@ pub struct LiveView {
 
 impl LiveView {
     /// An empty live view.
-    pub fn new(limits: LiveLimits) -> Self {
+    pub(crate) fn new(limits: LiveLimits) -> Self {
         let (stream, _) = broadcast::channel(limits.stream_buffer.max(16));
         LiveView { inner: Mutex::new(Inner::default()), limits, stream }
     }
@@ -194,12 +194,12 @@ impl LiveView {
     }
 
     /// A receiver of live-stream messages (each one JSON text `{type, ...}`).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
         self.stream.subscribe()
     }
 
     /// Live-stream clients connected now.
-    pub fn stream_clients(&self) -> usize {
+    pub(crate) fn stream_clients(&self) -> usize {
         self.stream.receiver_count()
     }
 
@@ -211,7 +211,7 @@ impl LiveView {
     }
 
     /// Applies one hub event.
-    pub fn apply(&self, event: &HubEvent) {
+    pub(crate) fn apply(&self, event: &HubEvent) {
         match event {
             HubEvent::Readings { meter_id, source, readings, .. } => {
                 self.on_readings(meter_id.as_str(), *source, readings)
@@ -381,7 +381,7 @@ impl LiveView {
     }
 
     /// Every known meter (without readings), sorted by id.
-    pub fn meters(&self) -> Vec<MeterView> {
+    pub(crate) fn meters(&self) -> Vec<MeterView> {
         let inner = self.lock();
         let mut v: Vec<MeterView> = inner.meters.values().map(|m| m.copy(false)).collect();
         v.sort_by(|a, b| a.meter_id.cmp(&b.meter_id));
@@ -389,14 +389,14 @@ impl LiveView {
     }
 
     /// One meter with its latest readings (history left out).
-    pub fn meter_view(&self, meter_id: &str) -> Option<MeterView> {
+    pub(crate) fn meter_view(&self, meter_id: &str) -> Option<MeterView> {
         let inner = self.lock();
         inner.meters.get(meter_id).map(|m| m.copy(true))
     }
 
     /// History points of one meter, oldest first, filtered by register and time range, at most `limit`
     /// (the newest ones when there are more).
-    pub fn history(
+    pub(crate) fn history(
         &self,
         meter_id: &str,
         register: Option<&str>,
@@ -425,13 +425,13 @@ impl LiveView {
     }
 
     /// Recent events, newest first, optionally of one meter, at most `limit`.
-    pub fn events(&self, meter_id: Option<&str>, limit: usize) -> Vec<EventView> {
+    pub(crate) fn events(&self, meter_id: Option<&str>, limit: usize) -> Vec<EventView> {
         let inner = self.lock();
         inner.events.iter().rev().filter(|e| meter_id.is_none_or(|m| e.meter_id == m)).take(limit).cloned().collect()
     }
 
     /// Readings received in the last full minute (or the current one when the gateway is younger).
-    pub fn readings_per_minute(&self) -> u64 {
+    pub(crate) fn readings_per_minute(&self) -> u64 {
         let inner = self.lock();
         let minute = crate::model::now_ms() / 60_000;
         let previous = inner.per_minute.iter().find(|(m, _)| *m + 1 == minute).map(|(_, n)| *n);
@@ -440,7 +440,7 @@ impl LiveView {
     }
 
     /// Meters not remembered because the bound was reached.
-    pub fn dropped_meters(&self) -> u64 {
+    pub(crate) fn dropped_meters(&self) -> u64 {
         self.lock().dropped_meters
     }
 }

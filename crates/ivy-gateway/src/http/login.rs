@@ -11,11 +11,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The session cookie's name.
-pub const COOKIE: &str = "ivy_session";
+pub(crate) const COOKIE: &str = "ivy_session";
 
 /// A logged-in caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
+pub(crate) struct Caller {
     /// User name.
     pub user: String,
     /// Role.
@@ -30,7 +30,7 @@ struct Session {
 
 /// The session table.
 #[derive(Debug)]
-pub struct Logins {
+pub(crate) struct Logins {
     map: Mutex<HashMap<String, Session>>,
     idle: Duration,
     max: usize,
@@ -38,7 +38,7 @@ pub struct Logins {
 
 impl Logins {
     /// Logins that expire after `idle` without use; at most `max` at once (the oldest is evicted).
-    pub fn new(idle: Duration, max: usize) -> Self {
+    pub(crate) fn new(idle: Duration, max: usize) -> Self {
         Logins { map: Mutex::new(HashMap::new()), idle, max: max.max(1) }
     }
 
@@ -47,7 +47,7 @@ impl Logins {
     }
 
     /// Starts a session; returns its token.
-    pub fn create(&self, caller: Caller) -> String {
+    pub(crate) fn create(&self, caller: Caller) -> String {
         use rand::RngCore;
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
@@ -65,7 +65,7 @@ impl Logins {
     }
 
     /// The caller of a live session (and refreshes its expiry).
-    pub fn get(&self, token: &str) -> Option<Caller> {
+    pub(crate) fn get(&self, token: &str) -> Option<Caller> {
         let now = Instant::now();
         let mut map = self.lock();
         let session = map.get_mut(token)?;
@@ -78,43 +78,38 @@ impl Logins {
     }
 
     /// Ends a session.
-    pub fn remove(&self, token: &str) {
+    pub(crate) fn remove(&self, token: &str) {
         self.lock().remove(token);
     }
 
     /// Logins open now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    /// True when nobody is logged in.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
     /// The cookie value that sets `token`.
-    pub fn set_cookie(&self, token: &str) -> String {
+    pub(crate) fn set_cookie(&self, token: &str) -> String {
         format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", self.idle.as_secs())
     }
 
     /// The cookie value that clears the session cookie.
-    pub fn clear_cookie() -> String {
+    pub(crate) fn clear_cookie() -> String {
         format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
     }
 }
 
 /// Session tokens in the request's `Cookie` headers.
-pub fn tokens(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &str> {
+pub(crate) fn tokens(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &str> {
     headers.get_all(axum::http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).filter_map(token_from_cookies)
 }
 
 /// The session token in a `Cookie` header, if any.
-pub fn token_from_cookies(header: &str) -> Option<&str> {
+pub(crate) fn token_from_cookies(header: &str) -> Option<&str> {
     header.split(';').map(str::trim).find_map(|kv| kv.strip_prefix(COOKIE)?.strip_prefix('=')).filter(|t| !t.is_empty())
 }
 
 /// User and password of an `Authorization: Basic ...` header.
-pub fn basic_credentials(header: &str) -> Option<(String, Vec<u8>)> {
+pub(crate) fn basic_credentials(header: &str) -> Option<(String, Vec<u8>)> {
     let (scheme, rest) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;

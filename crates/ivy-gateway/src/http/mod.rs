@@ -4,13 +4,13 @@
 //! Every response carries security headers and a CSP without `unsafe-inline` or any external origin; every
 //! request except `/health` counts against a per-IP rate limit; API errors are JSON `{error, code}`.
 
-pub mod api;
-pub mod assets;
-pub mod live;
-pub mod login;
-pub mod ratelimit;
+pub(crate) mod api;
+pub(crate) mod assets;
+pub(crate) mod live;
+pub(crate) mod login;
+pub(crate) mod ratelimit;
 
-pub mod state;
+pub(crate) mod state;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
@@ -52,7 +52,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// The router.
-pub fn router(state: HttpState) -> Router {
+pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(api::health))
         .route("/metrics", get(api::metrics))

@@ -12,7 +12,7 @@ const MAX_ADDRESSES: usize = 100_000;
 
 /// The limiter.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     per_window: u32,
     window: Duration,
     table: Mutex<HashMap<IpAddr, (Instant, u32)>>,
@@ -20,12 +20,12 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// `per_window` requests per `window` per address.
-    pub fn new(per_window: u32, window: Duration) -> Self {
+    pub(crate) fn new(per_window: u32, window: Duration) -> Self {
         RateLimiter { per_window: per_window.max(1), window, table: Mutex::new(HashMap::new()) }
     }
 
     /// Counts a request from `ip`; `Err(retry_after)` when over the limit.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let mut table = lock(&self.table);
         if table.len() >= MAX_ADDRESSES && !table.contains_key(&ip) {
             table.retain(|_, (start, _)| now.duration_since(*start) < self.window);

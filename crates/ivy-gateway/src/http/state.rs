@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 /// State of the HTTP handlers.
 #[derive(Clone)]
-pub struct HttpState {
+pub(crate) struct HttpState {
     /// The configuration.
     pub config: Arc<Config>,
     /// Meter id → session (who is online, and how).
@@ -56,7 +56,7 @@ pub struct HttpState {
 
 /// An API error: HTTP status, stable code, message; rendered as `{error, code}`.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
     /// Stable snake_case code.
@@ -67,12 +67,12 @@ pub struct ApiError {
 
 impl ApiError {
     /// A new error.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into() }
     }
 
     /// 401: no or bad credentials.
-    pub fn unauthorized() -> Self {
+    pub(crate) fn unauthorized() -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "log in first (session cookie or HTTP Basic)")
     }
 }
@@ -104,7 +104,7 @@ impl FromRequestParts<HttpState> for Caller {
 }
 
 /// A caller allowed to change things (send commands, acknowledge alarms).
-pub struct Operator(pub Caller);
+pub(crate) struct Operator(pub Caller);
 
 impl FromRequestParts<HttpState> for Operator {
     type Rejection = ApiError;

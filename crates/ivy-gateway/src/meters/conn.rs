@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndReason {
+pub(crate) enum EndReason {
     /// The meter closed the connection.
     PeerClosed,
     /// Reading or writing failed.
@@ -42,7 +42,7 @@ pub enum EndReason {
 
 impl EndReason {
     /// The `reason` of the offline status.
-    pub fn as_str(&self) -> String {
+    pub(crate) fn as_str(&self) -> String {
         match self {
             EndReason::PeerClosed => "connection_closed".into(),
             EndReason::IoError(e) => format!("io_error: {e}"),
@@ -58,15 +58,15 @@ impl EndReason {
 
 /// Result of one read.
 #[derive(Debug)]
-pub enum ReadOutcome {
+pub(crate) enum ReadOutcome {
     /// Bytes arrived (in [`Conn::input`]).
-    Data(usize),
+    Data,
     /// The session must end.
     End(EndReason),
 }
 
 /// The connection half of a session.
-pub struct Conn {
+pub(crate) struct Conn {
     /// What every session shares.
     pub ctx: Arc<MeterContext>,
     /// Connection id (unique per process).
@@ -93,7 +93,7 @@ const READ_CHUNK: usize = 4096;
 impl Conn {
     /// Wraps an accepted socket; also returns the receiving end of the session's request queue (kept apart so the
     /// session can wait on the socket and the queue at the same time).
-    pub fn new(
+    pub(crate) fn new(
         ctx: Arc<MeterContext>,
         conn_id: u64,
         peer: SocketAddr,
@@ -116,12 +116,12 @@ impl Conn {
     }
 
     /// When the idle timeout fires.
-    pub fn idle_deadline(&self) -> Instant {
+    pub(crate) fn idle_deadline(&self) -> Instant {
         self.last_rx + Duration::from_secs(self.ctx.config.meters.idle_timeout_secs)
     }
 
     /// Completes when the session is told to close (replaced or shutdown); gives the reason.
-    pub async fn closed(&self) -> EndReason {
+    pub(crate) async fn closed(&self) -> EndReason {
         tokio::select! {
             _ = self.close.cancelled() => {
                 if self.handle.was_replaced() { EndReason::Replaced } else { EndReason::Shutdown }
@@ -131,7 +131,7 @@ impl Conn {
     }
 
     /// Reads the next bytes into [`Conn::input`], or says why the session must end (closed, idle, shutdown).
-    pub async fn read(&mut self) -> ReadOutcome {
+    pub(crate) async fn read(&mut self) -> ReadOutcome {
         // A waiting connection holds no read buffer: most of a fleet waits most of the time, and 4 KiB per meter
         // was a third of the gateway's memory with 19,000 meters connected.
         self.input = Vec::new();
@@ -152,7 +152,7 @@ impl Conn {
                             self.input = buf;
                             self.last_rx = Instant::now();
                             self.ctx.metrics.bytes_received.inc_by(n as u64);
-                            return ReadOutcome::Data(n);
+                            return ReadOutcome::Data;
                         }
                         // Readiness can be spurious.
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -169,7 +169,7 @@ impl Conn {
     }
 
     /// Sends bytes to the meter (bounded by a write timeout so a meter that stops reading cannot wedge us).
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), EndReason> {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<(), EndReason> {
         let timeout = Duration::from_secs(10);
         match tokio::time::timeout(timeout, self.stream.write_all(bytes)).await {
             Ok(Ok(())) => {
@@ -184,7 +184,7 @@ impl Conn {
     /// Records that this connection speaks for `meter_id`: registers it, closes a previous connection of the
     /// same meter, and publishes the status/events of the transition exactly once. Returns false when this
     /// connection already held it (a liveness refresh).
-    pub fn identify(&mut self, meter_id: &MeterId, protocol: Source) -> bool {
+    pub(crate) fn identify(&mut self, meter_id: &MeterId, protocol: Source) -> bool {
         self.protocol = Some(protocol);
         let connected_at = now_ms();
         let info = MeterInfo { protocol, ip: self.peer.ip().to_string(), port: self.peer.port(), connected_at };
@@ -233,7 +233,11 @@ impl Conn {
 
     /// Applies a registration packet: validates the id (it becomes a topic segment), identifies the meter and
     /// sends the rule's acknowledgement. An invalid id ends the connection; nothing is published under it.
-    pub async fn apply_registration(&mut self, registration: &Registration, protocol: Source) -> Result<(), EndReason> {
+    pub(crate) async fn apply_registration(
+        &mut self,
+        registration: &Registration,
+        protocol: Source,
+    ) -> Result<(), EndReason> {
         let policy = match self.ctx.config.meters.zero_address_action {
             ZeroAddressAction::Accept => ZeroAddressPolicy::Accept,
             ZeroAddressAction::UseIp => ZeroAddressPolicy::UseIp,
@@ -255,13 +259,13 @@ impl Conn {
     }
 
     /// Whether this connection still holds `meter_id` (it may have been replaced).
-    pub fn holds(&self, meter_id: &MeterId) -> bool {
+    pub(crate) fn holds(&self, meter_id: &MeterId) -> bool {
         self.ctx.registry.is_held_by(meter_id, self.conn_id)
     }
 
     /// Ends the session: fails queued requests with `connection_closed`, unregisters the meters this connection
     /// still holds and publishes their offline status once.
-    pub async fn finish(mut self, reason: EndReason, mut requests: mpsc::Receiver<QueuedRequest>) {
+    pub(crate) async fn finish(mut self, reason: EndReason, mut requests: mpsc::Receiver<QueuedRequest>) {
         requests.close();
         while let Ok(request) = requests.try_recv() {
             let _ = request.reply.send(Err(OpError::new(ErrorCode::ConnectionClosed, "the meter's connection closed")));

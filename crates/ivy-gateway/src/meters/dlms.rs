@@ -59,7 +59,11 @@ struct DlmsDriver<'a> {
 enum Never {}
 
 /// Runs the DLMS conversation until the connection ends.
-pub async fn run(conn: &mut Conn, requests: &mut mpsc::Receiver<super::QueuedRequest>, leftover: Vec<u8>) -> EndReason {
+pub(crate) async fn run(
+    conn: &mut Conn,
+    requests: &mut mpsc::Receiver<super::QueuedRequest>,
+    leftover: Vec<u8>,
+) -> EndReason {
     let cfg = &conn.ctx.config.dlms;
     let mut aarq = ivy_protocol::dlms::apdu::Aarq {
         conformance: Conformance(cfg.conformance),
@@ -113,7 +117,7 @@ impl DlmsDriver<'_> {
             tokio::select! {
                 biased;
                 outcome = self.conn.read() => match outcome {
-                    ReadOutcome::Data(_) => self.received(),
+                    ReadOutcome::Data => self.received(),
                     ReadOutcome::End(reason) => return Err(reason),
                 },
                 request = requests.recv() => {
@@ -243,7 +247,7 @@ impl DlmsDriver<'_> {
             let step_deadline = (Instant::now() + step).min(deadline);
             tokio::select! {
                 outcome = self.conn.read() => match outcome {
-                    ReadOutcome::Data(_) => {
+                    ReadOutcome::Data => {
                         self.received();
                         self.drain_packets().await?;
                     }
@@ -273,7 +277,7 @@ impl DlmsDriver<'_> {
         while self.assoc.awaiting_reply() {
             tokio::select! {
                 outcome = self.conn.read() => match outcome {
-                    ReadOutcome::Data(_) => {
+                    ReadOutcome::Data => {
                         self.received();
                         self.drain_packets().await?;
                         self.drain_events(None);

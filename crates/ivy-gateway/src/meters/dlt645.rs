@@ -74,7 +74,11 @@ struct Dlt645Driver<'a> {
 }
 
 /// Runs the DL/T 645 conversation until the connection ends.
-pub async fn run(conn: &mut Conn, requests: &mut mpsc::Receiver<super::QueuedRequest>, leftover: Vec<u8>) -> EndReason {
+pub(crate) async fn run(
+    conn: &mut Conn,
+    requests: &mut mpsc::Receiver<super::QueuedRequest>,
+    leftover: Vec<u8>,
+) -> EndReason {
     let probe_after = Duration::from_secs(conn.ctx.config.meters.identify_after_secs);
     let mut s =
         Dlt645Driver { conn, framer: Framer::new(), meters: Vec::new(), probe_at: Instant::now() + probe_after };
@@ -97,7 +101,7 @@ impl Dlt645Driver<'_> {
             tokio::select! {
                 biased;
                 outcome = self.conn.read() => match outcome {
-                    ReadOutcome::Data(_) => self.framer.push(&self.conn.input),
+                    ReadOutcome::Data => self.framer.push(&self.conn.input),
                     ReadOutcome::End(reason) => return Err(reason),
                 },
                 request = requests.recv() => {
@@ -195,7 +199,7 @@ impl Dlt645Driver<'_> {
             }
             tokio::select! {
                 outcome = self.conn.read() => match outcome {
-                    ReadOutcome::Data(_) => self.framer.push(&self.conn.input),
+                    ReadOutcome::Data => self.framer.push(&self.conn.input),
                     ReadOutcome::End(reason) => return Err(ExchangeError::End(reason)),
                 },
                 _ = tokio::time::sleep_until(deadline) => return Err(ExchangeError::Timeout),

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 /// connection is fine (the meter refused, did not answer in time, answered something unusable), or the connection
 /// itself ended and the session must end too.
 #[derive(Debug)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The operation failed; the session goes on.
     Op(OpError),
     /// The connection ended.
@@ -38,7 +38,7 @@ impl From<OpError> for Failure {
 /// What a register read produced: per register (key, reading or why not), in order, and what stopped the read
 /// early, if anything. Readings read before a stop are still published.
 #[derive(Debug, Default)]
-pub struct Reads {
+pub(crate) struct Reads {
     /// Per register: its key and its reading or error.
     pub results: Vec<(String, Result<Reading, OpError>)>,
     /// What ended the read before the last register.
@@ -47,7 +47,7 @@ pub struct Reads {
 
 impl Reads {
     /// A read that stopped before reading anything.
-    pub fn stopped(failure: impl Into<Failure>) -> Self {
+    pub(crate) fn stopped(failure: impl Into<Failure>) -> Self {
         Reads { results: Vec::new(), stopped: Some(failure.into()) }
     }
 }

@@ -36,7 +36,7 @@ fn configure(stream: &TcpStream, keepalive_secs: u64) {
 }
 
 /// Runs the accept loop until shutdown.
-pub async fn run(listener: TcpListener, ctx: Arc<MeterContext>) {
+pub(crate) async fn run(listener: TcpListener, ctx: Arc<MeterContext>) {
     let mut sweep = tokio::time::interval(Duration::from_secs(ctx.config.meters.sweep_interval_secs.max(1)));
     loop {
         let (stream, peer) = tokio::select! {

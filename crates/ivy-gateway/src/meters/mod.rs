@@ -4,15 +4,15 @@
 //! wire.
 
 pub mod admission;
-pub mod conn;
+pub(crate) mod conn;
 pub mod context;
-pub mod dlms;
-pub mod dlt645;
-pub mod driver;
-pub mod listener;
-pub mod poll;
+pub(crate) mod dlms;
+pub(crate) mod dlt645;
+pub(crate) mod driver;
+pub(crate) mod listener;
+pub(crate) mod poll;
 pub mod registry;
-pub mod session;
+pub(crate) mod session;
 
 use crate::error::OpError;
 use crate::model::Reading;

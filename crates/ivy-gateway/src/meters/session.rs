@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Runs a whole meter connection.
-pub async fn run(ctx: Arc<MeterContext>, stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn run(ctx: Arc<MeterContext>, stream: TcpStream, peer: SocketAddr) {
     let conn_id = ctx.next_conn_id();
     let (mut conn, mut requests) = Conn::new(ctx.clone(), conn_id, peer, stream);
     tracing::debug!(peer = %peer, conn = conn_id, "meter connection accepted");
@@ -58,7 +58,7 @@ async fn detect(conn: &mut Conn) -> Result<(Protocol, Vec<u8>), EndReason> {
         }
         tokio::select! {
             outcome = conn.read() => match outcome {
-                ReadOutcome::Data(_) => {
+                ReadOutcome::Data => {
                     if !unknown_logged {
                         detector.push(&conn.input);
                     }

@@ -4,7 +4,7 @@
 //! [`InboundPublish`] values, so another transport (an upstream broker) can provide the same two ends.
 
 pub mod broker;
-pub mod sink;
+pub(crate) mod sink;
 pub mod topics;
 
 use bytes::Bytes;

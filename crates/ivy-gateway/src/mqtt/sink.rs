@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 /// The telemetry payload of one reading. A struct rather than a `json!` map: it is built for every reading
 /// (100,000/s and more), and the map's allocations were a quarter of the gateway's CPU under push load.
 #[derive(Debug, serde::Serialize)]
-pub struct TelemetryPayload<'a> {
+pub(crate) struct TelemetryPayload<'a> {
     ts: u64,
     #[serde(rename = "meterId")]
     meter_id: &'a str,
@@ -29,7 +29,7 @@ pub struct TelemetryPayload<'a> {
 }
 
 /// The telemetry payload of one reading.
-pub fn telemetry_payload(r: &Reading) -> TelemetryPayload<'_> {
+pub(crate) fn telemetry_payload(r: &Reading) -> TelemetryPayload<'_> {
     TelemetryPayload {
         ts: r.ts,
         meter_id: r.meter_id.as_str(),
@@ -61,7 +61,7 @@ struct SnapshotPayload<'a> {
 }
 
 /// The status payload of a transition.
-pub fn status_payload(s: &StatusChange) -> Value {
+pub(crate) fn status_payload(s: &StatusChange) -> Value {
     if s.online {
         json!({
             "ts": s.ts,
@@ -77,7 +77,7 @@ pub fn status_payload(s: &StatusChange) -> Value {
 }
 
 /// The event payload.
-pub fn event_payload(e: &MeterEvent) -> Value {
+pub(crate) fn event_payload(e: &MeterEvent) -> Value {
     let mut m = Map::new();
     m.insert("ts".into(), json!(e.ts));
     m.insert("meterId".into(), json!(e.meter_id.as_str()));
@@ -97,7 +97,7 @@ struct Latest {
 }
 
 /// Runs the sink until the hub closes.
-pub async fn run(prefix: TopicPrefix, publisher: Publisher, mut rx: mpsc::Receiver<Arc<HubEvent>>) {
+pub(crate) async fn run(prefix: TopicPrefix, publisher: Publisher, mut rx: mpsc::Receiver<Arc<HubEvent>>) {
     let mut latest: HashMap<MeterId, Latest> = HashMap::new();
     while let Some(event) = rx.recv().await {
         let mut out = Vec::new();
