@@ -10,6 +10,97 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+/// A value the configuration writes as text and the gateway uses parsed: parsed once, when the configuration is
+/// read. The text is kept for `check-config` (masked where secret); a text that does not parse is reported by
+/// [`Config::validate`] under its key, so a configuration that loaded holds only parsed values.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String", bound = "T: ConfigText")]
+pub struct Parsed<T: ConfigText> {
+    text: String,
+    parsed: Result<T, String>,
+}
+
+/// A type written as text in the configuration.
+pub trait ConfigText: Clone + Sized {
+    /// Parses the text, or says what it must look like.
+    fn from_text(text: &str) -> Result<Self, String>;
+}
+
+impl<T: ConfigText> Parsed<T> {
+    /// The parsed value (`None` only in a configuration that failed validation).
+    pub fn get(&self) -> Option<&T> {
+        self.parsed.as_ref().ok()
+    }
+
+    /// Why the text does not parse.
+    pub fn problem(&self) -> Option<&str> {
+        self.parsed.as_ref().err().map(String::as_str)
+    }
+
+    /// The text as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn mask(&mut self) {
+        self.text = "*".repeat(self.text.len().min(8));
+    }
+}
+
+impl<T: ConfigText> From<String> for Parsed<T> {
+    fn from(text: String) -> Self {
+        let parsed = T::from_text(&text);
+        Parsed { text, parsed }
+    }
+}
+
+impl<T: ConfigText> From<&str> for Parsed<T> {
+    fn from(text: &str) -> Self {
+        Parsed::from(text.to_owned())
+    }
+}
+
+impl<T: ConfigText> From<Parsed<T>> for String {
+    fn from(p: Parsed<T>) -> String {
+        p.text
+    }
+}
+
+// The text, not the value: an AES key must not reach a log through the parsed bytes either.
+impl<T: ConfigText> std::fmt::Debug for Parsed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.text)
+    }
+}
+
+/// Bytes written as hex (spaces allowed), e.g. an acknowledgement payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HexBytes(pub Vec<u8>);
+
+impl ConfigText for HexBytes {
+    fn from_text(text: &str) -> Result<Self, String> {
+        hex::decode(text.replace(' ', "")).map(HexBytes).map_err(|_| "must be hex".to_owned())
+    }
+}
+
+/// An AES-128 key written as 32 hex digits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AesKey(pub [u8; 16]);
+
+impl ConfigText for AesKey {
+    fn from_text(text: &str) -> Result<Self, String> {
+        let bad = || "must be 32 hex digits (AES-128)".to_owned();
+        let bytes = hex::decode(text).map_err(|_| bad())?;
+        bytes.try_into().map(AesKey).map_err(|_| bad())
+    }
+}
+
+impl ConfigText for ivy_protocol::dlms::Obis {
+    fn from_text(text: &str) -> Result<Self, String> {
+        text.parse().map_err(|_| "must be an OBIS code like 1-0:12.7.0.255".to_owned())
+    }
+}
+
 /// A configuration problem, naming the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {problem}")]
@@ -143,7 +234,7 @@ pub struct MetersConfig {
     /// What to do with a registration packet carrying an all-zero id.
     pub zero_address_action: ZeroAddressAction,
     /// Send this acknowledgement (hex) after each EM114070 heartbeat (`HEARTBEAT_ACK_PAYLOAD`).
-    pub heartbeat_ack: Option<String>,
+    pub heartbeat_ack: Option<Parsed<HexBytes>>,
     /// Extra registration rules, tried after the built-in EM114070 heartbeat.
     pub registration_rules: Vec<RegistrationRuleConfig>,
     /// Meters keep local time: minutes east of UTC used when setting their clocks and relay deadlines.
@@ -227,7 +318,7 @@ pub struct Dlt645Config {
     /// Minutes a relay command stays valid (N3..N8 deadline).
     pub relay_validity_minutes: u32,
     /// AES-128 key (32 hex digits) for meters that expect an encrypted relay block; off when unset.
-    pub relay_aes_key: Option<String>,
+    pub relay_aes_key: Option<Parsed<AesKey>>,
     /// Encrypt relay blocks for every meter (otherwise only the meters listed in `meter_overrides`).
     pub relay_aes_enabled: bool,
     /// Per-meter overrides keyed by meter id.
@@ -269,7 +360,7 @@ pub struct Dlt645MeterOverride {
     /// AES-encrypt the relay block for this meter.
     pub relay_aes: Option<bool>,
     /// AES key for this meter, 32 hex digits.
-    pub relay_aes_key: Option<String>,
+    pub relay_aes_key: Option<Parsed<AesKey>>,
 }
 
 /// `[dlms]`
@@ -306,7 +397,7 @@ pub struct DlmsConfig {
     pub obis_file: Option<PathBuf>,
     /// OBIS codes of the values of a positional DataNotification body, in order (self-describing bodies of
     /// `(OBIS, value)` pairs need none).
-    pub push_objects: Vec<String>,
+    pub push_objects: Vec<Parsed<ivy_protocol::dlms::Obis>>,
 }
 
 impl Default for DlmsConfig {
@@ -588,7 +679,7 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         Ok(())
     }),
     ("HEARTBEAT_ACK_PAYLOAD", "meters.heartbeat_ack", |c, v| {
-        c.meters.heartbeat_ack = non_empty(v);
+        c.meters.heartbeat_ack = non_empty(v).map(Parsed::from);
         Ok(())
     }),
     ("METER_PASSWORD", "dlt645.password", |c, v| {
@@ -600,7 +691,7 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         Ok(())
     }),
     ("AES_ENCRYPTION_KEY", "dlt645.relay_aes_key", |c, v| {
-        c.dlt645.relay_aes_key = non_empty(v);
+        c.dlt645.relay_aes_key = non_empty(v).map(Parsed::from);
         Ok(())
     }),
     ("DLT645_TIMEOUT_MS", "dlt645.timeout_ms", |c, v| set(&mut c.dlt645.timeout_ms, v)),
@@ -803,10 +894,6 @@ fn is_digits(s: &str, n: usize) -> bool {
     s.len() == n && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn is_aes_key(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 impl Config {
     /// Checks values against each other and their ranges; returns every problem.
     pub fn validate(&self) -> Vec<ConfigError> {
@@ -821,8 +908,8 @@ impl Config {
         check(&mut e, (1024..=16 << 20).contains(&m.buffer_cap), "meters.buffer_cap", "must be 1024..=16777216");
         check(&mut e, m.detection_timeout_secs > 0, "meters.detection_timeout_secs", "must be at least 1");
         check(&mut e, m.identify_after_secs > 0, "meters.identify_after_secs", "must be at least 1");
-        if let Some(ack) = &m.heartbeat_ack {
-            check(&mut e, hex::decode(ack.replace(' ', "")).is_ok(), "meters.heartbeat_ack", "must be hex");
+        if let Some(problem) = m.heartbeat_ack.as_ref().and_then(Parsed::problem) {
+            check(&mut e, false, "meters.heartbeat_ack", problem);
         }
         for (i, rule) in m.registration_rules.iter().enumerate() {
             if let Err(problem) = rule.to_rule() {
@@ -842,8 +929,8 @@ impl Config {
         );
         check(&mut e, is_digits(&d.password, 6), "dlt645.password", "must be 6 digits");
         check(&mut e, is_digits(&d.operator_code, 8), "dlt645.operator_code", "must be 8 digits");
-        if let Some(key) = &d.relay_aes_key {
-            check(&mut e, is_aes_key(key), "dlt645.relay_aes_key", "must be 32 hex digits (AES-128)");
+        if let Some(problem) = d.relay_aes_key.as_ref().and_then(Parsed::problem) {
+            check(&mut e, false, "dlt645.relay_aes_key", problem);
         }
         check(
             &mut e,
@@ -859,8 +946,8 @@ impl Config {
             if let Some(c) = &o.operator_code {
                 check(&mut e, is_digits(c, 8), &key("operator_code"), "must be 8 digits");
             }
-            if let Some(k) = &o.relay_aes_key {
-                check(&mut e, is_aes_key(k), &key("relay_aes_key"), "must be 32 hex digits (AES-128)");
+            if let Some(problem) = o.relay_aes_key.as_ref().and_then(Parsed::problem) {
+                check(&mut e, false, &key("relay_aes_key"), problem);
             }
         }
 
@@ -871,12 +958,9 @@ impl Config {
         check(&mut e, l.response_timeout_ms >= 100, "dlms.response_timeout_ms", "must be at least 100");
         check(&mut e, l.association_timeout_ms >= 100, "dlms.association_timeout_ms", "must be at least 100");
         for (i, code) in l.push_objects.iter().enumerate() {
-            check(
-                &mut e,
-                code.parse::<ivy_protocol::dlms::Obis>().is_ok(),
-                &format!("dlms.push_objects[{i}]"),
-                "must be an OBIS code like 1-0:12.7.0.255",
-            );
+            if let Some(problem) = code.problem() {
+                check(&mut e, false, &format!("dlms.push_objects[{i}]"), problem);
+            }
         }
 
         let p = &self.polling;
@@ -941,7 +1025,7 @@ impl Config {
     /// The registration rules: the built-in EM114070 heartbeat (with the configured ack), then the configured ones.
     pub fn registration_rules(&self) -> Vec<ivy_protocol::registration::RegistrationRule> {
         let mut builtin = ivy_protocol::registration::RegistrationRule::em114070();
-        builtin.ack = self.meters.heartbeat_ack.as_ref().and_then(|h| hex::decode(h.replace(' ', "")).ok());
+        builtin.ack = self.meters.heartbeat_ack.as_ref().and_then(Parsed::get).map(|h| h.0.clone());
         let mut rules = vec![builtin];
         rules.extend(self.meters.registration_rules.iter().filter_map(|r| r.to_rule().ok()));
         rules
@@ -956,9 +1040,9 @@ impl Config {
         for o in masked.dlt645.meter_overrides.values_mut() {
             o.password.as_mut().map(mask);
             o.operator_code.as_mut().map(mask);
-            o.relay_aes_key.as_mut().map(mask);
+            o.relay_aes_key.as_mut().map(Parsed::mask);
         }
-        masked.dlt645.relay_aes_key.as_mut().map(mask);
+        masked.dlt645.relay_aes_key.as_mut().map(Parsed::mask);
         masked.dlms.lls_password.as_mut().map(mask);
         if let Some(users) = masked.mqtt.users.as_mut() {
             *users = users
@@ -1104,5 +1188,37 @@ mod tests {
         let text = c.to_toml_masked();
         assert!(!text.contains("secret1") && !text.contains("123456"), "{text}");
         assert!(text.contains("alice:***") && text.contains("bob:***:viewer"), "{text}");
+    }
+
+    #[test]
+    fn text_values_are_parsed_once_when_loaded() {
+        let key = "000102030405060708090a0b0c0d0e0f";
+        let c = load_with(
+            Some(&format!(
+                "[meters]\nheartbeat_ack = \"AA 55\"\n[dlt645]\nrelay_aes_key = \"{key}\"\n\
+                 [dlms]\npush_objects = [\"1-0:1.8.0.255\"]\n"
+            )),
+            None,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.meters.heartbeat_ack.as_ref().and_then(Parsed::get), Some(&HexBytes(vec![0xAA, 0x55])));
+        assert_eq!(c.registration_rules()[0].ack, Some(vec![0xAA, 0x55]));
+        let aes = c.dlt645.relay_aes_key.as_ref().and_then(Parsed::get).map(|k| k.0);
+        assert_eq!(aes, Some(core::array::from_fn(|i| i as u8)));
+        assert_eq!(c.dlms.push_objects[0].get(), Some(&ivy_protocol::dlms::Obis::new(1, 0, 1, 8, 0, 255)));
+        let text = c.to_toml_masked();
+        assert!(!text.contains(key) && !format!("{c:?}").contains("[0, 1, 2"), "{text}");
+
+        let err = load_with(
+            Some("[dlt645]\nrelay_aes_key = \"0011\"\n[dlms]\npush_objects = [\"1.8.0\"]\n"),
+            None,
+            &[("HEARTBEAT_ACK_PAYLOAD", "xyz")],
+        )
+        .unwrap_err()
+        .to_string();
+        for named in ["dlt645.relay_aes_key", "dlms.push_objects[0]", "meters.heartbeat_ack"] {
+            assert!(err.contains(named), "{named}: {err}");
+        }
     }
 }

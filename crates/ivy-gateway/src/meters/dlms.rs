@@ -395,7 +395,7 @@ impl DlmsDriver<'_> {
             .map(|(i, v)| {
                 let obis = configured
                     .get(i)
-                    .and_then(|c| c.parse::<Obis>().ok())
+                    .and_then(|c| c.get().copied())
                     // Unnamed values get a private OBIS code (A=0, B=128, C=128 + position) so they stay distinct.
                     .unwrap_or(Obis::new(0, 128, 128, 0, i as u8, 255));
                 (AttributeDescriptor::new(class_of(&obis), obis, 2), v)

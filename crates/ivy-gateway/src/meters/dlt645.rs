@@ -6,6 +6,7 @@ use super::conn::{Conn, EndReason, ReadOutcome};
 use super::driver::{self, Driver, Failure, Reads};
 use super::poll::{self, PollTimer};
 use super::{RelayConfirmation, RelayDetail, RelayMode, RelayState, TimeSet};
+use crate::config::Parsed;
 use crate::error::{ErrorCode, OpError};
 use crate::metrics::PollOutcome;
 use crate::model::{Reading, ReadingValue, Source, now_ms};
@@ -433,11 +434,8 @@ impl Driver for Dlt645Driver<'_> {
         let auth = RelayAuth::new(level, &password, &operator)
             .map_err(|e| Failure::Op(OpError::new(ErrorCode::InvalidParams, format!("relay credentials: {e}"))))?;
         let use_aes = o.and_then(|o| o.relay_aes).unwrap_or(cfg.dlt645.relay_aes_enabled);
-        let key_hex = o.and_then(|o| o.relay_aes_key.clone()).or_else(|| cfg.dlt645.relay_aes_key.clone());
-        let key: Option<[u8; 16]> = match (use_aes, key_hex) {
-            (true, Some(k)) => hex::decode(k).ok().and_then(|b| b.try_into().ok()),
-            _ => None,
-        };
+        let configured = o.and_then(|o| o.relay_aes_key.as_ref()).or(cfg.dlt645.relay_aes_key.as_ref());
+        let key: Option<[u8; 16]> = configured.and_then(Parsed::get).filter(|_| use_aes).map(|k| k.0);
         let offset = i64::from(cfg.meters.clock_utc_offset_minutes) * 60;
         let until_secs = (now_ms() / 1000) as i64 + offset + i64::from(cfg.dlt645.relay_validity_minutes) * 60;
         let valid_until = MeterDateTime::from_unix(until_secs)
