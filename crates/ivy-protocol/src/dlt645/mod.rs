@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod bcd;
+pub mod client;
 pub mod control;
 pub mod di;
 pub mod frame;
