@@ -31,12 +31,7 @@ pub enum Target {
 
 /// A DI written as 8 hex digits, with or without `0x`.
 pub fn parse_data_id(s: &str) -> Option<u32> {
-    let h = s.trim();
-    let h = h.strip_prefix("0x").or_else(|| h.strip_prefix("0X")).unwrap_or(h);
-    if h.len() != 8 {
-        return None;
-    }
-    u32::from_str_radix(h, 16).ok()
+    s.parse::<ivy_protocol::dlt645::Di>().ok().map(u32::from)
 }
 
 /// Default DL/T 645 groups (SPEC 3).
@@ -149,7 +144,7 @@ impl Resolver {
                     name: e.name.unwrap_or_else(|| e.key.clone()),
                     key: e.key,
                     aliases: e.aliases,
-                    di,
+                    di: di.into(),
                     format,
                     unit: e.unit,
                 });
@@ -249,7 +244,7 @@ impl Resolver {
     /// A DL/T 645 DI for a key, alias or 8-hex-digit DI.
     pub fn dlt_di(&self, name: &str) -> Result<u32, OpError> {
         if let Some(def) = self.catalogue.lookup(name) {
-            return Ok(def.di);
+            return Ok(def.di.into());
         }
         if let Some(di) = parse_data_id(name)
             && name.trim_start_matches("0x").chars().all(|c| c.is_ascii_hexdigit())

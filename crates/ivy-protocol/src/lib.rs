@@ -2,7 +2,8 @@
 //!
 //! Pure, sans-IO codecs and state machines for the meter protocols the IVY gateway speaks:
 //!
-//! * [`dlt645`] — DL/T 645-2007 frames, the stream framer, the register catalogue and value decoding;
+//! * [`dlt645`] — DL/T 645-2007 frames, the stream framer, the register catalogue and value decoding, and a
+//!   client (master) state machine;
 //! * [`wrapper`] — the IEC 62056-47 ("IVY") wrapper and a stream framer that also frames raw DLMS APDUs;
 //! * [`registration`] — registration/heartbeat packet rules (the IVY EM114070 heartbeat built in) and meter ids;
 //! * [`dlms`] — A-XDR data, COSEM date-time, OBIS codes and registry, the APDUs a client builds and parses, and a
@@ -20,11 +21,12 @@
 //! ## Example
 //!
 //! ```
-//! use ivy_protocol::dlt645::{Address, Frame, Framer, FramerEvent};
+//! use ivy_protocol::dlt645::{Address, Di, Frame, Framer, FramerEvent};
 //!
 //! // Build a read request for phase-A voltage (DI 02010100) to meter 000000001234 ...
 //! let address: Address = "000000001234".parse().unwrap();
-//! let request = Frame::read(address, 0x0201_0100).encode();
+//! let di: Di = "02010100".parse().unwrap();
+//! let request = Frame::read(address, di).encode();
 //! assert_eq!(request[..2], [0x68, 0x34]);
 //!
 //! // ... and decode the meter's reply, however the bytes arrive.

@@ -8,6 +8,8 @@ use ivy_protocol::dlms::association::{
     Association, AssociationFailure, ClientConfig, Event, Request, RequestError, Response,
 };
 use ivy_protocol::dlms::{Data, Obis};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 fn voltage() -> AttributeDescriptor {
     AttributeDescriptor::new(3, Obis::new(1, 0, 12, 7, 0, 255), 2)
@@ -21,8 +23,19 @@ fn events(a: &mut Association) -> Vec<Event> {
     std::iter::from_fn(|| a.poll_event()).collect()
 }
 
+/// The time every scripted APDU goes out: the tests only need "later than that" for timeouts.
+fn t0() -> Instant {
+    static T0: OnceLock<Instant> = OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
+
+/// Past every timer armed at [`t0`] with the default settings.
+fn later() -> Instant {
+    t0() + Duration::from_secs(60)
+}
+
 fn sent(a: &mut Association) -> Vec<Apdu> {
-    std::iter::from_fn(|| a.poll_transmit()).map(|b| Apdu::parse(&b).unwrap()).collect()
+    std::iter::from_fn(|| a.poll_transmit(t0())).map(|b| Apdu::parse(&b).unwrap()).collect()
 }
 
 fn aare(conformance: u32) -> Vec<u8> {
@@ -89,7 +102,7 @@ fn replies_are_matched_by_invoke_id_not_order() {
     let first = a.request(Request::Get(voltage()));
     sent(&mut a);
     // The meter is slow: our timer fires, the request fails with a timeout ...
-    a.handle_timeout();
+    a.handle_timeout(later());
     assert_eq!(events(&mut a), vec![Event::Response { id: first, result: Err(RequestError::Timeout) }]);
     // ... the next request goes out with invoke id 2 ...
     let second = a.request(Request::Get(frequency()));
@@ -299,7 +312,7 @@ fn notifications_pass_through_and_abort_fails_everything() {
         ]
     );
     assert!(a.is_idle());
-    assert_eq!(a.poll_transmit(), None);
+    assert_eq!(a.poll_transmit(t0()), None);
 }
 
 #[test]
@@ -307,8 +320,115 @@ fn association_timeout_is_reported() {
     let mut a = Association::new(ClientConfig::default());
     let id = a.request(Request::Get(voltage()));
     sent(&mut a);
-    a.handle_timeout();
+    a.handle_timeout(later());
     let ev = events(&mut a);
     assert!(matches!(&ev[0], Event::Response { id: i, result: Err(RequestError::NotAssociated(_)) } if *i == id));
     assert_eq!(ev[1], Event::AssociationFailed(AssociationFailure::Timeout));
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Association timeout 3 s, response timeout 0.7 s: different enough that one cannot pass for the other.
+fn timed_config() -> ClientConfig {
+    ClientConfig { association_timeout: ms(3000), response_timeout: ms(700), ..ClientConfig::default() }
+}
+
+#[test]
+fn association_and_response_timeouts_fire_at_their_own_configured_times() {
+    // The AARQ waits the association timeout, not the (shorter) response timeout ...
+    let mut a = Association::new(timed_config());
+    let id = a.request(Request::Get(voltage()));
+    assert_eq!(a.poll_timeout(), None, "no timer before the AARQ is handed out");
+    let t = t0();
+    assert!(matches!(a.poll_transmit(t).map(|b| Apdu::parse(&b).unwrap()), Some(Apdu::Aarq(_))));
+    assert_eq!(a.poll_timeout(), Some(t + ms(3000)));
+    a.handle_timeout(t + ms(700));
+    a.handle_timeout(t + ms(2999));
+    assert_eq!(events(&mut a), vec![], "nothing fires before the association timeout");
+    a.handle_timeout(t + ms(3000));
+    let ev = events(&mut a);
+    assert!(matches!(&ev[..], [
+        Event::Response { id: i, result: Err(RequestError::NotAssociated(AssociationFailure::Timeout)) },
+        Event::AssociationFailed(AssociationFailure::Timeout),
+    ] if *i == id));
+    assert_eq!(a.poll_timeout(), None);
+
+    // ... and a GET waits the response timeout, counted from when the GET goes out.
+    let mut a = Association::new(timed_config());
+    let id = a.request(Request::Get(voltage()));
+    a.poll_transmit(t);
+    a.handle_apdu(&aare(0x001E1D));
+    assert!(matches!(events(&mut a)[..], [Event::Associated(_)]));
+    let t1 = t + ms(1200);
+    assert!(matches!(a.poll_transmit(t1).map(|b| Apdu::parse(&b).unwrap()), Some(Apdu::GetRequest(_))));
+    assert_eq!(a.poll_timeout(), Some(t1 + ms(700)));
+    a.handle_timeout(t1 + ms(699));
+    assert_eq!(events(&mut a), vec![]);
+    a.handle_timeout(t1 + ms(700));
+    assert_eq!(events(&mut a), vec![Event::Response { id, result: Err(RequestError::Timeout) }]);
+    assert_eq!(a.poll_timeout(), None);
+    assert!(a.is_associated(), "a response timeout does not end the association");
+    // The late answer matches nothing.
+    a.handle_apdu(&get_response(1, Ok(Data::DoubleLongUnsigned(1))));
+    assert!(matches!(events(&mut a)[..], [Event::Unmatched(_)]));
+}
+
+#[test]
+fn each_data_block_restarts_the_response_timer_and_the_release_waits_the_response_timeout() {
+    let mut a = Association::new(timed_config());
+    let id = a.request(Request::Get(voltage()));
+    let t = t0();
+    a.poll_transmit(t);
+    a.handle_apdu(&aare(0x001E1D));
+    events(&mut a);
+    a.poll_transmit(t + ms(100));
+    // First block at +600 ms (inside the first 700 ms), the next-block request goes out at +650 ms.
+    let block = |last: bool, n: u32, raw: Vec<u8>| {
+        Apdu::GetResponse(GetResponse::WithDataBlock { iip: InvokeIdAndPriority(1), last, block: n, raw: Ok(raw) })
+            .encode()
+    };
+    a.handle_apdu(&block(false, 1, vec![0x06, 0x00]));
+    assert!(matches!(a.poll_transmit(t + ms(650)).map(|b| Apdu::parse(&b).unwrap()), Some(Apdu::GetRequest(_))));
+    assert_eq!(a.poll_timeout(), Some(t + ms(1350)));
+    a.handle_timeout(t + ms(900));
+    assert_eq!(events(&mut a), vec![], "the first request's timer no longer applies");
+    a.handle_apdu(&block(true, 2, vec![0x00, 0x5C, 0x54]));
+    assert_eq!(
+        events(&mut a),
+        vec![Event::Response { id, result: Ok(Response::Data(Data::DoubleLongUnsigned(23636))) }]
+    );
+    assert_eq!(a.poll_timeout(), None);
+    a.release();
+    let t2 = t + ms(5000);
+    assert!(matches!(a.poll_transmit(t2).map(|b| Apdu::parse(&b).unwrap()), Some(Apdu::Rlrq(_))));
+    assert_eq!(a.poll_timeout(), Some(t2 + ms(700)));
+    a.handle_timeout(t2 + ms(700));
+    assert_eq!(events(&mut a), vec![Event::Released]);
+    assert!(a.is_idle());
+}
+
+#[test]
+fn a_request_deadline_bounds_the_whole_request() {
+    let mut a = Association::new(timed_config());
+    let t = t0();
+    // The deadline falls while the association is still being opened: the request fails then, the AARQ still
+    // waits its own timer.
+    let id = a.request_until(Request::Get(voltage()), t + ms(1000));
+    a.poll_transmit(t);
+    assert_eq!(a.poll_timeout(), Some(t + ms(1000)));
+    a.handle_timeout(t + ms(1000));
+    assert_eq!(events(&mut a), vec![Event::Response { id, result: Err(RequestError::Timeout) }]);
+    assert_eq!(a.poll_timeout(), Some(t + ms(3000)));
+    a.handle_apdu(&aare(0x001E1D));
+    assert!(matches!(events(&mut a)[..], [Event::Associated(_)]));
+    assert_eq!(a.poll_transmit(t + ms(1100)), None, "the expired request is not sent");
+    // In flight: the deadline wins over a later response timer.
+    let id = a.request_until(Request::Get(frequency()), t + ms(1500));
+    a.poll_transmit(t + ms(1100));
+    assert_eq!(a.poll_timeout(), Some(t + ms(1500)));
+    a.handle_timeout(t + ms(1500));
+    assert_eq!(events(&mut a), vec![Event::Response { id, result: Err(RequestError::Timeout) }]);
+    assert_eq!(a.poll_timeout(), None);
 }

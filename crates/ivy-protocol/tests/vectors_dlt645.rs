@@ -4,8 +4,7 @@ mod common;
 
 use common::{Tally, Vector, check_subset, load};
 use ivy_protocol::dlt645::bcd;
-use ivy_protocol::dlt645::frame::di_to_wire;
-use ivy_protocol::dlt645::{Address, Frame, Framer, FramerEvent, MeterDateTime, RelayAuth, RelayCommand};
+use ivy_protocol::dlt645::{Address, Di, Frame, Framer, FramerEvent, MeterDateTime, RelayAuth, RelayCommand};
 use ivy_protocol::explain::dlt645::explain_frame;
 use serde_json::Value;
 
@@ -15,8 +14,8 @@ fn parse_iso(s: &str) -> MeterDateTime {
         .unwrap()
 }
 
-fn di_of(v: &Vector) -> u32 {
-    u32::from_str_radix(v.exp_str("data_id"), 16).unwrap()
+fn di_of(v: &Vector) -> Di {
+    v.exp_str("data_id").parse().unwrap()
 }
 
 fn auth_of(v: &Vector) -> RelayAuth {
@@ -105,7 +104,7 @@ fn check_encode(v: &Vector) -> Result<(), String> {
         };
     }
     if v.id.starts_with("dlt-orig-di-") {
-        let wire = di_to_wire(di_of(v));
+        let wire = di_of(v).to_wire();
         return if wire.to_vec() == v.bytes { Ok(()) } else { Err(format!("DI gave {}", hex::encode(wire))) };
     }
     if v.id.starts_with("dlt-orig-simple-relay-") {

@@ -95,7 +95,7 @@ impl Dlt645Meter {
             return Some(no_data);
         }
         match di {
-            RELAY_STATUS_DI => {
+            d if d == u32::from(RELAY_STATUS_DI) => {
                 let word: u16 = if self.relay_open.load(Ordering::Relaxed) { RELAY_OPEN_BIT } else { 0 };
                 return Some(Ok(word.to_le_bytes().to_vec()));
             }
@@ -106,7 +106,7 @@ impl Dlt645Meter {
         }
         let base = self.get(di)?;
         let value = if self.dynamic { crate::values::vary(di, base, tick, self.address.to_wire()[0]) } else { base };
-        Some(Catalogue::builtin().encode_number(di, value).map_err(|_| ErrorFlags(0x01)))
+        Some(Catalogue::builtin().encode_number(di.into(), value).map_err(|_| ErrorFlags(0x01)))
     }
 }
 
@@ -321,7 +321,7 @@ fn answer(cfg: &Dlt645Config, req: &Frame, tick: u64, stats: &SimStats) -> Vec<V
     let frame = match f {
         function::READ => {
             let Some(di) = req.data_id() else { return Vec::new() };
-            match m.value_bytes(di, tick) {
+            match m.value_bytes(di.into(), tick) {
                 Some(Ok(v)) => Frame::read_reply(m.address, di, &v, false)
                     .unwrap_or_else(|_| Frame::error_reply(m.address, f, ErrorFlags(1))),
                 Some(Err(flags)) => Frame::error_reply(m.address, f, flags),

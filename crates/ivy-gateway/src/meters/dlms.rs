@@ -77,6 +77,8 @@ pub(crate) async fn run(
         aarq,
         priority_high: cfg.priority_high,
         confirmed: cfg.service_class_confirmed,
+        association_timeout: Duration::from_millis(cfg.association_timeout_ms),
+        response_timeout: Duration::from_millis(cfg.response_timeout_ms),
         ..ClientConfig::default()
     };
     let identify_after = Duration::from_secs(conn.ctx.config.meters.identify_after_secs);
@@ -227,7 +229,7 @@ impl DlmsDriver<'_> {
 
     /// Sends what the association wants to send.
     async fn transmit(&mut self) -> Result<(), EndReason> {
-        while let Some(apdu) = self.assoc.poll_transmit() {
+        while let Some(apdu) = self.assoc.poll_transmit(Instant::now().into_std()) {
             let bytes = self.ports.wrap(&apdu).map_err(|e| EndReason::IoError(e.to_string()))?;
             self.conn.send(&bytes).await?;
         }
@@ -236,15 +238,14 @@ impl DlmsDriver<'_> {
 
     /// Runs one request to completion (association opened as needed); the deadline bounds the whole call.
     async fn call(&mut self, request: Request, deadline: Instant) -> Result<Response, Failure> {
-        let id = self.assoc.request(request);
-        let cfg = &self.conn.ctx.config.dlms;
-        let step = Duration::from_millis(cfg.response_timeout_ms.max(cfg.association_timeout_ms));
+        let id = self.assoc.request_until(request, deadline.into_std());
         loop {
             self.transmit().await?;
             if let Some(result) = self.drain_events(Some(id)) {
                 return result.map_err(|e| Failure::Op(op_error(e)));
             }
-            let step_deadline = (Instant::now() + step).min(deadline);
+            // The association's next timer: its association or response timeout, or the request's deadline.
+            let wake = self.assoc.poll_timeout().map_or(deadline, Instant::from_std);
             tokio::select! {
                 outcome = self.conn.read() => match outcome {
                     ReadOutcome::Data => {
@@ -253,14 +254,14 @@ impl DlmsDriver<'_> {
                     }
                     ReadOutcome::End(reason) => return Err(Failure::End(reason)),
                 },
-                _ = tokio::time::sleep_until(step_deadline) => {
+                _ = tokio::time::sleep_until(wake) => {
                     // Raw bytes waiting on a flush could be the answer: frame them first.
                     self.framer.flush();
                     self.drain_packets().await?;
                     if let Some(result) = self.drain_events(Some(id)) {
                         return result.map_err(|e| Failure::Op(op_error(e)));
                     }
-                    self.assoc.handle_timeout();
+                    self.assoc.handle_timeout(Instant::now().into_std());
                 }
             }
         }
@@ -284,9 +285,12 @@ impl DlmsDriver<'_> {
                     }
                     ReadOutcome::End(reason) => return Err(reason),
                 },
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.assoc.handle_timeout();
+                _ = tokio::time::sleep_until(self.assoc.poll_timeout().map_or(deadline, Instant::from_std)) => {
+                    self.assoc.handle_timeout(Instant::now().into_std());
                     self.drain_events(None);
+                    if self.assoc.poll_timeout().is_none() {
+                        break;
+                    }
                 }
             }
         }

@@ -50,7 +50,7 @@ impl Expect {
         f.control.from_meter()
             && f.control.function() == self.function
             && self.address.is_none_or(|a| a == f.address)
-            && (f.control.abnormal() || self.di.is_none() || f.data_id() == self.di)
+            && (f.control.abnormal() || self.di.is_none() || f.data_id().map(u32::from) == self.di)
     }
 }
 
@@ -149,7 +149,7 @@ impl Dlt645Driver<'_> {
         let Some(index) = self.identify(f.address) else { return };
         if let Reply::Data { di, value, .. } = f.reply()
             && let Some(m) = self.meters.get(index)
-            && let Some(reading) = self.decode(&m.id.clone(), di, value)
+            && let Some(reading) = self.decode(&m.id.clone(), di.into(), value)
         {
             let id = m.id.clone();
             driver::publish(self.conn, &id, Source::Dlt645, vec![reading]);
@@ -217,7 +217,7 @@ impl Dlt645Driver<'_> {
         let mut reply = None;
         for _ in 0..=retries {
             let try_deadline = (Instant::now() + per_try).min(deadline);
-            match self.exchange(&Frame::read(address, di), expect, try_deadline).await {
+            match self.exchange(&Frame::read(address, di.into()), expect, try_deadline).await {
                 Ok(f) => {
                     reply = Some(f);
                     break;
@@ -237,7 +237,7 @@ impl Dlt645Driver<'_> {
         while more && seq <= MAX_FOLLOW_UPS {
             let expect = Expect { address: Some(address), function: function::READ_FOLLOW_UP, di: Some(di) };
             let try_deadline = (Instant::now() + per_try).min(deadline);
-            let f = match self.exchange(&Frame::read_follow_up(address, di, seq), expect, try_deadline).await {
+            let f = match self.exchange(&Frame::read_follow_up(address, di.into(), seq), expect, try_deadline).await {
                 Ok(f) => f,
                 Err(ExchangeError::Timeout) => return Err(ReadError::Timeout),
                 Err(ExchangeError::End(r)) => return Err(ReadError::End(r)),
@@ -259,8 +259,8 @@ impl Dlt645Driver<'_> {
     /// A normalised reading for `di`, or `None` (logged, counted) when the value does not decode.
     fn decode(&self, meter: &MeterId, di: u32, value: &[u8]) -> Option<Reading> {
         let catalogue = &self.conn.ctx.resolver.catalogue;
-        let def = catalogue.by_di(di);
-        let decoded = match catalogue.decode(di, value) {
+        let def = catalogue.by_di(di.into());
+        let decoded = match catalogue.decode(di.into(), value) {
             Ok(v) => v,
             Err(e) => {
                 self.conn.ctx.metrics.parse_error(e.kind());
@@ -347,7 +347,13 @@ impl Dlt645Driver<'_> {
     }
 
     fn register_key(&self, di: u32) -> String {
-        self.conn.ctx.resolver.catalogue.by_di(di).map(|d| d.key.clone()).unwrap_or_else(|| format!("DI_{di:08X}"))
+        self.conn
+            .ctx
+            .resolver
+            .catalogue
+            .by_di(di.into())
+            .map(|d| d.key.clone())
+            .unwrap_or_else(|| format!("DI_{di:08X}"))
     }
 
     fn address_of(&self, meter: &MeterId) -> Result<Address, Failure> {
@@ -456,7 +462,7 @@ impl Driver for Dlt645Driver<'_> {
 
     async fn read_relay_state(&mut self, meter: &MeterId, deadline: Instant) -> Result<RelayDetail, Failure> {
         let address = self.address_of(meter)?;
-        let value = self.read_value(address, RELAY_STATUS_DI, deadline).await?;
+        let value = self.read_value(address, RELAY_STATUS_DI.into(), deadline).await?;
         match value.as_slice() {
             [lo, hi, ..] => Ok(RelayDetail::Dlt645 { status_word_3: u16::from_le_bytes([*lo, *hi]) }),
             _ => Err(Failure::Op(OpError::new(ErrorCode::MeterError, "status word 3 is too short"))),

@@ -1,7 +1,18 @@
 //! A sans-IO DLMS client association, in the style of quinn-proto: no sockets, no clock. The caller queues work
-//! with [`Association::request`], sends what [`Association::poll_transmit`] returns (wrapping it as it likes),
-//! feeds received APDUs to [`Association::handle_apdu`], tells it when its timer for the outstanding exchange
-//! fired ([`Association::handle_timeout`]), and reads results from [`Association::poll_event`].
+//! with [`Association::request`] (or [`Association::request_until`] with a deadline), sends what
+//! [`Association::poll_transmit`] returns (wrapping it as it likes), feeds received APDUs to
+//! [`Association::handle_apdu`], reads results from [`Association::poll_event`], and keeps one timer: it sleeps
+//! until [`Association::poll_timeout`] and then calls [`Association::handle_timeout`] with the time it woke.
+//!
+//! ## Time
+//!
+//! Time is passed in as [`std::time::Instant`] values (the caller's clock; `tokio::time::Instant::into_std` for a
+//! tokio driver) and never read here. Three timers exist, one at a time, armed when [`Association::poll_transmit`]
+//! hands out the APDU that starts the wait: the AARQ waits [`ClientConfig::association_timeout`] for its AARE, every
+//! other request APDU (GET, next data block, SET, ACTION) waits [`ClientConfig::response_timeout`], and an RLRQ
+//! waits [`ClientConfig::response_timeout`] for its RLRE. A request's own deadline (from
+//! [`Association::request_until`]) bounds it as a whole, wherever it is (queued, waiting for the association, or
+//! between data blocks). [`Association::poll_timeout`] answers the earliest of these.
 //!
 //! One request is on the wire at a time (meters are half-duplex); replies are matched by invoke id (cycling
 //! 1..=15), never by "the next reply". Block transfer (GET with data blocks) is followed to the end, bounded by
@@ -15,6 +26,7 @@ use super::apdu::{
 };
 use super::axdr::{Data, decode_length};
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// Client settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +43,11 @@ pub struct ClientConfig {
     pub max_response_bytes: usize,
     /// Most attributes in one GET-with-list.
     pub max_list_items: usize,
+    /// How long an AARQ waits for its AARE (the gateway's `dlms.association_timeout_ms`).
+    pub association_timeout: Duration,
+    /// How long a request APDU (GET, next block, SET, ACTION) or an RLRQ waits for its answer (the gateway's
+    /// `dlms.response_timeout_ms`).
+    pub response_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -42,6 +59,8 @@ impl Default for ClientConfig {
             use_get_with_list: true,
             max_response_bytes: 64 * 1024,
             max_list_items: 10,
+            association_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -106,7 +125,7 @@ impl std::fmt::Display for AssociationFailure {
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RequestError {
-    /// The caller's timer fired before the answer.
+    /// No answer within [`ClientConfig::response_timeout`], or the request's deadline passed.
     #[error("no response in time")]
     Timeout,
     /// The meter answered with a data-access-result.
@@ -183,6 +202,33 @@ struct InFlight {
     invoke_id: u8,
     request: Request,
     step: Step,
+    deadline: Option<Instant>,
+}
+
+/// A request waiting for the association or for the one before it.
+#[derive(Debug)]
+struct Queued {
+    id: RequestId,
+    request: Request,
+    deadline: Option<Instant>,
+}
+
+/// What an APDU on the wire waits for; decides which configured timeout its timer gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The AARE to an AARQ.
+    Association,
+    /// The answer to a request APDU.
+    Response,
+    /// The RLRE to an RLRQ.
+    Release,
+}
+
+/// The armed timer: what is awaited and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timer {
+    wait: Wait,
+    at: Instant,
 }
 
 /// The client association.
@@ -190,9 +236,11 @@ struct InFlight {
 pub struct Association {
     config: ClientConfig,
     state: State,
-    queue: VecDeque<(RequestId, Request)>,
+    queue: VecDeque<Queued>,
     in_flight: Option<InFlight>,
-    transmit: VecDeque<Vec<u8>>,
+    /// APDUs to send, each with what it will wait for (its timer is armed when it is handed out).
+    transmit: VecDeque<(Vec<u8>, Wait)>,
+    timer: Option<Timer>,
     events: VecDeque<Event>,
     next_invoke: u8,
     next_id: RequestId,
@@ -211,6 +259,7 @@ impl Association {
             queue: VecDeque::new(),
             in_flight: None,
             transmit: VecDeque::new(),
+            timer: None,
             events: VecDeque::new(),
             next_invoke: 1,
             next_id: 1,
@@ -244,14 +293,26 @@ impl Association {
     /// Opens the association (sends an AARQ) if it is not open or opening.
     pub fn associate(&mut self) {
         if self.state == State::Idle {
-            self.transmit.push_back(Apdu::Aarq(self.config.aarq.clone()).encode());
+            self.send(Apdu::Aarq(self.config.aarq.clone()).encode(), Wait::Association);
             self.state = State::Associating;
         }
     }
 
     /// Queues a request; it is sent once the association is open (opening it if needed). When the queue is full
-    /// the request fails at once (an event with [`RequestError::Unexpected`]).
+    /// the request fails at once (an event with [`RequestError::Unexpected`]). Without a deadline of its own it is
+    /// bounded by the association and response timeouts of each step only.
     pub fn request(&mut self, request: Request) -> RequestId {
+        self.enqueue(request, None)
+    }
+
+    /// Like [`Association::request`], and the request fails with [`RequestError::Timeout`] once `deadline` has
+    /// passed (checked by [`Association::handle_timeout`]), wherever it is: queued, waiting for the association,
+    /// or between data blocks. A reply arriving after that is reported as [`Event::Unmatched`].
+    pub fn request_until(&mut self, request: Request, deadline: Instant) -> RequestId {
+        self.enqueue(request, Some(deadline))
+    }
+
+    fn enqueue(&mut self, request: Request, deadline: Option<Instant>) -> RequestId {
         let id = self.next_id;
         self.next_id += 1;
         if self.queue.len() >= MAX_QUEUE {
@@ -261,7 +322,7 @@ impl Association {
             });
             return id;
         }
-        self.queue.push_back((id, request));
+        self.queue.push_back(Queued { id, request, deadline });
         self.release_when_idle = false;
         self.pump();
         id
@@ -273,9 +334,17 @@ impl Association {
         self.pump();
     }
 
-    /// The next APDU to send.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmit.pop_front()
+    /// The next APDU to send; `now` is when it goes out, which starts its timer (association timeout for an
+    /// AARQ, response timeout otherwise).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let (apdu, wait) = self.transmit.pop_front()?;
+        let timeout = match wait {
+            Wait::Association => self.config.association_timeout,
+            Wait::Response | Wait::Release => self.config.response_timeout,
+        };
+        // A clock too close to its end to add the timeout to: wait as long as the clock can express.
+        self.timer = Some(Timer { wait, at: now.checked_add(timeout).unwrap_or(now) });
+        Some(apdu)
     }
 
     /// The next event.
@@ -283,21 +352,49 @@ impl Association {
         self.events.pop_front()
     }
 
-    /// The caller's timer for the outstanding exchange fired.
-    pub fn handle_timeout(&mut self) {
-        match self.state {
-            State::Associating => self.fail_association(AssociationFailure::Timeout),
-            State::Releasing => {
-                self.state = State::Idle;
-                self.events.push_back(Event::Released);
+    /// When [`Association::handle_timeout`] should be called next: the earliest of the armed timer and the
+    /// deadlines of the requests in flight or queued; `None` when nothing waits on time.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let deadlines =
+            self.in_flight.iter().filter_map(|f| f.deadline).chain(self.queue.iter().filter_map(|q| q.deadline));
+        self.timer.map(|t| t.at).into_iter().chain(deadlines).min()
+    }
+
+    /// Fires whatever is due at `now`: requests past their deadline fail with [`RequestError::Timeout`]; an AARQ
+    /// past the association timeout fails the association ([`AssociationFailure::Timeout`], queued requests
+    /// included); a request APDU past the response timeout fails its request; an RLRQ past it counts as released.
+    /// Calling it early, late or more than once is harmless: nothing that is not due changes.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(f) = self.in_flight.take_if(|f| f.deadline.is_some_and(|d| d <= now)) {
+            self.events.push_back(Event::Response { id: f.id, result: Err(RequestError::Timeout) });
+        }
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for q in self.queue.drain(..) {
+            if q.deadline.is_some_and(|d| d <= now) {
+                self.events.push_back(Event::Response { id: q.id, result: Err(RequestError::Timeout) });
+            } else {
+                kept.push_back(q);
             }
-            _ => {
-                if let Some(f) = self.in_flight.take() {
-                    self.events.push_back(Event::Response { id: f.id, result: Err(RequestError::Timeout) });
+        }
+        self.queue = kept;
+        if let Some(timer) = self.timer.filter(|t| t.at <= now) {
+            self.timer = None;
+            match (timer.wait, &self.state) {
+                (Wait::Association, State::Associating) => self.fail_association(AssociationFailure::Timeout),
+                (Wait::Release, State::Releasing) => {
+                    self.state = State::Idle;
+                    self.events.push_back(Event::Released);
                 }
+                (Wait::Response, _) => {
+                    if let Some(f) = self.in_flight.take() {
+                        self.events.push_back(Event::Response { id: f.id, result: Err(RequestError::Timeout) });
+                    }
+                }
+                _ => {}
             }
         }
         self.pump();
+        self.settle_timer();
     }
 
     /// The connection ended: everything pending fails with [`RequestError::Aborted`].
@@ -305,10 +402,11 @@ impl Association {
         if let Some(f) = self.in_flight.take() {
             self.events.push_back(Event::Response { id: f.id, result: Err(RequestError::Aborted) });
         }
-        while let Some((id, _)) = self.queue.pop_front() {
-            self.events.push_back(Event::Response { id, result: Err(RequestError::Aborted) });
+        while let Some(q) = self.queue.pop_front() {
+            self.events.push_back(Event::Response { id: q.id, result: Err(RequestError::Aborted) });
         }
         self.transmit.clear();
+        self.timer = None;
         self.state = State::Idle;
         self.release_when_idle = false;
     }
@@ -396,6 +494,25 @@ impl Association {
             other => self.events.push_back(Event::Unmatched(other)),
         }
         self.pump();
+        self.settle_timer();
+    }
+
+    /// Queues an APDU; the timer of the previous exchange no longer applies (one exchange at a time).
+    fn send(&mut self, apdu: Vec<u8>, wait: Wait) {
+        self.transmit.push_back((apdu, wait));
+        self.timer = None;
+    }
+
+    /// Drops the timer once what it waited for has been answered or given up.
+    fn settle_timer(&mut self) {
+        let applies = |t: &Timer| match t.wait {
+            Wait::Association => self.state == State::Associating,
+            Wait::Release => self.state == State::Releasing,
+            Wait::Response => self.in_flight.is_some(),
+        };
+        if self.timer.as_ref().is_some_and(|t| !applies(t)) {
+            self.timer = None;
+        }
     }
 
     fn matches(&self, iip: InvokeIdAndPriority) -> bool {
@@ -431,8 +548,9 @@ impl Association {
                     Some(a) => {
                         f.invoke_id = self.take_invoke_id();
                         let iip = self.iip(f.invoke_id);
-                        self.transmit.push_back(
+                        self.send(
                             Apdu::GetRequest(GetRequest::Normal { iip, attribute: *a, access: None }).encode(),
+                            Wait::Response,
                         );
                         self.in_flight = Some(f);
                     }
@@ -474,7 +592,7 @@ impl Association {
                     self.events.push_back(Event::Response { id: f.id, result });
                 } else {
                     let iip = self.iip(f.invoke_id);
-                    self.transmit.push_back(Apdu::GetRequest(GetRequest::Next { iip, block }).encode());
+                    self.send(Apdu::GetRequest(GetRequest::Next { iip, block }).encode(), Wait::Response);
                     self.in_flight = Some(f);
                 }
             }
@@ -502,8 +620,9 @@ impl Association {
 
     fn fail_association(&mut self, failure: AssociationFailure) {
         self.state = State::Idle;
-        while let Some((id, _)) = self.queue.pop_front() {
-            self.events.push_back(Event::Response { id, result: Err(RequestError::NotAssociated(failure.clone())) });
+        while let Some(q) = self.queue.pop_front() {
+            self.events
+                .push_back(Event::Response { id: q.id, result: Err(RequestError::NotAssociated(failure.clone())) });
         }
         self.events.push_back(Event::AssociationFailed(failure));
     }
@@ -527,11 +646,11 @@ impl Association {
             State::Idle if !self.queue.is_empty() => self.associate(),
             State::Associated(negotiated) => {
                 let negotiated = *negotiated;
-                if let Some((id, request)) = self.queue.pop_front() {
-                    self.start(id, request, &negotiated);
+                if let Some(q) = self.queue.pop_front() {
+                    self.start(q, &negotiated);
                 } else if self.release_when_idle {
                     self.release_when_idle = false;
-                    self.transmit.push_back(Apdu::Rlrq(Release { reason: Some(0) }).encode());
+                    self.send(Apdu::Rlrq(Release { reason: Some(0) }).encode(), Wait::Release);
                     self.state = State::Releasing;
                 }
             }
@@ -539,7 +658,8 @@ impl Association {
         }
     }
 
-    fn start(&mut self, id: RequestId, request: Request, negotiated: &InitiateResponse) {
+    fn start(&mut self, queued: Queued, negotiated: &InitiateResponse) {
+        let Queued { id, request, deadline } = queued;
         let invoke_id = self.take_invoke_id();
         let iip = self.iip(invoke_id);
         let mut step = Step::Single;
@@ -572,8 +692,8 @@ impl Association {
                 Apdu::ActionRequest(ActionRequest { iip, method: *m, parameters: parameters.clone() })
             }
         };
-        self.transmit.push_back(apdu.encode());
-        self.in_flight = Some(InFlight { id, invoke_id, request, step });
+        self.send(apdu.encode(), Wait::Response);
+        self.in_flight = Some(InFlight { id, invoke_id, request, step, deadline });
     }
 }
 

@@ -4,8 +4,9 @@
 //! A [`Frame`] keeps its data inline (at most [`MAX_DATA_LEN`] bytes), so decoding allocates nothing.
 
 use super::address::Address;
-use super::bcd::{self, BcdError};
+use super::bcd::BcdError;
 use super::control::{Control, ErrorFlags, function};
+use super::di::Di;
 use super::relay::{RelayAuth, RelayCommand};
 use super::time::MeterDateTime;
 use std::fmt;
@@ -178,7 +179,7 @@ pub enum Reply<'a> {
     /// A read reply (`91`/`B1`, `92`/`B2`): data identifier and value bytes (offset removed, little-endian).
     Data {
         /// Data identifier.
-        di: u32,
+        di: Di,
         /// Value bytes.
         value: &'a [u8],
         /// More frames follow.
@@ -266,11 +267,11 @@ impl Frame {
     }
 
     /// The data identifier (first 4 data bytes, little-endian) for functions that carry one.
-    pub fn data_id(&self) -> Option<u32> {
+    pub fn data_id(&self) -> Option<Di> {
         let carries = matches!(self.control.function(), function::READ | function::READ_FOLLOW_UP | function::WRITE)
             && !self.control.abnormal();
         match (carries, self.data()) {
-            (true, [a, b, c, d, ..]) => Some(u32::from_le_bytes([*a, *b, *c, *d])),
+            (true, [a, b, c, d, ..]) => Some(Di::from_le_bytes([*a, *b, *c, *d])),
             _ => None,
         }
     }
@@ -287,7 +288,7 @@ impl Frame {
         }
         match (c.function(), self.data()) {
             (function::READ | function::READ_FOLLOW_UP, [a, b, cc, d, value @ ..]) => {
-                Reply::Data { di: u32::from_le_bytes([*a, *b, *cc, *d]), value, follow_up: c.follow_up() }
+                Reply::Data { di: Di::from_le_bytes([*a, *b, *cc, *d]), value, follow_up: c.follow_up() }
             }
             (function::READ_ADDRESS, [a0, a1, a2, a3, a4, a5, ..]) => {
                 Reply::Address(Address::from_wire([*a0, *a1, *a2, *a3, *a4, *a5]))
@@ -300,12 +301,12 @@ impl Frame {
     // ---- requests the gateway sends ----
 
     /// Read request (`11`) for data identifier `di`.
-    pub fn read(address: Address, di: u32) -> Frame {
+    pub fn read(address: Address, di: Di) -> Frame {
         Self::with_data(address, Control::request(function::READ), &di.to_le_bytes())
     }
 
     /// Read follow-up request (`12`): `di` and the frame sequence number.
-    pub fn read_follow_up(address: Address, di: u32, seq: u8) -> Frame {
+    pub fn read_follow_up(address: Address, di: Di, seq: u8) -> Frame {
         let d = di.to_le_bytes();
         Self::with_data(address, Control::request(function::READ_FOLLOW_UP), &[d[0], d[1], d[2], d[3], seq])
     }
@@ -322,7 +323,7 @@ impl Frame {
 
     /// Write request (`14`): DI, then password level + password, operator code, value bytes (the standard's order:
     /// password before operator code).
-    pub fn write(address: Address, di: u32, auth: &RelayAuth, value: &[u8]) -> Result<Frame, BuildError> {
+    pub fn write(address: Address, di: Di, auth: &RelayAuth, value: &[u8]) -> Result<Frame, BuildError> {
         let mut data = Vec::with_capacity(12 + value.len());
         data.extend_from_slice(&di.to_le_bytes());
         data.extend_from_slice(&auth.wire_prefix());
@@ -346,7 +347,7 @@ impl Frame {
     // ---- replies (for simulators and tests) ----
 
     /// A read reply (`91`, or `B1` with `follow_up`) carrying `di` and `value` bytes.
-    pub fn read_reply(address: Address, di: u32, value: &[u8], follow_up: bool) -> Result<Frame, BuildError> {
+    pub fn read_reply(address: Address, di: Di, value: &[u8], follow_up: bool) -> Result<Frame, BuildError> {
         let mut data = Vec::with_capacity(4 + value.len());
         data.extend_from_slice(&di.to_le_bytes());
         data.extend_from_slice(value);
@@ -383,18 +384,6 @@ impl Frame {
     }
 }
 
-/// Hex of a DI as the vectors write it (`02010100`).
-pub fn di_hex(di: u32) -> String {
-    format!("{di:08x}")
-}
-
-/// The wire bytes of a DI (`DI0` first, +0x33).
-pub fn di_to_wire(di: u32) -> [u8; 4] {
-    let mut b = di.to_le_bytes();
-    bcd::add_offset(&mut b);
-    b
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,10 +391,10 @@ mod tests {
     #[test]
     fn read_request_matches_the_spec_example() {
         let a: Address = "000000001234".parse().unwrap();
-        assert_eq!(hex::encode(Frame::read(a, 0).encode()), "6834120000000068110433333333f716");
+        assert_eq!(hex::encode(Frame::read(a, Di::new(0)).encode()), "6834120000000068110433333333f716");
         let d = Frame::decode(&hex::decode("fefe6834120000000068110433333333f716").unwrap()).unwrap();
         assert_eq!(d.preamble, 2);
-        assert_eq!(d.frame.data_id(), Some(0));
+        assert_eq!(d.frame.data_id(), Some(Di::new(0)));
     }
 
     #[test]
@@ -423,14 +412,14 @@ mod tests {
     #[test]
     fn replies() {
         let a: Address = "311501114070".parse().unwrap();
-        let f = Frame::read_reply(a, 0x0201_0100, &[0x05, 0x22], false).unwrap();
-        assert_eq!(f.reply(), Reply::Data { di: 0x0201_0100, value: &[0x05, 0x22], follow_up: false });
+        let f = Frame::read_reply(a, Di::new(0x0201_0100), &[0x05, 0x22], false).unwrap();
+        assert_eq!(f.reply(), Reply::Data { di: Di::new(0x0201_0100), value: &[0x05, 0x22], follow_up: false });
         assert_eq!(Frame::read_address_reply(a).reply(), Reply::Address(a));
         assert_eq!(Frame::ack_reply(a, 0x1C).reply(), Reply::Ack(0x1C));
         assert_eq!(
             Frame::error_reply(a, 0x1C, ErrorFlags(4)).reply(),
             Reply::Error { function: 0x1C, flags: ErrorFlags(4) }
         );
-        assert_eq!(Frame::read(a, 1).reply(), Reply::Other);
+        assert_eq!(Frame::read(a, Di::new(1)).reply(), Reply::Other);
     }
 }

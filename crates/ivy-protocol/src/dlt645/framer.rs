@@ -101,7 +101,7 @@ mod tests {
     fn checksum_equal_to_16_does_not_end_the_frame() {
         // Find a read request whose checksum is 0x16.
         let a = super::super::Address::from_wire([0x34, 0x12, 0, 0, 0, 0]);
-        let f = (0u32..).map(|di| Frame::read(a, di)).find(|f| f.checksum() == 0x16).unwrap();
+        let f = (0u32..).map(|di| Frame::read(a, super::super::Di::new(di))).find(|f| f.checksum() == 0x16).unwrap();
         let wire = f.encode();
         for chunk in 1..wire.len() {
             assert_eq!(frames(&wire, chunk), (vec![wire.clone()], 0));

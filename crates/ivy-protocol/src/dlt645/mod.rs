@@ -4,7 +4,9 @@
 
 pub mod address;
 pub mod bcd;
+pub mod client;
 pub mod control;
+pub mod di;
 pub mod frame;
 pub mod framer;
 pub mod registers;
@@ -13,6 +15,7 @@ pub mod time;
 
 pub use address::{Address, AddressError};
 pub use control::{Control, ErrorFlags, function};
+pub use di::{Di, DiError};
 pub use frame::{BuildError, Decoded, Frame, FrameError, MAX_DATA_LEN, Reply};
 pub use framer::{Framer, FramerEvent};
 pub use registers::{Catalogue, DecodedValue, Format, RegisterDef, ValueError};

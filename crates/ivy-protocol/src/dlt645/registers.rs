@@ -3,6 +3,7 @@
 //! the format's resolution and sign are applied and numbers are rounded to the format's decimals.
 
 use super::bcd::{self, BcdError};
+use super::di::Di;
 use crate::Quantity;
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -114,8 +115,8 @@ pub struct RegisterDef {
     pub key: String,
     /// Other names that resolve to it (the original product's keys).
     pub aliases: Vec<String>,
-    /// Data identifier DI3..DI0 as a number (`0x02010100`).
-    pub di: u32,
+    /// Data identifier.
+    pub di: Di,
     /// Value layout.
     pub format: Format,
     /// Unit symbol (empty when none).
@@ -277,7 +278,7 @@ pub enum CatalogueError {
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     defs: Vec<RegisterDef>,
-    by_di: Vec<(u32, usize)>,
+    by_di: Vec<(Di, usize)>,
     by_name: HashMap<String, usize>,
 }
 
@@ -460,7 +461,7 @@ const BUILTIN: &[Row] = &[
 ];
 
 /// DI of status word 3, whose bit 4 is the relay state (0 closed/on, 1 open/off).
-pub const RELAY_STATUS_DI: u32 = 0x0400_0503;
+pub const RELAY_STATUS_DI: Di = Di::new(0x0400_0503);
 /// The relay bit of status word 3.
 pub const RELAY_OPEN_BIT: u16 = 1 << 4;
 
@@ -474,7 +475,7 @@ impl Catalogue {
                 Some(RegisterDef {
                     key: (*key).to_owned(),
                     aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
-                    di: *di,
+                    di: Di::new(*di),
                     format: Format::parse(format).ok()?,
                     unit: (*unit).to_owned(),
                     quantity: *quantity,
@@ -532,7 +533,7 @@ impl Catalogue {
     }
 
     /// By data identifier.
-    pub fn by_di(&self, di: u32) -> Option<&RegisterDef> {
+    pub fn by_di(&self, di: Di) -> Option<&RegisterDef> {
         let i = self.by_di.binary_search_by_key(&di, |(d, _)| *d).ok()?;
         self.by_di.get(i).and_then(|(_, idx)| self.defs.get(*idx))
     }
@@ -543,7 +544,7 @@ impl Catalogue {
     }
 
     /// Decodes the value bytes of `di` (the catalogue's format, or a raw BCD number for unknown DIs).
-    pub fn decode(&self, di: u32, bytes: &[u8]) -> Result<DecodedValue, ValueError> {
+    pub fn decode(&self, di: Di, bytes: &[u8]) -> Result<DecodedValue, ValueError> {
         match self.by_di(di) {
             Some(def) => decode_value(&def.format, bytes),
             None => Ok(DecodedValue::Raw { number: bcd::decode_le(bytes).ok(), hex: hex_lower(bytes) }),
@@ -551,8 +552,8 @@ impl Catalogue {
     }
 
     /// Encodes a number for `di` in its format (simulators; writes).
-    pub fn encode_number(&self, di: u32, value: f64) -> Result<Vec<u8>, ValueError> {
-        let def = self.by_di(di).ok_or_else(|| ValueError::UnknownRegister(format!("{di:08x}")))?;
+    pub fn encode_number(&self, di: Di, value: f64) -> Result<Vec<u8>, ValueError> {
+        let def = self.by_di(di).ok_or_else(|| ValueError::UnknownRegister(di.hex()))?;
         encode_number(&def.format, value)
     }
 }
@@ -649,28 +650,28 @@ mod tests {
     fn builtin_table_is_consistent() {
         let c = Catalogue::builtin();
         assert_eq!(c.defs().len(), BUILTIN.len(), "every built-in row parses and no name collides");
-        assert_eq!(c.lookup("voltage_a").unwrap().di, 0x0201_0100);
+        assert_eq!(c.lookup("voltage_a").unwrap().di, Di::new(0x0201_0100));
         assert_eq!(c.lookup("voltageA").unwrap().key, "VOLTAGE_A");
         assert_eq!(c.lookup("TOTAL_ACTIVE_POSITIVE").unwrap().key, "COMBINED_ACTIVE_ENERGY");
-        assert_eq!(c.by_di(0x0203_0000).unwrap().unit, "kW");
+        assert_eq!(c.by_di(Di::new(0x0203_0000)).unwrap().unit, "kW");
     }
 
     #[test]
     fn decoding_applies_format_and_sign() {
         let c = Catalogue::builtin();
         assert_eq!(
-            c.decode(0x0203_0000, &[0x45, 0x23, 0x01]).unwrap(),
+            c.decode(Di::new(0x0203_0000), &[0x45, 0x23, 0x01]).unwrap(),
             DecodedValue::Number { value: 1.2345, raw: 12345, decimals: 4 }
         );
-        assert_eq!(c.decode(0x0202_0100, &[0x45, 0x23, 0x81]).unwrap().as_f64(), Some(-12.345));
-        assert_eq!(c.decode(0x0000_0000, &[0x99, 0x99, 0x99, 0x99]).unwrap().as_f64(), Some(-199999.99));
-        assert_eq!(c.decode(0x0201_0100, &[0x1A, 0x22]), Err(ValueError::InvalidBcd(0x1A)));
-        assert!(matches!(c.decode(0x0201_0100, &[0x05]), Err(ValueError::Length { .. })));
+        assert_eq!(c.decode(Di::new(0x0202_0100), &[0x45, 0x23, 0x81]).unwrap().as_f64(), Some(-12.345));
+        assert_eq!(c.decode(Di::new(0x0000_0000), &[0x99, 0x99, 0x99, 0x99]).unwrap().as_f64(), Some(-199999.99));
+        assert_eq!(c.decode(Di::new(0x0201_0100), &[0x1A, 0x22]), Err(ValueError::InvalidBcd(0x1A)));
+        assert!(matches!(c.decode(Di::new(0x0201_0100), &[0x05]), Err(ValueError::Length { .. })));
         assert_eq!(
-            c.decode(0x1234_5678, &[0x12, 0x34]).unwrap(),
+            c.decode(Di::new(0x1234_5678), &[0x12, 0x34]).unwrap(),
             DecodedValue::Raw { number: Some(3412), hex: "1234".into() }
         );
-        assert_eq!(c.decode(0x0400_0503, &[0x10, 0x00]).unwrap(), DecodedValue::Status(0x0010));
+        assert_eq!(c.decode(Di::new(0x0400_0503), &[0x10, 0x00]).unwrap(), DecodedValue::Status(0x0010));
     }
 
     #[test]
@@ -679,15 +680,15 @@ mod tests {
         let def = RegisterDef {
             key: "MY_REG".into(),
             aliases: vec!["mine".into()],
-            di: 0x0300_0001,
+            di: Di::new(0x0300_0001),
             format: Format::parse("XXXX").unwrap(),
             unit: "".into(),
             quantity: Quantity::Counter,
             name: "x".into(),
         };
         c.extend([def.clone()]).unwrap();
-        assert_eq!(c.lookup("MINE").unwrap().di, 0x0300_0001);
-        let clash = RegisterDef { key: "VOLTAGE_A".into(), di: 0x0300_0002, ..def };
+        assert_eq!(c.lookup("MINE").unwrap().di, Di::new(0x0300_0001));
+        let clash = RegisterDef { key: "VOLTAGE_A".into(), di: Di::new(0x0300_0002), ..def };
         assert!(c.extend([clash]).is_err());
         assert!(Format::parse("XX.X").is_err());
         assert!(Format::parse("bogus").is_err());

@@ -4,7 +4,7 @@ use super::{ExplainError, Explanation, hex_lower};
 use crate::dlt645::control::function;
 use crate::dlt645::registers::{Catalogue, DecodedValue};
 use crate::dlt645::relay::{RelayCommand, parse_relay_body};
-use crate::dlt645::{Frame, FrameError, MeterDateTime, Reply};
+use crate::dlt645::{Di, Frame, FrameError, MeterDateTime, Reply};
 use serde_json::{Map, Value, json};
 
 fn error(e: FrameError) -> ExplainError {
@@ -26,7 +26,7 @@ fn error(e: FrameError) -> ExplainError {
 }
 
 /// Adds the decoded value of `di` to `m`; returns words for the summary.
-pub(crate) fn value_fields(m: &mut Map<String, Value>, catalogue: &Catalogue, di: u32, value: &[u8]) -> String {
+pub(crate) fn value_fields(m: &mut Map<String, Value>, catalogue: &Catalogue, di: Di, value: &[u8]) -> String {
     m.insert("value_bytes_le_hex".into(), hex_lower(value).into());
     let def = catalogue.by_di(di);
     if let Some(def) = def {
@@ -36,7 +36,7 @@ pub(crate) fn value_fields(m: &mut Map<String, Value>, catalogue: &Catalogue, di
         m.insert("signed".into(), def.format.signed().into());
         m.insert("quantity".into(), def.quantity.as_str().into());
     }
-    let name = def.map(|d| d.key.clone()).unwrap_or_else(|| format!("DI {di:08x}"));
+    let name = def.map(|d| d.key.clone()).unwrap_or_else(|| format!("DI {}", di.hex()));
     let unit = def.map(|d| d.unit.as_str()).unwrap_or("");
     match catalogue.decode(di, value) {
         Ok(v) => {
@@ -106,8 +106,8 @@ pub fn explain_frame(bytes: &[u8]) -> Result<Explanation, ExplainError> {
     m.insert("checksum".into(), frame.checksum().into());
     m.insert("preamble_fe_count".into(), decoded.preamble.into());
     if let Some(di) = frame.data_id() {
-        m.insert("data_id".into(), format!("{di:08x}").into());
-        m.insert("data_id_wire_hex".into(), hex_lower(&crate::dlt645::frame::di_to_wire(di)).into());
+        m.insert("data_id".into(), di.hex().into());
+        m.insert("data_id_wire_hex".into(), hex_lower(&di.to_wire()).into());
         if let Some(def) = Catalogue::builtin().by_di(di) {
             m.insert("register".into(), def.key.clone().into());
         }
@@ -148,7 +148,7 @@ fn explain_request(frame: &Frame, m: &mut Map<String, Value>, summary: &mut Stri
         function::READ | function::READ_FOLLOW_UP => {
             if let Some(di) = frame.data_id() {
                 let name =
-                    Catalogue::builtin().by_di(di).map(|d| d.key.clone()).unwrap_or_else(|| format!("DI {di:08x}"));
+                    Catalogue::builtin().by_di(di).map(|d| d.key.clone()).unwrap_or_else(|| format!("DI {}", di.hex()));
                 summary.push_str(&format!(": read {name}"));
             }
         }
