@@ -7,6 +7,7 @@ use crate::error::{ErrorCode, OpError};
 use ivy_protocol::Quantity;
 use ivy_protocol::dlms::registry::{ObisDef, ObisRegistry};
 use ivy_protocol::dlms::{AttributeDescriptor, Obis};
+use ivy_protocol::dlt645::Di;
 use ivy_protocol::dlt645::registers::{Catalogue, Format, RegisterDef};
 use ivy_protocol::registration::MeterId;
 use serde::Deserialize;
@@ -24,14 +25,9 @@ pub struct ObisTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A DL/T 645 data identifier.
-    Dlt645(u32),
+    Dlt645(Di),
     /// A DLMS attribute.
     Dlms(ObisTarget),
-}
-
-/// A DI written as 8 hex digits, with or without `0x`.
-pub fn parse_data_id(s: &str) -> Option<u32> {
-    s.parse::<ivy_protocol::dlt645::Di>().ok().map(u32::from)
 }
 
 /// Default DL/T 645 groups (SPEC 3).
@@ -59,7 +55,7 @@ pub struct Resolver {
     pub catalogue: Catalogue,
     /// OBIS registry (built-in + user file).
     pub obis: ObisRegistry,
-    dlt_groups: BTreeMap<String, Vec<u32>>,
+    dlt_groups: BTreeMap<String, Vec<Di>>,
     dlms_groups: BTreeMap<String, Vec<ObisTarget>>,
     default_group: String,
     overrides: BTreeMap<String, crate::config::PollOverride>,
@@ -136,15 +132,16 @@ impl Resolver {
             let file: RegisterFile = read_toml(key, path)?;
             let mut defs = Vec::new();
             for e in file.register {
-                let di = parse_data_id(&e.di)
-                    .ok_or_else(|| err(key, format!("register {}: di '{}' must be 8 hex digits", e.key, e.di)))?;
+                let di: Di =
+                    e.di.parse()
+                        .map_err(|_| err(key, format!("register {}: di '{}' must be 8 hex digits", e.key, e.di)))?;
                 let format = Format::parse(&e.format).map_err(|f| err(key, format!("register {}: {f}", e.key)))?;
                 defs.push(RegisterDef {
                     quantity: parse_quantity(key, &e.quantity)?,
                     name: e.name.unwrap_or_else(|| e.key.clone()),
                     key: e.key,
                     aliases: e.aliases,
-                    di: di.into(),
+                    di,
                     format,
                     unit: e.unit,
                 });
@@ -242,11 +239,11 @@ impl Resolver {
     }
 
     /// A DL/T 645 DI for a key, alias or 8-hex-digit DI.
-    pub fn dlt_di(&self, name: &str) -> Result<u32, OpError> {
+    pub fn dlt_di(&self, name: &str) -> Result<Di, OpError> {
         if let Some(def) = self.catalogue.lookup(name) {
-            return Ok(def.di.into());
+            return Ok(def.di);
         }
-        if let Some(di) = parse_data_id(name)
+        if let Ok(di) = name.parse::<Di>()
             && name.trim_start_matches("0x").chars().all(|c| c.is_ascii_hexdigit())
         {
             return Ok(di);
@@ -271,7 +268,7 @@ impl Resolver {
     }
 
     /// A DL/T 645 group.
-    pub fn dlt_group(&self, name: &str) -> Option<&[u32]> {
+    pub fn dlt_group(&self, name: &str) -> Option<&[Di]> {
         self.dlt_groups.get(&name.to_ascii_lowercase()).map(Vec::as_slice)
     }
 
@@ -299,13 +296,13 @@ impl Resolver {
     }
 
     /// The DIs to poll for `meter`.
-    pub fn dlt_poll_plan(&self, meter: &MeterId) -> Vec<u32> {
+    pub fn dlt_poll_plan(&self, meter: &MeterId) -> Vec<Di> {
         let o = self.poll_override(meter);
         if let Some(list) = o.and_then(|o| o.registers.as_ref()) {
             return list.iter().filter_map(|n| self.dlt_di(n).ok()).collect();
         }
         let group = o.and_then(|o| o.group.as_deref()).unwrap_or(&self.default_group);
-        self.dlt_group(group).or_else(|| self.dlt_group("all")).map(<[u32]>::to_vec).unwrap_or_default()
+        self.dlt_group(group).or_else(|| self.dlt_group("all")).map(<[Di]>::to_vec).unwrap_or_default()
     }
 
     /// The attributes to poll for `meter`.
@@ -327,12 +324,12 @@ mod tests {
     fn default_groups_match_the_spec() {
         let r = Resolver::from_config(&Config::default()).unwrap();
         assert_eq!(r.dlt_group("all").unwrap().len(), 9);
-        assert_eq!(r.dlt_group("energy").unwrap(), &[0]);
+        assert_eq!(r.dlt_group("energy").unwrap(), &[Di::new(0)]);
         assert_eq!(r.dlms_group("energy").unwrap().len(), 6);
         assert_eq!(r.dlms_group("instantaneous").unwrap().len(), 8);
         assert_eq!(r.dlms_group("all").unwrap().len(), 10);
-        assert_eq!(r.dlt_di("voltage_a").unwrap(), 0x0201_0100);
-        assert_eq!(r.dlt_di("02800002").unwrap(), 0x0280_0002);
+        assert_eq!(r.dlt_di("voltage_a").unwrap(), Di::new(0x0201_0100));
+        assert_eq!(r.dlt_di("02800002").unwrap(), Di::new(0x0280_0002));
         assert!(r.dlt_di("nope").is_err());
         let t = r.dlms_target("VOLTAGE_TOTAL", None, None).unwrap();
         assert_eq!(t.attribute.class_id, 3);
@@ -353,7 +350,7 @@ mod tests {
         c.dlt645.register_file = Some(reg);
         c.polling.dlt645_groups.insert("mine".into(), vec!["MY_REG".into(), "VOLTAGE_A".into()]);
         let r = Resolver::from_config(&c).unwrap();
-        assert_eq!(r.dlt_group("mine").unwrap(), &[0x0300_0001, 0x0201_0100]);
+        assert_eq!(r.dlt_group("mine").unwrap(), &[Di::new(0x0300_0001), Di::new(0x0201_0100)]);
 
         c.polling.dlt645_groups.insert("bad".into(), vec!["NOPE".into()]);
         let e = Resolver::from_config(&c).unwrap_err();

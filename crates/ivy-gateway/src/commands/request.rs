@@ -7,8 +7,8 @@
 
 use crate::error::{ErrorCode, OpError};
 use crate::meters::{RelayMode, RelayState};
-use crate::registers::parse_data_id;
 use ivy_protocol::dlms::Obis;
+use ivy_protocol::dlt645::Di;
 use serde_json::{Map, Value, json};
 
 /// Command methods.
@@ -112,7 +112,7 @@ pub(crate) enum RegisterName {
     /// Key or alias.
     Key(String),
     /// DL/T 645 DI given as hex.
-    DataId(u32),
+    DataId(Di),
     /// OBIS code with optional class and attribute.
     Obis {
         /// `A-B:C.D.E.F` text as given.
@@ -335,7 +335,7 @@ fn parse_int(s: &str) -> Option<u64> {
 
 fn register_name(p: &Map<String, Value>) -> Result<Option<RegisterName>, OpError> {
     if let Some(di) = str_param(p, &["dataId", "data_id", "di"])? {
-        let di = parse_data_id(di).ok_or_else(|| invalid(format!("dataId '{di}' must be 8 hex digits")))?;
+        let di = di.parse::<Di>().map_err(|_| invalid(format!("dataId '{di}' must be 8 hex digits")))?;
         return Ok(Some(RegisterName::DataId(di)));
     }
     if let Some(obis) = str_param(p, &["obis", "obisCode"])? {
@@ -364,8 +364,8 @@ fn parse_command(method: Method, p: &Map<String, Value>) -> Result<Command, OpEr
                         .map(|item| match item {
                             Value::String(s) => {
                                 let s = s.trim();
-                                Ok(match parse_data_id(s) {
-                                    Some(di) if s.chars().all(|c| c.is_ascii_hexdigit()) => RegisterName::DataId(di),
+                                Ok(match s.parse::<Di>() {
+                                    Ok(di) if s.chars().all(|c| c.is_ascii_hexdigit()) => RegisterName::DataId(di),
                                     _ if s.contains(':') && s.contains('-') => {
                                         RegisterName::Obis { obis: s.to_owned(), class_id: None, attribute: None }
                                     }
@@ -437,7 +437,7 @@ mod tests {
         assert_eq!(ours.command, Command::ReadRegister(RegisterName::Key("voltage_a".into())));
         let original = parse(br#"{"requestId":"req-1","command":"read","dataId":"02010100"}"#).unwrap();
         assert_eq!(original.id_field, IdField::RequestId);
-        assert_eq!(original.command, Command::ReadRegister(RegisterName::DataId(0x0201_0100)));
+        assert_eq!(original.command, Command::ReadRegister(RegisterName::DataId(Di::new(0x0201_0100))));
         let grouped = parse(br#"{"requestId":7,"command":"readGroup","group":"energy"}"#).unwrap();
         assert_eq!(grouped.id, "7");
         assert_eq!(grouped.command.method(), Method::ReadGroup);

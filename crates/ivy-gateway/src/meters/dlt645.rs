@@ -1,6 +1,7 @@
 //! The DL/T 645 conversation of one connection: identification (first frame from a meter, or the read-address probe
-//! after silence), several meters on one connection (RS-485 behind a DTU), polling with timeout and retries, and
-//! commands. Everything on the wire is one exchange at a time: polls and commands never interleave.
+//! after silence), several meters on one connection (RS-485 behind a DTU), polling and commands. The exchanges
+//! (retries, follow-up frames, matching, late replies, two-layer outcomes) are the sans-IO [`Client`]; this module
+//! moves bytes and time, and normalises values. One exchange at a time: polls and commands never interleave.
 
 use super::conn::{Conn, EndReason, ReadOutcome};
 use super::driver::{self, Driver, Failure, Reads};
@@ -12,10 +13,12 @@ use crate::metrics::PollOutcome;
 use crate::model::{Reading, ReadingValue, Source, now_ms};
 use crate::registers::Target;
 use ivy_protocol::dlms::{AttributeDescriptor, Data};
-use ivy_protocol::dlt645::control::function;
+use ivy_protocol::dlt645::client::{
+    Client, ClientConfig, Event, MeterError, Outcome, Request, Response, TransportError,
+};
 use ivy_protocol::dlt645::registers::{DecodedValue, RELAY_STATUS_DI};
 use ivy_protocol::dlt645::{
-    Address, ErrorFlags, Frame, Framer, FramerEvent, MeterDateTime, RelayAuth, RelayCommand, Reply,
+    Address, Di, ErrorFlags, Frame, Framer, FramerEvent, MeterDateTime, RelayAuth, RelayCommand, Reply,
 };
 use ivy_protocol::registration::MeterId;
 use serde_json::json;
@@ -24,52 +27,19 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// Most follow-up frames read for one register.
-const MAX_FOLLOW_UPS: u8 = 16;
-
 struct Meter {
     id: MeterId,
     address: Address,
     timer: PollTimer,
-    plan: Vec<u32>,
+    plan: Vec<Di>,
     /// DIs the meter said it does not have: not polled again on this connection.
-    skip: HashSet<u32>,
-}
-
-/// What a reply must look like to answer a request.
-#[derive(Debug, Clone, Copy)]
-struct Expect {
-    /// `None` for requests to the wildcard address.
-    address: Option<Address>,
-    function: u8,
-    di: Option<u32>,
-}
-
-impl Expect {
-    fn matches(&self, f: &Frame) -> bool {
-        f.control.from_meter()
-            && f.control.function() == self.function
-            && self.address.is_none_or(|a| a == f.address)
-            && (f.control.abnormal() || self.di.is_none() || f.data_id().map(u32::from) == self.di)
-    }
-}
-
-/// Why an exchange produced no reply.
-enum ExchangeError {
-    Timeout,
-    End(EndReason),
-}
-
-/// Why a register read failed.
-enum ReadError {
-    Meter(ErrorFlags),
-    Timeout,
-    End(EndReason),
+    skip: HashSet<Di>,
 }
 
 struct Dlt645Driver<'a> {
     conn: &'a mut Conn,
     framer: Framer,
+    client: Client,
     meters: Vec<Meter>,
     probe_at: Instant,
 }
@@ -81,10 +51,24 @@ pub(crate) async fn run(
     leftover: Vec<u8>,
 ) -> EndReason {
     let probe_after = Duration::from_secs(conn.ctx.config.meters.identify_after_secs);
-    let mut s =
-        Dlt645Driver { conn, framer: Framer::new(), meters: Vec::new(), probe_at: Instant::now() + probe_after };
+    let cfg = &conn.ctx.config.dlt645;
+    let client = Client::new(ClientConfig {
+        response_timeout: Duration::from_millis(cfg.timeout_ms),
+        retries: cfg.retries,
+        wakeup_preamble: cfg.wakeup_preamble,
+        ..ClientConfig::default()
+    });
+    let mut s = Dlt645Driver {
+        conn,
+        framer: Framer::new(),
+        client,
+        meters: Vec::new(),
+        probe_at: Instant::now() + probe_after,
+    };
     s.framer.push(&leftover);
-    match s.main_loop(requests).await {
+    let result = s.main_loop(requests).await;
+    s.client.abort();
+    match result {
         Ok(never) => match never {},
         Err(reason) => reason,
     }
@@ -122,18 +106,35 @@ impl Dlt645Driver<'_> {
         }
     }
 
-    /// Handles frames already buffered (identification, unsolicited readings).
+    /// Hands the frames buffered so far to the client, and what answers nothing in flight (identification,
+    /// unsolicited readings, other meters on the bus, late replies) to [`Self::on_frame`].
     async fn drain_frames(&mut self) -> Result<(), EndReason> {
         while let Some(event) = self.framer.next_event() {
             match event {
-                FramerEvent::Frame(f) => self.on_frame(&f),
+                FramerEvent::Frame(f) => {
+                    self.conn.ctx.metrics.frame("dlt645");
+                    self.client.handle_frame(f);
+                }
                 FramerEvent::Discarded { reason, .. } => self.on_discard(reason),
             }
         }
         if self.framer.buffered() > self.conn.ctx.config.meters.buffer_cap {
             return Err(EndReason::BufferOverflow);
         }
+        self.drain_unmatched();
         Ok(())
+    }
+
+    /// Frames the client did not match; a request's outcome is left for [`Self::call`].
+    fn drain_unmatched(&mut self) -> Option<(u64, Outcome)> {
+        let mut done = None;
+        while let Some(event) = self.client.poll_event() {
+            match event {
+                Event::Unmatched(f) => self.on_frame(&f),
+                Event::Done { id, outcome } => done = Some((id, outcome)),
+            }
+        }
+        done
     }
 
     fn on_discard(&self, reason: Option<ivy_protocol::dlt645::FrameError>) {
@@ -142,14 +143,13 @@ impl Dlt645Driver<'_> {
 
     /// A frame that answers nothing outstanding: identifies its meter, and publishes a reading if it carries one.
     fn on_frame(&mut self, f: &Frame) {
-        self.conn.ctx.metrics.frame("dlt645");
         if !f.control.from_meter() {
             return;
         }
         let Some(index) = self.identify(f.address) else { return };
         if let Reply::Data { di, value, .. } = f.reply()
             && let Some(m) = self.meters.get(index)
-            && let Some(reading) = self.decode(&m.id.clone(), di.into(), value)
+            && let Some(reading) = self.decode(&m.id.clone(), di, value)
         {
             let id = m.id.clone();
             driver::publish(self.conn, &id, Source::Dlt645, vec![reading]);
@@ -179,92 +179,82 @@ impl Dlt645Driver<'_> {
         self.conn.send(&frame.encode_with_preamble(preamble)).await
     }
 
-    /// Sends `frame` and waits for the reply `expect` describes, handling anything else that arrives meanwhile.
-    async fn exchange(&mut self, frame: &Frame, expect: Expect, deadline: Instant) -> Result<Frame, ExchangeError> {
-        self.send(frame).await.map_err(ExchangeError::End)?;
+    /// Runs one client request to its outcome (bounded by `deadline`): sends what the client hands out, feeds it
+    /// every frame, sleeps until its next timer. `Err` only when the connection ended.
+    async fn call(&mut self, request: Request, deadline: Instant) -> Result<Outcome, EndReason> {
+        let id = match self.client.request_until(request, deadline.into_std()) {
+            Ok(id) => id,
+            Err(e) => {
+                return Ok(Err(TransportError::Unexpected { control: 0, reason: submit_problem(&e) }));
+            }
+        };
         loop {
-            while let Some(event) = self.framer.next_event() {
-                match event {
-                    FramerEvent::Frame(f) if expect.matches(&f) => {
-                        self.conn.ctx.metrics.frame("dlt645");
-                        // The reply also identifies (or confirms) the meter.
-                        self.identify(f.address);
-                        return Ok(f);
-                    }
-                    FramerEvent::Frame(f) => self.on_frame(&f),
-                    FramerEvent::Discarded { reason, .. } => self.on_discard(reason),
-                }
+            while let Some(bytes) = self.client.poll_transmit(Instant::now().into_std()) {
+                self.conn.send(&bytes).await?;
             }
-            if self.framer.buffered() > self.conn.ctx.config.meters.buffer_cap {
-                return Err(ExchangeError::End(EndReason::BufferOverflow));
+            if let Some((done, outcome)) = self.drain_unmatched()
+                && done == id
+            {
+                return Ok(outcome);
             }
+            let wake = self.client.poll_timeout().map_or(deadline, Instant::from_std);
             tokio::select! {
                 outcome = self.conn.read() => match outcome {
-                    ReadOutcome::Data => self.framer.push(&self.conn.input),
-                    ReadOutcome::End(reason) => return Err(ExchangeError::End(reason)),
+                    ReadOutcome::Data => {
+                        self.framer.push(&self.conn.input);
+                        self.drain_frames_into_client()?;
+                    }
+                    ReadOutcome::End(reason) => return Err(reason),
                 },
-                _ = tokio::time::sleep_until(deadline) => return Err(ExchangeError::Timeout),
+                _ = tokio::time::sleep_until(wake) => self.client.handle_timeout(Instant::now().into_std()),
             }
         }
     }
 
-    /// Reads one register (with retries and follow-up frames) before `deadline`; returns its value bytes.
-    async fn read_register(&mut self, address: Address, di: u32, deadline: Instant) -> Result<Vec<u8>, ReadError> {
-        let cfg = &self.conn.ctx.config.dlt645;
-        let per_try = Duration::from_millis(cfg.timeout_ms);
-        let retries = cfg.retries;
-        let expect = Expect { address: Some(address), function: function::READ, di: Some(di) };
-        let mut reply = None;
-        for _ in 0..=retries {
-            let try_deadline = (Instant::now() + per_try).min(deadline);
-            match self.exchange(&Frame::read(address, di.into()), expect, try_deadline).await {
-                Ok(f) => {
-                    reply = Some(f);
-                    break;
+    /// Feeds buffered frames to the client without consuming its events (the caller waits for one).
+    fn drain_frames_into_client(&mut self) -> Result<(), EndReason> {
+        while let Some(event) = self.framer.next_event() {
+            match event {
+                FramerEvent::Frame(f) => {
+                    self.conn.ctx.metrics.frame("dlt645");
+                    self.client.handle_frame(f);
                 }
-                Err(ExchangeError::End(r)) => return Err(ReadError::End(r)),
-                Err(ExchangeError::Timeout) if Instant::now() >= deadline => return Err(ReadError::Timeout),
-                Err(ExchangeError::Timeout) => {}
+                FramerEvent::Discarded { reason, .. } => self.on_discard(reason),
             }
         }
-        let Some(frame) = reply else { return Err(ReadError::Timeout) };
-        let (mut value, mut more) = match frame.reply() {
-            Reply::Data { value, follow_up, .. } => (value.to_vec(), follow_up),
-            Reply::Error { flags, .. } => return Err(ReadError::Meter(flags)),
-            _ => return Err(ReadError::Meter(ErrorFlags(0))),
-        };
-        let mut seq = 1u8;
-        while more && seq <= MAX_FOLLOW_UPS {
-            let expect = Expect { address: Some(address), function: function::READ_FOLLOW_UP, di: Some(di) };
-            let try_deadline = (Instant::now() + per_try).min(deadline);
-            let f = match self.exchange(&Frame::read_follow_up(address, di.into(), seq), expect, try_deadline).await {
-                Ok(f) => f,
-                Err(ExchangeError::Timeout) => return Err(ReadError::Timeout),
-                Err(ExchangeError::End(r)) => return Err(ReadError::End(r)),
-            };
-            match f.reply() {
-                // Follow-up data: DI, the value bytes, then the sequence number.
-                Reply::Data { value: v, follow_up, .. } => {
-                    value.extend_from_slice(v.split_last().map(|(_, rest)| rest).unwrap_or(v));
-                    more = follow_up;
-                }
-                Reply::Error { flags, .. } => return Err(ReadError::Meter(flags)),
-                _ => return Err(ReadError::Meter(ErrorFlags(0))),
-            }
-            seq += 1;
+        if self.framer.buffered() > self.conn.ctx.config.meters.buffer_cap {
+            return Err(EndReason::BufferOverflow);
         }
-        Ok(value)
+        Ok(())
+    }
+
+    /// Runs a request whose answer is one operation's: the meter's refusal and the transport's failures are the
+    /// operation's failure; the connection's end is the session's.
+    async fn request(&mut self, request: Request, deadline: Instant) -> Result<Response, Failure> {
+        match self.call(request, deadline).await? {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(refused)) => Err(Failure::Op(meter_error(refused.flags()))),
+            Err(e) => Err(transport_failure(e)),
+        }
+    }
+
+    /// Reads one register's value bytes (follow-up frames joined) for an operation.
+    async fn read_value(&mut self, address: Address, di: Di, deadline: Instant) -> Result<Vec<u8>, Failure> {
+        match self.request(Request::Read { address, di }, deadline).await? {
+            Response::Data { value, .. } => Ok(value),
+            _ => Err(driver::unexpected(" to read data")),
+        }
     }
 
     /// A normalised reading for `di`, or `None` (logged, counted) when the value does not decode.
-    fn decode(&self, meter: &MeterId, di: u32, value: &[u8]) -> Option<Reading> {
+    fn decode(&self, meter: &MeterId, di: Di, value: &[u8]) -> Option<Reading> {
         let catalogue = &self.conn.ctx.resolver.catalogue;
-        let def = catalogue.by_di(di.into());
-        let decoded = match catalogue.decode(di.into(), value) {
+        let def = catalogue.by_di(di);
+        let decoded = match catalogue.decode(di, value) {
             Ok(v) => v,
             Err(e) => {
                 self.conn.ctx.metrics.parse_error(e.kind());
-                tracing::warn!(meter = %meter, di = format!("{di:08x}"), error = %e, "DL/T 645 value does not decode");
+                tracing::warn!(meter = %meter, di = %di, error = %e, "DL/T 645 value does not decode");
                 return None;
             }
         };
@@ -278,8 +268,8 @@ impl Dlt645Driver<'_> {
         Some(Reading {
             meter_id: meter.clone(),
             source: Source::Dlt645,
-            register: def.map(|d| d.key.clone()).unwrap_or_else(|| format!("DI_{di:08X}")),
-            data_id: format!("0x{di:08x}"),
+            register: def.map(|d| d.key.clone()).unwrap_or_else(|| unnamed_key(di)),
+            data_id: di.to_string(),
             value,
             raw_value,
             unit: def.map(|d| d.unit.clone()).filter(|u| !u.is_empty()),
@@ -310,32 +300,36 @@ impl Dlt645Driver<'_> {
             return Ok(());
         }
         let (id, address) = (m.id.clone(), m.address);
-        let plan: Vec<u32> = m.plan.iter().copied().filter(|di| !m.skip.contains(di)).collect();
+        let plan: Vec<Di> = m.plan.iter().copied().filter(|di| !m.skip.contains(di)).collect();
         let started = Instant::now();
         let cfg = &self.conn.ctx.config.dlt645;
         let per_register = Duration::from_millis(cfg.timeout_ms) * (cfg.retries + 1);
         let mut readings = Vec::with_capacity(plan.len());
         let mut outcome = PollOutcome::Ok;
         for di in plan {
-            match self.read_register(address, di, Instant::now() + per_register).await {
-                Ok(value) => readings.extend(self.decode(&id, di, &value)),
-                Err(ReadError::Meter(flags)) => {
+            match self.call(Request::Read { address, di }, Instant::now() + per_register).await? {
+                Ok(Ok(Response::Data { value, .. })) => readings.extend(self.decode(&id, di, &value)),
+                Ok(Ok(_)) => outcome = PollOutcome::Partial,
+                Ok(Err(refused)) => {
                     outcome = PollOutcome::Partial;
                     // "No requested data": the meter does not have this register; stop asking until it reconnects.
-                    if flags.0 & 0x02 != 0
+                    if let MeterError::NoRequestedData { .. } = refused
                         && let Some(m) = self.meters.get_mut(index)
                     {
                         m.skip.insert(di);
                     }
-                    tracing::debug!(meter = %id, di = format!("{di:08x}"), error = %flags, "meter refused a register");
+                    tracing::debug!(meter = %id, di = %di, error = %refused, "meter refused a register");
                 }
-                Err(ReadError::Timeout) => {
+                Err(TransportError::Timeout { .. } | TransportError::Deadline) => {
                     // A meter that does not answer one register (after retries) will not answer the next ones.
                     outcome = PollOutcome::Timeout;
-                    tracing::warn!(meter = %id, di = format!("{di:08x}"), "poll timed out");
+                    tracing::warn!(meter = %id, di = %di, "poll timed out");
                     break;
                 }
-                Err(ReadError::End(r)) => return Err(r),
+                Err(e) => {
+                    outcome = PollOutcome::Partial;
+                    tracing::debug!(meter = %id, di = %di, error = %e, "unusable reply to a register read");
+                }
             }
         }
         driver::publish(self.conn, &id, Source::Dlt645, readings);
@@ -346,14 +340,8 @@ impl Dlt645Driver<'_> {
         Ok(())
     }
 
-    fn register_key(&self, di: u32) -> String {
-        self.conn
-            .ctx
-            .resolver
-            .catalogue
-            .by_di(di.into())
-            .map(|d| d.key.clone())
-            .unwrap_or_else(|| format!("DI_{di:08X}"))
+    fn register_key(&self, di: Di) -> String {
+        self.conn.ctx.resolver.catalogue.by_di(di).map(|d| d.key.clone()).unwrap_or_else(|| unnamed_key(di))
     }
 
     fn address_of(&self, meter: &MeterId) -> Result<Address, Failure> {
@@ -362,23 +350,6 @@ impl Dlt645Driver<'_> {
             .find(|m| &m.id == meter)
             .map(|m| m.address)
             .ok_or_else(|| Failure::Op(OpError::new(ErrorCode::MeterNotConnected, "meter is not on this connection")))
-    }
-
-    /// Sends `frame` and waits for the reply `expect` describes; a timeout is the operation's failure.
-    async fn request(&mut self, frame: &Frame, expect: Expect, deadline: Instant) -> Result<Frame, Failure> {
-        self.exchange(frame, expect, deadline).await.map_err(|e| match e {
-            ExchangeError::Timeout => Failure::Op(driver::timeout()),
-            ExchangeError::End(r) => Failure::End(r),
-        })
-    }
-
-    /// Reads one register for a command: a meter refusal or a timeout is the operation's failure.
-    async fn read_value(&mut self, address: Address, di: u32, deadline: Instant) -> Result<Vec<u8>, Failure> {
-        self.read_register(address, di, deadline).await.map_err(|e| match e {
-            ReadError::Meter(flags) => Failure::Op(meter_error(flags)),
-            ReadError::Timeout => Failure::Op(driver::timeout()),
-            ReadError::End(r) => Failure::End(r),
-        })
     }
 }
 
@@ -405,19 +376,24 @@ impl Driver for Dlt645Driver<'_> {
                 break;
             };
             let key = self.register_key(di);
-            let result = match self.read_register(address, di, deadline).await {
-                Ok(value) => self
+            let outcome = match self.call(Request::Read { address, di }, deadline).await {
+                Ok(outcome) => outcome,
+                Err(reason) => {
+                    reads.stopped = Some(Failure::End(reason));
+                    break;
+                }
+            };
+            let result = match outcome {
+                Ok(Ok(Response::Data { value, .. })) => self
                     .decode(meter, di, &value)
                     .ok_or_else(|| OpError::new(ErrorCode::MeterError, format!("the value of {key} does not decode"))),
-                Err(ReadError::Meter(flags)) => Err(meter_error(flags)),
-                Err(ReadError::Timeout) => {
+                Ok(Ok(_)) => Err(OpError::new(ErrorCode::MeterError, "unexpected reply to read data")),
+                Ok(Err(refused)) => Err(meter_error(refused.flags())),
+                Err(TransportError::Timeout { .. } | TransportError::Deadline) => {
                     reads.stopped = Some(Failure::Op(driver::timeout()));
                     break;
                 }
-                Err(ReadError::End(r)) => {
-                    reads.stopped = Some(Failure::End(r));
-                    break;
-                }
+                Err(e) => Err(OpError::new(ErrorCode::MeterError, e.to_string())),
             };
             reads.results.push((key, result));
         }
@@ -451,18 +427,16 @@ impl Driver for Dlt645Driver<'_> {
             (RelayState::Close, RelayMode::Direct) => RelayCommand::CloseDirect,
             (RelayState::Close, RelayMode::Allow) => RelayCommand::CloseAllowed,
         };
-        let frame = Frame::relay_control(address, command, &auth, &valid_until, key.as_ref());
-        let expect = Expect { address: Some(address), function: function::RELAY_CONTROL, di: None };
-        match self.request(&frame, expect, deadline).await?.reply() {
-            Reply::Ack(_) => Ok(RelayConfirmation::Acknowledged(command.name())),
-            Reply::Error { flags, .. } => Err(Failure::Op(meter_error(flags))),
+        let request = Request::RelayControl { address, command, auth, valid_until, aes_key: key };
+        match self.request(request, deadline).await? {
+            Response::Accepted => Ok(RelayConfirmation::Acknowledged(command.name())),
             _ => Err(driver::unexpected(" to relay control")),
         }
     }
 
     async fn read_relay_state(&mut self, meter: &MeterId, deadline: Instant) -> Result<RelayDetail, Failure> {
         let address = self.address_of(meter)?;
-        let value = self.read_value(address, RELAY_STATUS_DI.into(), deadline).await?;
+        let value = self.read_value(address, RELAY_STATUS_DI, deadline).await?;
         match value.as_slice() {
             [lo, hi, ..] => Ok(RelayDetail::Dlt645 { status_word_3: u16::from_le_bytes([*lo, *hi]) }),
             _ => Err(Failure::Op(OpError::new(ErrorCode::MeterError, "status word 3 is too short"))),
@@ -470,20 +444,22 @@ impl Driver for Dlt645Driver<'_> {
     }
 
     async fn read_address(&mut self, _meter: &MeterId, deadline: Instant) -> Result<String, Failure> {
-        let expect = Expect { address: None, function: function::READ_ADDRESS, di: None };
-        match self.request(&Frame::read_address(), expect, deadline).await?.reply() {
-            Reply::Address(a) => Ok(a.to_string()),
-            Reply::Error { flags, .. } => Err(Failure::Op(meter_error(flags))),
+        match self.request(Request::ReadAddress, deadline).await? {
+            Response::Address(a) => {
+                // The reply also identifies (or confirms) the meter that sent it.
+                self.identify(a);
+                Ok(a.to_string())
+            }
             _ => Err(driver::unexpected(" to read address")),
         }
     }
 
-    async fn sync_time(&mut self, _meter: &MeterId, unix_ms: i64, _deadline: Instant) -> Result<TimeSet, Failure> {
+    async fn sync_time(&mut self, _meter: &MeterId, unix_ms: i64, deadline: Instant) -> Result<TimeSet, Failure> {
         let offset = i64::from(self.conn.ctx.config.meters.clock_utc_offset_minutes) * 60;
         let local = MeterDateTime::from_unix(unix_ms.div_euclid(1000) + offset)
             .map_err(|e| Failure::Op(OpError::new(ErrorCode::InvalidParams, e.to_string())))?;
         // Broadcast time has no reply by design: success means the frame was sent.
-        self.send(&Frame::broadcast_time(&local)).await?;
+        self.request(Request::BroadcastTime(local), deadline).await?;
         Ok(TimeSet { time: Some(local.to_iso()), broadcast: true })
     }
 
@@ -500,4 +476,27 @@ impl Driver for Dlt645Driver<'_> {
 fn meter_error(flags: ErrorFlags) -> OpError {
     OpError::new(ErrorCode::MeterError, format!("the meter refused: {flags}"))
         .with_details(json!({"error_flags": flags.names(), "error_code": flags.0}))
+}
+
+/// `DI_04000101` for data identifiers the catalogue does not name.
+fn unnamed_key(di: Di) -> String {
+    format!("DI_{:08X}", di.value())
+}
+
+/// What a transport failure means for an operation.
+fn transport_failure(e: TransportError) -> Failure {
+    match e {
+        TransportError::Timeout { .. } | TransportError::Deadline => Failure::Op(driver::timeout()),
+        TransportError::Aborted => Failure::Op(driver::connection_closed()),
+        other => Failure::Op(OpError::new(ErrorCode::MeterError, other.to_string())),
+    }
+}
+
+/// Why the client refused to send a request (none of this driver's requests should be refused).
+fn submit_problem(e: &ivy_protocol::dlt645::client::SubmitError) -> &'static str {
+    match e {
+        ivy_protocol::dlt645::client::SubmitError::Busy(_) => "another request is in flight",
+        ivy_protocol::dlt645::client::SubmitError::Build(_) => "the frame cannot be built",
+        ivy_protocol::dlt645::client::SubmitError::BroadcastAddress => "meters do not reply to the broadcast address",
+    }
 }
