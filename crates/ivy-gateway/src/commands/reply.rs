@@ -49,7 +49,7 @@ pub(crate) fn result(answer: &OpResult) -> Value {
         OpResult::TimeSet(t) if t.broadcast => json!({"time": t.time, "broadcast": true}),
         OpResult::TimeSet(t) => json!({"time": t.time}),
         OpResult::Attribute { obis, data } => {
-            let mut described = ivy_protocol::explain::dlms::data_json(data);
+            let mut described = ivy_protocol::dlms::json::data_json(data);
             let value =
                 described.remove("value").unwrap_or_else(|| described.get("value_hex").cloned().unwrap_or(Value::Null));
             json!({"obisCode": obis.to_string(), "value": value, "dataType": data.type_name(), "data": described})

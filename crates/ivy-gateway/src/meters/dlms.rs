@@ -18,10 +18,10 @@ use ivy_protocol::dlms::apdu::{
 use ivy_protocol::dlms::association::{
     Association, AssociationFailure, ClientConfig, Event, Request, RequestError, RequestId, Response,
 };
+use ivy_protocol::dlms::json::{data_json, json_int};
 use ivy_protocol::dlms::registry::{CLOCK, DISCONNECT_CONTROL, LOGICAL_DEVICE_NAME, SERIAL_NUMBER, apply_scaler};
 use ivy_protocol::dlms::units::unit_symbol;
 use ivy_protocol::dlms::{CosemDateTime, Data, Obis};
-use ivy_protocol::explain::dlms::json_int;
 use ivy_protocol::registration::{MeterId, RuleMatch, match_any};
 use ivy_protocol::wrapper::{Framer, FramerEvent, Packet, Ports};
 use serde_json::{Value, json};
@@ -444,11 +444,7 @@ impl DlmsDriver<'_> {
             }
             other => match other.as_text() {
                 Some(text) => (ReadingValue::Text(text), json!(other.as_bytes().map(hex::encode)), None),
-                None => (
-                    ReadingValue::Json(Value::Object(ivy_protocol::explain::dlms::data_json(other))),
-                    Value::Null,
-                    None,
-                ),
+                None => (ReadingValue::Json(Value::Object(data_json(other))), Value::Null, None),
             },
         };
         self.conn.ctx.metrics.readings.inc();

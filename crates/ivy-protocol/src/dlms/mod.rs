@@ -7,6 +7,8 @@ pub mod association;
 pub mod axdr;
 pub mod datetime;
 pub mod extent;
+#[cfg(feature = "json")]
+pub mod json;
 pub mod obis;
 pub mod registry;
 pub mod units;
