@@ -45,6 +45,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
+mod calendar;
 pub mod detect;
 pub mod dlms;
 pub mod dlt645;

@@ -1,6 +1,7 @@
 //! Calendar date-times as DL/T 645 sends them (BCD, two-digit year 2000..=2099).
 
 use super::bcd::{from_bcd_byte, to_bcd_byte};
+use crate::calendar::civil_from_days;
 
 /// A local date-time with second resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -72,18 +73,9 @@ impl MeterDateTime {
     pub fn from_unix(seconds: i64) -> Result<Self, DateTimeError> {
         let days = seconds.div_euclid(86_400);
         let secs = seconds.rem_euclid(86_400);
-        // Civil-from-days (Howard Hinnant's algorithm): exact for the proleptic Gregorian calendar.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
+        let (year, month, day) = civil_from_days(days);
         let year = u16::try_from(year).map_err(|_| DateTimeError)?;
-        Self::new(year, month as u8, day as u8, (secs / 3600) as u8, (secs % 3600 / 60) as u8, (secs % 60) as u8)
+        Self::new(year, month, day, (secs / 3600) as u8, (secs % 3600 / 60) as u8, (secs % 60) as u8)
     }
 }
 
