@@ -388,6 +388,26 @@ fn event(key: &AlarmKey, prefix: &str, value: f64, threshold: f64, ts: u64) -> M
 /// The file in the data directory that keeps acknowledged alarm ids across restarts.
 pub const ACKS_FILE: &str = "alarm-acks.json";
 
+/// Acknowledges the active alarm `id` and persists every acknowledged id to `file` (off the async threads); the
+/// alarm, or `None` when no active alarm has that id. A failed write is logged: the acknowledgement holds in
+/// memory until the next restart.
+pub async fn acknowledge_persisted(engine: &SharedAlarms, id: &str, file: &std::path::Path) -> Option<ActiveAlarm> {
+    let (alarm, acknowledged) = {
+        let mut engine = lock(engine);
+        let alarm = engine.acknowledge(id)?;
+        (alarm, engine.acknowledged_ids())
+    };
+    let file = file.to_owned();
+    let saved = tokio::task::spawn_blocking(move || save_acknowledged(&file, &acknowledged))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|written| written);
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, "could not persist the alarm acknowledgement");
+    }
+    Some(alarm)
+}
+
 /// Writes acknowledged alarm ids (atomically: a temporary file renamed over the old one).
 pub fn save_acknowledged(path: &std::path::Path, ids: &[String]) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");

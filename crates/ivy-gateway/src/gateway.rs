@@ -124,7 +124,7 @@ impl Gateway {
             Err(e) => tracing::warn!(file = %acks_file.display(), error = %e, "alarm acknowledgements not restored"),
         }
         let alarms = Arc::new(Mutex::new(engine));
-        let live = Arc::new(crate::http::live::LiveView::new(crate::http::live::LiveLimits {
+        let live = Arc::new(crate::live::LiveView::new(crate::live::LiveLimits {
             history_points: config.http.history_points,
             ..Default::default()
         }));

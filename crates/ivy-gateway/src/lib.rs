@@ -13,6 +13,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod hub;
+pub(crate) mod live;
 pub(crate) mod lock;
 pub mod meters;
 pub mod metrics;

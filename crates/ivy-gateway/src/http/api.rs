@@ -1,12 +1,12 @@
 //! The REST handlers and the live stream.
 
-use super::live::MeterView;
 use super::login::{self, Caller};
 use super::state::{ApiError, HttpState, Operator};
 use crate::commands::request::Method;
 use crate::commands::router::Answer;
 use crate::error::ErrorCode;
 use crate::hub::HubEvent;
+use crate::live::MeterView;
 use crate::lock::lock;
 use crate::meters::registry::MeterInfo;
 use crate::model::{MeterEvent, Severity, now_ms};
@@ -323,21 +323,9 @@ pub(crate) async fn acknowledge(
     Operator(caller): Operator,
     Path(alarm_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (alarm, acknowledged) = {
-        let mut engine = lock(&s.alarms);
-        let Some(alarm) = engine.acknowledge(&alarm_id) else {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_alarm", format!("no active alarm '{alarm_id}'")));
-        };
-        (alarm, engine.acknowledged_ids())
+    let Some(alarm) = crate::alarms::acknowledge_persisted(&s.alarms, &alarm_id, &s.acks_file).await else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_alarm", format!("no active alarm '{alarm_id}'")));
     };
-    let file = s.acks_file.clone();
-    let saved = tokio::task::spawn_blocking(move || crate::alarms::save_acknowledged(&file, &acknowledged))
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|written| written);
-    if let Err(e) = saved {
-        tracing::warn!(error = %e, "could not persist the alarm acknowledgement");
-    }
     if let Ok(meter_id) = MeterId::new(&alarm.meter_id) {
         s.hub.publish(HubEvent::Event(MeterEvent {
             meter_id,

@@ -6,7 +6,6 @@
 
 pub(crate) mod api;
 pub(crate) mod assets;
-pub(crate) mod live;
 pub(crate) mod login;
 pub(crate) mod ratelimit;
 

@@ -1,7 +1,6 @@
 //! What the HTTP handlers share: narrow handles on the gateway (registry, hub, counters, figures, the command
 //! path, alarms, the live view), the API error type, and the caller extractors (session cookie or HTTP Basic).
 
-use super::live::LiveView;
 use super::login::{self, Caller, Logins};
 use super::ratelimit::RateLimiter;
 use crate::alarms::SharedAlarms;
@@ -9,6 +8,7 @@ use crate::auth::{Authenticator, Role};
 use crate::commands::router::CommandRouter;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::live::LiveView;
 use crate::meters::registry::Registry;
 use crate::metrics::Metrics;
 use crate::mqtt::BrokerCounters;
