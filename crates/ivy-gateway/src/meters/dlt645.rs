@@ -79,7 +79,7 @@ enum Never {}
 impl Dlt645Driver<'_> {
     async fn main_loop(&mut self, requests: &mut mpsc::Receiver<super::QueuedRequest>) -> Result<Never, EndReason> {
         loop {
-            self.drain_frames().await?;
+            self.drain_frames()?;
             let poll_due = self.meters.iter().filter_map(|m| m.timer.due_at()).min();
             let far = Instant::now() + Duration::from_secs(3600);
             let unidentified = self.meters.is_empty();
@@ -108,19 +108,8 @@ impl Dlt645Driver<'_> {
 
     /// Hands the frames buffered so far to the client, and what answers nothing in flight (identification,
     /// unsolicited readings, other meters on the bus, late replies) to [`Self::on_frame`].
-    async fn drain_frames(&mut self) -> Result<(), EndReason> {
-        while let Some(event) = self.framer.next_event() {
-            match event {
-                FramerEvent::Frame(f) => {
-                    self.conn.ctx.metrics.frame("dlt645");
-                    self.client.handle_frame(f);
-                }
-                FramerEvent::Discarded { reason, .. } => self.on_discard(reason),
-            }
-        }
-        if self.framer.buffered() > self.conn.ctx.config.meters.buffer_cap {
-            return Err(EndReason::BufferOverflow);
-        }
+    fn drain_frames(&mut self) -> Result<(), EndReason> {
+        self.drain_frames_into_client()?;
         self.drain_unmatched();
         Ok(())
     }
