@@ -10,7 +10,7 @@ use crate::meters::{MeterOp, OpResult, SessionRequest, SubmitError};
 use crate::metrics::Metrics;
 use crate::model::{Source, now_ms};
 use crate::mqtt::topics::TopicPrefix;
-use crate::mqtt::{InboundPublish, OutboundMessage, Publisher, Qos};
+use crate::mqtt::{InboundCommand, OutboundMessage, Publisher, Qos};
 use crate::registers::{Resolver, Target};
 use ivy_protocol::dlms::AttributeDescriptor;
 use ivy_protocol::registration::MeterId;
@@ -184,16 +184,15 @@ impl CommandRouter {
         self,
         prefix: TopicPrefix,
         publisher: Publisher,
-        mut inbound: mpsc::Receiver<InboundPublish>,
+        mut inbound: mpsc::Receiver<InboundCommand>,
     ) {
         while let Some(msg) = inbound.recv().await {
-            let Some(raw_id) = prefix.parse_command_request(&msg.topic) else { continue };
-            let meter_id = match MeterId::new(raw_id) {
+            let meter_id = match MeterId::new(&msg.meter) {
                 Ok(id) => id,
                 Err(e) => {
                     // No response topic can be built from an invalid id.
                     self.metrics.invalid_commands.inc();
-                    tracing::info!(topic = %msg.topic, error = %e, "command for an invalid meter id");
+                    tracing::info!(meter = %msg.meter, error = %e, "command for an invalid meter id");
                     continue;
                 }
             };

@@ -10,7 +10,7 @@
 //!   of overflowing the broker's per-session queues.
 
 use super::topics::TopicPrefix;
-use super::{BrokerCounters, InboundPublish, OutboundMessage, Publisher, Qos};
+use super::{BrokerCounters, InboundCommand, OutboundMessage, Publisher, Qos};
 use crate::auth::Authenticator;
 use async_trait::async_trait;
 use rmqtt::codec::types::QoS;
@@ -91,7 +91,7 @@ pub struct EmbeddedBroker {
     server: JoinHandle<()>,
     publisher_task: JoinHandle<()>,
     publisher: Publisher,
-    inbound: Option<mpsc::Receiver<InboundPublish>>,
+    inbound: Option<mpsc::Receiver<InboundCommand>>,
     counters: Arc<BrokerCounters>,
 }
 
@@ -104,7 +104,7 @@ impl std::fmt::Debug for EmbeddedBroker {
 struct GatewayHooks {
     auth: Arc<Authenticator>,
     prefix: TopicPrefix,
-    inbound: mpsc::Sender<InboundPublish>,
+    inbound: mpsc::Sender<InboundCommand>,
     counters: Arc<BrokerCounters>,
 }
 
@@ -151,12 +151,8 @@ impl Handler for GatewayHooks {
                     tracing::info!(client = %session.id.client_id, %topic, "publish refused by ACL");
                     return (false, Some(HookResult::PublishAclResult(PublishAclResult::rejected(false, None))));
                 }
-                if self.prefix.parse_command_request(topic).is_some() {
-                    let msg = InboundPublish {
-                        topic: topic.to_owned(),
-                        payload: publish.payload.clone(),
-                        user: session.id.username.as_ref().map(|u| u.to_string()),
-                    };
+                if let Some(meter) = self.prefix.parse_command_request(topic) {
+                    let msg = InboundCommand { meter: meter.to_owned(), payload: publish.payload.clone() };
                     if self.inbound.try_send(msg).is_err() {
                         self.counters.inbound_dropped.fetch_add(1, Ordering::Relaxed);
                     }
@@ -293,7 +289,7 @@ impl EmbeddedBroker {
     }
 
     /// Client publishes the gateway acts on (once; later calls get `None`).
-    pub fn take_inbound(&mut self) -> Option<mpsc::Receiver<InboundPublish>> {
+    pub fn take_inbound(&mut self) -> Option<mpsc::Receiver<InboundCommand>> {
         self.inbound.take()
     }
 

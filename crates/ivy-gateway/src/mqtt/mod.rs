@@ -1,7 +1,7 @@
 //! MQTT: the embedded broker ([`broker`], the only module that knows rmqtt), topic names and access rules
 //! ([`topics`]), and the publishing side ([`sink`]: hub events → messages). The rest of the gateway publishes
-//! through a [`Publisher`] (one bounded queue, drained by a single task) and receives client publishes as
-//! [`InboundPublish`] values, so another transport (an upstream broker) can provide the same two ends.
+//! through a [`Publisher`] (one bounded queue, drained by a single task) and receives command requests as
+//! [`InboundCommand`] values, so another transport (an upstream broker) can provide the same two ends.
 
 pub mod broker;
 pub(crate) mod sink;
@@ -42,15 +42,14 @@ impl OutboundMessage {
     }
 }
 
-/// A message a client published that the gateway acts on (command requests), after the ACL allowed it.
+/// A command request a client published to `{p}/meters/{id}/command/request`, after the ACL allowed it. The
+/// transport reads the topic once; the command router validates the id.
 #[derive(Debug, Clone, PartialEq)]
-pub struct InboundPublish {
-    /// Topic.
-    pub topic: String,
+pub struct InboundCommand {
+    /// The `{id}` segment of the topic, as published.
+    pub meter: String,
     /// Payload.
     pub payload: Bytes,
-    /// The publishing client's user name, if any.
-    pub user: Option<String>,
 }
 
 /// Counters shared by the broker, its hooks and the publisher.
