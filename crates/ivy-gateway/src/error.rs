@@ -1,8 +1,6 @@
 //! The stable error codes of command responses (SPEC 5) and the failed-operation type every room reports with.
 //! A leaf of the module graph: everything may use it, it uses nothing of the gateway.
 
-use serde_json::Value;
-
 /// Stable error codes of command responses (SPEC 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -67,8 +65,34 @@ pub struct OpError {
     pub code: ErrorCode,
     /// Human-readable message.
     pub message: String,
-    /// Details, e.g. `{"error_flags": ["password_wrong"]}`.
-    pub details: Option<Value>,
+    /// What the meter said, decoded (the command reply shows it beside the message).
+    pub details: Option<ErrorDetails>,
+}
+
+/// What a meter's refusal said, decoded; `commands::reply` renders it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorDetails {
+    /// A DL/T 645 abnormal reply: its error byte and the names of the bits set.
+    Dlt645 {
+        /// The error byte.
+        code: u8,
+        /// Names of its bits (`password_wrong`, `no_requested_data`...).
+        flags: Vec<&'static str>,
+    },
+    /// A DLMS data-access-result (Blue Book).
+    DataAccess {
+        /// The code.
+        code: u8,
+        /// Its name.
+        name: String,
+    },
+    /// A DLMS action-result (Blue Book).
+    Action {
+        /// The code.
+        code: u8,
+        /// Its name.
+        name: String,
+    },
 }
 
 impl OpError {
@@ -78,7 +102,7 @@ impl OpError {
     }
 
     /// With details.
-    pub fn with_details(mut self, details: Value) -> Self {
+    pub fn with_details(mut self, details: ErrorDetails) -> Self {
         self.details = Some(details);
         self
     }

@@ -2,7 +2,7 @@
 //! meter operation, rendered from its typed answer. The one place a command reply's JSON is decided.
 
 use super::request::IdField;
-use crate::error::OpError;
+use crate::error::{ErrorDetails, OpError};
 use crate::meters::{OpResult, RelayConfirmation, RelayDetail, RelayState};
 use crate::model::{Reading, Source};
 use serde_json::{Map, Value, json};
@@ -62,10 +62,23 @@ pub(crate) fn result(answer: &OpResult) -> Value {
 fn register_entry(r: &Result<Reading, OpError>) -> Value {
     match r {
         Ok(r) => json!({"value": r.value.to_json(), "unit": r.unit}),
-        Err(e) => match e.details.as_ref().and_then(|d| d.get("error_flags")) {
-            Some(flags) => json!({"error": e.message, "error_flags": flags}),
-            None => json!({"error": e.message}),
+        Err(e) => match &e.details {
+            Some(ErrorDetails::Dlt645 { flags, .. }) => json!({"error": e.message, "error_flags": flags}),
+            _ => json!({"error": e.message}),
         },
+    }
+}
+
+/// The fields a refusal's details add to a failure's `result`.
+fn details_json(details: &ErrorDetails) -> Map<String, Value> {
+    let value = match details {
+        ErrorDetails::Dlt645 { code, flags } => json!({"error_flags": flags, "error_code": code}),
+        ErrorDetails::DataAccess { code, name } => json!({"data_access_result": code, "data_access_result_name": name}),
+        ErrorDetails::Action { code, name } => json!({"action_result": code, "action_result_name": name}),
+    };
+    match value {
+        Value::Object(m) => m,
+        _ => Map::new(),
     }
 }
 
@@ -95,10 +108,8 @@ pub(crate) fn failure(id: Option<&Value>, id_field: IdField, error: &OpError, ts
     m.insert("code".into(), json!(error.code.as_str()));
     let mut result = Map::new();
     result.insert("error".into(), json!(error.message));
-    if let Some(Value::Object(details)) = &error.details {
-        for (k, v) in details {
-            result.insert(k.clone(), v.clone());
-        }
+    if let Some(details) = &error.details {
+        result.extend(details_json(details));
     }
     m.insert("result".into(), Value::Object(result));
     Value::Object(m)
@@ -135,9 +146,9 @@ mod tests {
         r.data_id = "1-0:32.7.0.255".into();
         assert_eq!(result(&OpResult::Reading(r.clone()))["obisCode"], "1-0:32.7.0.255");
         let flags = OpError::new(ErrorCode::MeterError, "the meter refused: no data")
-            .with_details(json!({"error_flags": ["no_data"], "error_code": 2}));
+            .with_details(ErrorDetails::Dlt645 { code: 2, flags: vec!["no_data"] });
         let dar = OpError::new(ErrorCode::MeterError, "meter error: object-undefined")
-            .with_details(json!({"data_access_result": 4}));
+            .with_details(ErrorDetails::DataAccess { code: 4, name: "object-undefined".into() });
         let many = OpResult::Readings(vec![
             ("VOLTAGE_A".into(), Ok(r)),
             ("DI_04000101".into(), Err(flags)),

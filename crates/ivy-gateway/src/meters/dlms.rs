@@ -7,7 +7,7 @@ use super::conn::{Conn, EndReason, ReadOutcome};
 use super::driver::{self, Driver, Failure, Reads};
 use super::poll::{self, PollTimer};
 use super::{RelayConfirmation, RelayDetail, RelayMode, RelayState, TimeSet};
-use crate::error::{ErrorCode, OpError};
+use crate::error::{ErrorCode, ErrorDetails, OpError};
 use crate::hub::HubEvent;
 use crate::metrics::PollOutcome;
 use crate::model::{MeterEvent, Reading, ReadingValue, Severity, Source, now_ms};
@@ -672,16 +672,15 @@ fn normalise_unit(scaler: i8, meter_unit: Option<String>, registry_unit: Option<
 
 fn dar_error(dar: DataAccessResult) -> OpError {
     OpError::new(ErrorCode::MeterError, format!("meter error: {dar}"))
-        .with_details(json!({"data_access_result": dar.0, "data_access_result_name": dar.name()}))
+        .with_details(ErrorDetails::DataAccess { code: dar.0, name: dar.name() })
 }
 
 fn op_error(e: RequestError) -> OpError {
     match e {
         RequestError::Timeout => OpError::new(ErrorCode::Timeout, "the meter did not answer in time"),
         RequestError::DataAccess(dar) => dar_error(dar),
-        RequestError::Action(code) => OpError::new(ErrorCode::MeterError, e.to_string()).with_details(
-            json!({"action_result": code, "action_result_name": ivy_protocol::dlms::apdu::action_result_name(code)}),
-        ),
+        RequestError::Action(code) => OpError::new(ErrorCode::MeterError, e.to_string())
+            .with_details(ErrorDetails::Action { code, name: ivy_protocol::dlms::apdu::action_result_name(code) }),
         RequestError::NotAssociated(AssociationFailure::Timeout) => {
             OpError::new(ErrorCode::Timeout, "the meter did not answer the association request in time")
         }

@@ -8,7 +8,7 @@ use super::driver::{self, Driver, Failure, Reads};
 use super::poll::{self, PollTimer};
 use super::{RelayConfirmation, RelayDetail, RelayMode, RelayState, TimeSet};
 use crate::config::Parsed;
-use crate::error::{ErrorCode, OpError};
+use crate::error::{ErrorCode, ErrorDetails, OpError};
 use crate::metrics::PollOutcome;
 use crate::model::{Reading, ReadingValue, Source, now_ms};
 use crate::registers::Target;
@@ -464,7 +464,7 @@ impl Driver for Dlt645Driver<'_> {
 
 fn meter_error(flags: ErrorFlags) -> OpError {
     OpError::new(ErrorCode::MeterError, format!("the meter refused: {flags}"))
-        .with_details(json!({"error_flags": flags.names(), "error_code": flags.0}))
+        .with_details(ErrorDetails::Dlt645 { code: flags.0, flags: flags.names() })
 }
 
 /// `DI_04000101` for data identifiers the catalogue does not name.
