@@ -127,6 +127,14 @@ enum Step {
     Deliver,
     /// One reply is lost (which one: index modulo the number on the line).
     Lose(usize),
+    /// Another meter on the bus speaks: a reply for the register being read (with its own value) or an error
+    /// reply, which must never be taken for our meter's answer.
+    Neighbour(bool),
+}
+
+/// A meter on the same bus.
+fn neighbour() -> Address {
+    "000000001234".parse().unwrap()
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -134,6 +142,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         1 => (0u64..2500).prop_map(Step::Advance),
         2 => Just(Step::Deliver),
         1 => any::<usize>().prop_map(Step::Lose),
+        1 => any::<bool>().prop_map(Step::Neighbour),
     ]
 }
 
@@ -214,6 +223,14 @@ proptest! {
                     line.remove(i % line.len());
                 }
                 Step::Lose(_) => {}
+                Step::Neighbour(error) => {
+                    let di = meter.registers.get(next.saturating_sub(1)).map_or(Di::new(0), |(d, _)| *d);
+                    client.handle_frame(if error {
+                        Frame::error_reply(neighbour(), function::READ, ErrorFlags(0x02))
+                    } else {
+                        Frame::read_reply(neighbour(), di, &[0xEE; 3], false).unwrap()
+                    });
+                }
             }
             collect(&mut client, &mut outcomes)?;
         }
