@@ -239,6 +239,25 @@ pub struct MetersConfig {
     pub registration_rules: Vec<RegistrationRuleConfig>,
     /// Meters keep local time: minutes east of UTC used when setting their clocks and relay deadlines.
     pub clock_utc_offset_minutes: i32,
+    /// Who keeps a meter id that is online when another connection claims it (docs/SECURITY-identity.md).
+    pub duplicate_identity: DuplicateIdentity,
+    /// How long the connection holding a contested id has to show it is alive (answer the probe or send any
+    /// bytes), in milliseconds.
+    pub identity_probe_timeout_ms: u64,
+    /// Seconds after a contest of a meter id during which no secret (DL/T 645 password and operator code, relay
+    /// AES key, DLMS LLS password) is sent for that id; commands that need one fail with `identity_contested`.
+    /// 0 turns the rule off.
+    pub secrets_quiet_secs: u64,
+    /// Source networks (CIDR, or single addresses) meters may connect from; empty allows any.
+    pub allowed_sources: Vec<Parsed<SourceNet>>,
+    /// Per meter id, the only source networks it may identify from (narrows `allowed_sources` for that id).
+    pub allowed_sources_by_meter: BTreeMap<String, Vec<Parsed<SourceNet>>>,
+    /// Meter ids one connection may hold (a DTU has a known number of meters behind it).
+    pub max_ids_per_connection: usize,
+    /// Meter ids new to the registry accepted per source IP per minute (0 = unlimited).
+    pub max_new_ids_per_ip_per_minute: u32,
+    /// Unidentified connections an IP that misbehaved may hold at once; a newer one closes the oldest.
+    pub max_unidentified_per_penalised_ip: usize,
 }
 
 impl Default for MetersConfig {
@@ -262,7 +281,59 @@ impl Default for MetersConfig {
             heartbeat_ack: None,
             registration_rules: Vec::new(),
             clock_utc_offset_minutes: 0,
+            duplicate_identity: DuplicateIdentity::Probe,
+            identity_probe_timeout_ms: 3000,
+            secrets_quiet_secs: 300,
+            allowed_sources: Vec::new(),
+            allowed_sources_by_meter: BTreeMap::new(),
+            max_ids_per_connection: 32,
+            max_new_ids_per_ip_per_minute: 1200,
+            max_unidentified_per_penalised_ip: 4,
         }
+    }
+}
+
+/// What happens when a meter id that is online on one connection is claimed by another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicateIdentity {
+    /// Probe the holding connection: it answers → the newcomer is refused; it is silent → the newcomer wins.
+    Probe,
+    /// The newcomer always wins (the original gateway's behaviour: anyone can take an id over).
+    NewestWins,
+    /// The holder always keeps the id while its connection is open.
+    OldestWins,
+}
+
+impl DuplicateIdentity {
+    /// The configuration spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DuplicateIdentity::Probe => "probe",
+            DuplicateIdentity::NewestWins => "newest_wins",
+            DuplicateIdentity::OldestWins => "oldest_wins",
+        }
+    }
+}
+
+/// A source network: `10.0.0.0/8`, `2001:db8::/32`, or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceNet(pub ipnet::IpNet);
+
+impl ConfigText for SourceNet {
+    fn from_text(text: &str) -> Result<Self, String> {
+        let s = text.trim();
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(SourceNet)
+            .map_err(|_| format!("'{s}' is not a CIDR network or an IP address"))
+    }
+}
+
+impl SourceNet {
+    /// Whether `ip` is inside (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
     }
 }
 
@@ -910,6 +981,31 @@ impl Config {
         check(&mut e, m.identify_after_secs > 0, "meters.identify_after_secs", "must be at least 1");
         if let Some(problem) = m.heartbeat_ack.as_ref().and_then(Parsed::problem) {
             check(&mut e, false, "meters.heartbeat_ack", problem);
+        }
+        check(
+            &mut e,
+            (100..=60_000).contains(&m.identity_probe_timeout_ms),
+            "meters.identity_probe_timeout_ms",
+            "must be 100..=60000",
+        );
+        check(&mut e, m.max_ids_per_connection > 0, "meters.max_ids_per_connection", "must be at least 1");
+        check(
+            &mut e,
+            m.max_unidentified_per_penalised_ip > 0,
+            "meters.max_unidentified_per_penalised_ip",
+            "must be at least 1",
+        );
+        for (i, net) in m.allowed_sources.iter().enumerate() {
+            if let Some(problem) = net.problem() {
+                check(&mut e, false, &format!("meters.allowed_sources[{i}]"), problem);
+            }
+        }
+        for (id, nets) in &m.allowed_sources_by_meter {
+            for (i, net) in nets.iter().enumerate() {
+                if let Some(problem) = net.problem() {
+                    check(&mut e, false, &format!("meters.allowed_sources_by_meter.{id}[{i}]"), problem);
+                }
+            }
         }
         for (i, rule) in m.registration_rules.iter().enumerate() {
             if let Err(problem) = rule.to_rule() {

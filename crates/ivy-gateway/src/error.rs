@@ -33,6 +33,9 @@ pub enum ErrorCode {
     Busy,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// The command needs a secret (password, operator code, key) and the meter's identity was contested within
+    /// `meters.secrets_quiet_secs`: the secret is not sent to a connection that may be an impostor.
+    IdentityContested,
 }
 
 impl ErrorCode {
@@ -53,6 +56,7 @@ impl ErrorCode {
             ErrorCode::ConnectionClosed => "connection_closed",
             ErrorCode::Busy => "busy",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::IdentityContested => "identity_contested",
         }
     }
 }

@@ -15,16 +15,95 @@ pub enum RejectReason {
     MaxConnections,
     /// `meters.max_connections_per_ip` reached.
     PerIpLimit,
-    /// Too many attempts in the window: the IP is now blocked.
+    /// An unidentified connection from an IP that misbehaved, closed to make room for a newer one
+    /// (`meters.max_unidentified_per_penalised_ip`).
     RateLimited,
-    /// The IP is blocked.
-    Blocked,
+    /// The source address is outside `meters.allowed_sources`.
+    SourceNotAllowed,
 }
 
 impl RejectReason {
     /// Every reason.
-    pub const ALL: [RejectReason; 4] =
-        [RejectReason::MaxConnections, RejectReason::PerIpLimit, RejectReason::RateLimited, RejectReason::Blocked];
+    pub const ALL: [RejectReason; 4] = [
+        RejectReason::MaxConnections,
+        RejectReason::PerIpLimit,
+        RejectReason::RateLimited,
+        RejectReason::SourceNotAllowed,
+    ];
+}
+
+/// How a contest for a meter id ended (the `outcome` label of `ivy_identity_conflicts_total`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ConflictOutcome {
+    /// The holder kept the id; the newcomer was refused and closed.
+    Refused,
+    /// The newcomer took the id over (the holder was silent, or the policy is `newest_wins`).
+    TakenOver,
+}
+
+impl ConflictOutcome {
+    /// Every outcome.
+    pub const ALL: [ConflictOutcome; 2] = [ConflictOutcome::Refused, ConflictOutcome::TakenOver];
+
+    /// The label value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConflictOutcome::Refused => "refused",
+            ConflictOutcome::TakenOver => "taken_over",
+        }
+    }
+}
+
+impl EncodeLabelValue for ConflictOutcome {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Label: the outcome of an identity contest.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConflictLabel {
+    /// How it ended.
+    pub outcome: ConflictOutcome,
+}
+
+/// Why an identification was refused without a contest (the `reason` label of `ivy_identities_refused_total`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum IdentityRefusal {
+    /// The connection already holds `meters.max_ids_per_connection` ids.
+    TooManyIds,
+    /// The source IP registered `meters.max_new_ids_per_ip_per_minute` new ids in the last minute.
+    NewIdRate,
+    /// The meter's `meters.allowed_sources_by_meter` entry does not include the source address.
+    SourceNotAllowed,
+}
+
+impl IdentityRefusal {
+    /// Every reason.
+    pub const ALL: [IdentityRefusal; 3] =
+        [IdentityRefusal::TooManyIds, IdentityRefusal::NewIdRate, IdentityRefusal::SourceNotAllowed];
+
+    /// The label value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            IdentityRefusal::TooManyIds => "too_many_ids",
+            IdentityRefusal::NewIdRate => "new_id_rate",
+            IdentityRefusal::SourceNotAllowed => "source_not_allowed",
+        }
+    }
+}
+
+impl EncodeLabelValue for IdentityRefusal {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Label: why an identification was refused.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabel {
+    /// Why.
+    pub reason: IdentityRefusal,
 }
 
 /// Label: reason.
@@ -121,6 +200,14 @@ pub struct Metrics {
     pub connections_rejected: Family<ReasonLabel, Counter>,
     /// Connections whose protocol could not be detected.
     pub connections_unknown_protocol: Counter,
+    /// Connections that ended without identifying a meter (strikes against their source IP).
+    pub connections_unidentified: Counter,
+    /// Contests for a meter id, by outcome.
+    pub identity_conflicts: Family<ConflictLabel, Counter>,
+    /// Identifications refused without a contest, by reason.
+    pub identities_refused: Family<RefusalLabel, Counter>,
+    /// Commands refused because they need a secret and the meter's identity was contested recently.
+    pub secrets_withheld: Counter,
     /// Bytes received from meters.
     pub bytes_received: Counter,
     /// Bytes sent to meters.
@@ -182,6 +269,12 @@ impl Default for Metrics {
         for reason in RejectReason::ALL {
             drop(metrics.connections_rejected.get_or_create(&ReasonLabel { reason }));
         }
+        for outcome in ConflictOutcome::ALL {
+            drop(metrics.identity_conflicts.get_or_create(&ConflictLabel { outcome }));
+        }
+        for reason in IdentityRefusal::ALL {
+            drop(metrics.identities_refused.get_or_create(&RefusalLabel { reason }));
+        }
         for kind in ["dlt645_garbage", "dlms_unmatched", "invalid_meter_id"] {
             drop(metrics.parse_errors.get_or_create(&KindLabel { kind: kind.to_owned() }));
         }
@@ -198,6 +291,10 @@ impl Metrics {
             connections_total: Counter::default(),
             connections_rejected: Family::default(),
             connections_unknown_protocol: Counter::default(),
+            connections_unidentified: Counter::default(),
+            identity_conflicts: Family::default(),
+            identities_refused: Family::default(),
+            secrets_withheld: Counter::default(),
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
             frames: Family::default(),
@@ -238,6 +335,26 @@ impl Metrics {
         self.connections_rejected.get_or_create(&ReasonLabel { reason }).inc();
     }
 
+    /// Counts a contest for a meter id.
+    pub fn identity_conflict(&self, outcome: ConflictOutcome) {
+        self.identity_conflicts.get_or_create(&ConflictLabel { outcome }).inc();
+    }
+
+    /// Contests for a meter id that ended with `outcome` since start.
+    pub fn identity_conflicts(&self, outcome: ConflictOutcome) -> u64 {
+        self.identity_conflicts.get_or_create(&ConflictLabel { outcome }).get()
+    }
+
+    /// Counts a refused identification.
+    pub fn identity_refused(&self, reason: IdentityRefusal) {
+        self.identities_refused.get_or_create(&RefusalLabel { reason }).inc();
+    }
+
+    /// Identifications refused for `reason` since start.
+    pub fn identities_refused(&self, reason: IdentityRefusal) -> u64 {
+        self.identities_refused.get_or_create(&RefusalLabel { reason }).get()
+    }
+
     /// Records a finished command.
     pub fn command(&self, method: &str, outcome: &str, seconds: f64) {
         self.commands.get_or_create(&CommandLabel { method: method.to_owned(), outcome: outcome.to_owned() }).inc();
@@ -274,6 +391,22 @@ impl Metrics {
             "connections_unknown_protocol",
             "Connections whose protocol could not be detected",
             m.connections_unknown_protocol.clone(),
+        );
+        r.register(
+            "connections_unidentified",
+            "Meter connections that ended without identifying a meter",
+            m.connections_unidentified.clone(),
+        );
+        r.register("identity_conflicts", "Contests for an online meter id, by outcome", m.identity_conflicts.clone());
+        r.register(
+            "identities_refused",
+            "Meter identifications refused without a contest, by reason",
+            m.identities_refused.clone(),
+        );
+        r.register(
+            "secrets_withheld",
+            "Commands refused because the meter's identity was contested recently",
+            m.secrets_withheld.clone(),
         );
         r.register("bytes_received", "Bytes received from meters", m.bytes_received.clone());
         r.register("bytes_sent", "Bytes sent to meters", m.bytes_sent.clone());

@@ -46,6 +46,7 @@ pub(crate) fn result(answer: &OpResult) -> Value {
             }
         }
         OpResult::Address(address) => json!({"address": address}),
+        OpResult::Alive => json!({"alive": true}),
         OpResult::TimeSet(t) if t.broadcast => json!({"time": t.time, "broadcast": true}),
         OpResult::TimeSet(t) => json!({"time": t.time}),
         OpResult::Attribute { obis, data } => {

@@ -283,6 +283,7 @@ fn status_for(code: Option<ErrorCode>) -> StatusCode {
             StatusCode::BAD_GATEWAY
         }
         Some(ErrorCode::Busy | ErrorCode::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
+        Some(ErrorCode::IdentityContested) => StatusCode::CONFLICT,
     }
 }
 

@@ -2,9 +2,11 @@
 //! and the identification/cleanup steps that publish status transitions exactly once.
 
 use super::context::MeterContext;
-use super::registry::{MeterInfo, Registered};
-use super::{QueuedRequest, SessionHandle};
-use crate::config::ZeroAddressAction;
+use super::registry::{Claim, MeterInfo};
+use super::{CloseCause, MeterOp, QueuedRequest, SessionHandle, SessionRequest};
+use crate::config::{DuplicateIdentity, ZeroAddressAction};
+use crate::lock::lock;
+use crate::metrics::{ConflictOutcome, IdentityRefusal};
 use crate::error::{ErrorCode, OpError};
 use crate::hub::HubEvent;
 use crate::model::{MeterEvent, Severity, Source, StatusChange, now_ms};
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +40,35 @@ pub(crate) enum EndReason {
     DetectionFailed,
     /// The identification was refused (invalid id).
     Rejected(String),
+    /// The connection claimed a meter id it may not have (see [`Refusal`]).
+    IdentityRefused(Refusal),
+    /// Still unidentified when its source IP, penalised for misbehaving, opened a newer connection.
+    Evicted,
+}
+
+/// Why a connection may not speak for a meter id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Another connection holds the id and kept it (it answered the probe, or the policy is `oldest_wins`).
+    Contested,
+    /// The connection already holds `meters.max_ids_per_connection` ids.
+    TooManyIds,
+    /// The source IP registered too many new ids in the last minute.
+    NewIdRate,
+    /// The id may not identify from this source address (`meters.allowed_sources_by_meter`).
+    SourceNotAllowed,
+}
+
+impl Refusal {
+    /// The snake_case name.
+    pub(crate) fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::Contested => "contested",
+            Refusal::TooManyIds => "too_many_ids",
+            Refusal::NewIdRate => "new_id_rate",
+            Refusal::SourceNotAllowed => "source_not_allowed",
+        }
+    }
 }
 
 impl EndReason {
@@ -52,6 +83,8 @@ impl EndReason {
             EndReason::BufferOverflow => "buffer_overflow".into(),
             EndReason::DetectionFailed => "protocol_not_detected".into(),
             EndReason::Rejected(r) => format!("rejected: {r}"),
+            EndReason::IdentityRefused(r) => format!("identity_refused: {}", r.as_str()),
+            EndReason::Evicted => "evicted_unidentified".into(),
         }
     }
 }
@@ -85,6 +118,27 @@ pub(crate) struct Conn {
     pub last_rx: Instant,
     /// Protocol family once known.
     pub protocol: Option<Source>,
+}
+
+/// What the probe of a contested id's holder found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeResult {
+    /// The holder answered or sent bytes within the window.
+    Answered,
+    /// Nothing from the holder within the window.
+    Silent,
+    /// The policy decides without a probe.
+    NotProbed,
+}
+
+impl ProbeResult {
+    fn as_str(&self) -> &'static str {
+        match self {
+            ProbeResult::Answered => "answered",
+            ProbeResult::Silent => "silent",
+            ProbeResult::NotProbed => "not_probed",
+        }
+    }
 }
 
 /// Bytes read from the socket at once.
@@ -123,10 +177,17 @@ impl Conn {
     /// Completes when the session is told to close (replaced or shutdown); gives the reason.
     pub(crate) async fn closed(&self) -> EndReason {
         tokio::select! {
-            _ = self.close.cancelled() => {
-                if self.handle.was_replaced() { EndReason::Replaced } else { EndReason::Shutdown }
-            }
+            _ = self.close.cancelled() => self.close_reason(),
             _ = self.ctx.shutdown.cancelled() => EndReason::Shutdown,
+        }
+    }
+
+    /// Why someone else told this session to close.
+    fn close_reason(&self) -> EndReason {
+        match self.handle.close_cause() {
+            CloseCause::Replaced => EndReason::Replaced,
+            CloseCause::Evicted => EndReason::Evicted,
+            CloseCause::Shutdown => EndReason::Shutdown,
         }
     }
 
@@ -138,7 +199,6 @@ impl Conn {
         let idle = self.idle_deadline();
         let close = self.close.clone();
         let shutdown = self.ctx.shutdown.clone();
-        let replaced = self.handle.clone();
         loop {
             tokio::select! {
                 r = self.stream.readable() => {
@@ -151,6 +211,7 @@ impl Conn {
                         Ok(n) => {
                             self.input = buf;
                             self.last_rx = Instant::now();
+                            self.handle.note_read();
                             self.ctx.metrics.bytes_received.inc_by(n as u64);
                             return ReadOutcome::Data;
                         }
@@ -160,9 +221,7 @@ impl Conn {
                     }
                 },
                 _ = tokio::time::sleep_until(idle) => return ReadOutcome::End(EndReason::IdleTimeout),
-                _ = close.cancelled() => {
-                    return ReadOutcome::End(if replaced.was_replaced() { EndReason::Replaced } else { EndReason::Shutdown });
-                }
+                _ = close.cancelled() => return ReadOutcome::End(self.close_reason()),
                 _ = shutdown.cancelled() => return ReadOutcome::End(EndReason::Shutdown),
             }
         }
@@ -181,27 +240,50 @@ impl Conn {
         }
     }
 
-    /// Records that this connection speaks for `meter_id`: registers it, closes a previous connection of the
-    /// same meter, and publishes the status/events of the transition exactly once. Returns false when this
-    /// connection already held it (a liveness refresh).
-    pub(crate) fn identify(&mut self, meter_id: &MeterId, protocol: Source) -> bool {
+    /// Records that this connection speaks for `meter_id`: checks the identity limits, settles a contest with
+    /// the connection that holds the id (`meters.duplicate_identity`), registers it, closes a replaced connection,
+    /// and publishes the status/events of the transition exactly once. `Ok(false)` when this connection already
+    /// held it (a liveness refresh); a refusal changes nothing for the id (the caller decides whether the
+    /// connection ends).
+    pub(crate) async fn identify(&mut self, meter_id: &MeterId, protocol: Source) -> Result<bool, Refusal> {
+        let ip = self.peer.ip();
+        let m = &self.ctx.config.meters;
+        let refusal = if !self.meters.contains(meter_id) && self.meters.len() >= m.max_ids_per_connection {
+            Some((Refusal::TooManyIds, IdentityRefusal::TooManyIds))
+        } else if !self.ctx.meter_source_allowed(meter_id.as_str(), ip) {
+            Some((Refusal::SourceNotAllowed, IdentityRefusal::SourceNotAllowed))
+        } else if self.ctx.registry.get(meter_id).is_none()
+            && !lock(&self.ctx.admission).allow_new_id(ip, std::time::Instant::now())
+        {
+            Some((Refusal::NewIdRate, IdentityRefusal::NewIdRate))
+        } else {
+            None
+        };
+        if let Some((refusal, counted)) = refusal {
+            self.ctx.metrics.identity_refused(counted);
+            if lock(&self.ctx.admission).should_log(ip, std::time::Instant::now()) {
+                tracing::warn!(meter = %meter_id, peer = %self.peer, reason = refusal.as_str(), "meter identification refused (logged once per IP per minute)");
+            }
+            return Err(refusal);
+        }
         self.protocol = Some(protocol);
         let connected_at = now_ms();
-        let info = MeterInfo { protocol, ip: self.peer.ip().to_string(), port: self.peer.port(), connected_at };
-        let outcome = self.ctx.registry.register(meter_id, self.handle.clone(), info);
-        if !self.meters.contains(meter_id) {
-            self.meters.push(meter_id.clone());
-        }
+        let info = MeterInfo { protocol, ip: ip.to_string(), port: self.peer.port(), connected_at };
         let ts = now_ms();
-        match outcome {
-            Registered::Refreshed => return false,
-            Registered::New => {
+        match self.ctx.registry.claim(meter_id, self.handle.clone(), info.clone()) {
+            Claim::Refreshed => {
+                if !self.meters.contains(meter_id) {
+                    self.meters.push(meter_id.clone());
+                }
+                return Ok(false);
+            }
+            Claim::New => {
                 tracing::info!(meter = %meter_id, peer = %self.peer, protocol = protocol.as_str(), "meter online");
                 self.ctx.metrics.meters_total.set(self.ctx.registry.seen_total() as i64);
                 self.ctx.hub.publish(HubEvent::Status(StatusChange {
                     meter_id: meter_id.clone(),
                     online: true,
-                    ip: Some(self.peer.ip().to_string()),
+                    ip: Some(ip.to_string()),
                     protocol: Some(protocol),
                     connected_at: Some(connected_at),
                     reason: None,
@@ -211,24 +293,144 @@ impl Conn {
                     meter_id: meter_id.clone(),
                     event: "meter_connected".into(),
                     severity: Some(Severity::Info),
-                    data: json!({"ip": self.peer.ip().to_string(), "port": self.peer.port(), "protocol": protocol.as_str()}),
+                    data: json!({"ip": ip.to_string(), "port": self.peer.port(), "protocol": protocol.as_str()}),
                     ts,
                 }));
             }
-            Registered::Replaced(old) => {
-                tracing::info!(meter = %meter_id, peer = %self.peer, old_conn = old.conn_id(), "meter reconnected; closing its previous connection");
+            Claim::Replaced(old) => {
+                // The previous connection's session had already ended: an ordinary reconnect, nothing contested.
+                tracing::info!(meter = %meter_id, peer = %self.peer, old_conn = old.conn_id(), "meter reconnected");
                 old.close_replaced();
-                self.ctx.hub.publish(HubEvent::Event(MeterEvent {
-                    meter_id: meter_id.clone(),
-                    event: "meter_reconnected".into(),
-                    severity: Some(Severity::Info),
-                    data: json!({"ip": self.peer.ip().to_string(), "port": self.peer.port(), "protocol": protocol.as_str()}),
-                    ts,
-                }));
+                self.publish_reconnected(meter_id, protocol, ts);
+            }
+            Claim::Held(holder, holder_info) => {
+                let policy = m.duplicate_identity;
+                let probe = match policy {
+                    DuplicateIdentity::NewestWins => ProbeResult::NotProbed,
+                    DuplicateIdentity::OldestWins => ProbeResult::NotProbed,
+                    DuplicateIdentity::Probe => self.probe(&holder, meter_id).await,
+                };
+                let holder_keeps = match policy {
+                    DuplicateIdentity::NewestWins => false,
+                    DuplicateIdentity::OldestWins => true,
+                    DuplicateIdentity::Probe => probe == ProbeResult::Answered,
+                };
+                let taken = if holder_keeps {
+                    None
+                } else {
+                    self.ctx.registry.take_over(meter_id, self.handle.clone(), info, holder.conn_id()).ok()
+                };
+                let outcome = if taken.is_some() { ConflictOutcome::TakenOver } else { ConflictOutcome::Refused };
+                self.publish_conflict(meter_id, &holder_info, holder.conn_id(), policy, probe, outcome);
+                let Some(old) = taken else {
+                    self.ctx.registry.mark_contested(meter_id, holder.conn_id());
+                    return Err(Refusal::Contested);
+                };
+                if let Some(old) = old {
+                    old.close_replaced();
+                }
+                self.publish_reconnected(meter_id, protocol, ts);
             }
         }
+        if !self.meters.contains(meter_id) {
+            self.meters.push(meter_id.clone());
+        }
+        lock(&self.ctx.admission).identified(ip, self.conn_id);
         self.ctx.metrics.meters_online.set(self.ctx.registry.len() as i64);
-        true
+        Ok(true)
+    }
+
+    fn publish_reconnected(&self, meter_id: &MeterId, protocol: Source, ts: u64) {
+        self.ctx.hub.publish(HubEvent::Event(MeterEvent {
+            meter_id: meter_id.clone(),
+            event: "meter_reconnected".into(),
+            severity: Some(Severity::Info),
+            data: json!({"ip": self.peer.ip().to_string(), "port": self.peer.port(), "protocol": protocol.as_str()}),
+            ts,
+        }));
+    }
+
+    /// Asks the connection holding `meter_id` to show it is alive within `meters.identity_probe_timeout_ms`:
+    /// it answers the probe request, or any bytes arrive on it meanwhile (a heartbeat, a push, a late reply).
+    /// A holder too busy to take the request is judged by its traffic alone.
+    async fn probe(&self, holder: &SessionHandle, meter_id: &MeterId) -> ProbeResult {
+        let window = Duration::from_millis(self.ctx.config.meters.identity_probe_timeout_ms);
+        let deadline = Instant::now() + window;
+        let reads_before = holder.reads();
+        let (reply, answer) = oneshot::channel();
+        let request = SessionRequest { meter_id: meter_id.clone(), op: MeterOp::Probe, deadline, reply };
+        let answered = match holder.submit(request) {
+            Ok(()) => matches!(tokio::time::timeout_at(deadline, answer).await, Ok(Ok(Ok(_)))),
+            Err(_) => false,
+        };
+        if !answered && !holder.is_closed() {
+            // Traffic counts until the end of the window, even if the request failed early.
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = async {
+                    while holder.reads() == reads_before && !holder.is_closed() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                } => {}
+            }
+        }
+        if answered || (holder.reads() > reads_before && !holder.is_closed()) {
+            ProbeResult::Answered
+        } else {
+            ProbeResult::Silent
+        }
+    }
+
+    /// The `identity_conflict` security event (MQTT events topic, log, counter).
+    fn publish_conflict(
+        &self,
+        meter_id: &MeterId,
+        holder: &MeterInfo,
+        holder_conn: u64,
+        policy: DuplicateIdentity,
+        probe: ProbeResult,
+        outcome: ConflictOutcome,
+    ) {
+        self.ctx.metrics.identity_conflict(outcome);
+        tracing::warn!(
+            meter = %meter_id,
+            newcomer = %self.peer,
+            holder = %format!("{}:{}", holder.ip, holder.port),
+            policy = policy.as_str(),
+            probe = probe.as_str(),
+            outcome = outcome.as_str(),
+            "identity_conflict: a second connection claimed an online meter id"
+        );
+        self.ctx.hub.publish(HubEvent::Event(MeterEvent {
+            meter_id: meter_id.clone(),
+            event: "identity_conflict".into(),
+            severity: Some(Severity::Warning),
+            data: json!({
+                "policy": policy.as_str(),
+                "probe": probe.as_str(),
+                "outcome": outcome.as_str(),
+                "holder": {"ip": holder.ip, "port": holder.port, "conn": holder_conn, "connectedAt": holder.connected_at},
+                "newcomer": {"ip": self.peer.ip().to_string(), "port": self.peer.port(), "conn": self.conn_id},
+            }),
+            ts: now_ms(),
+        }));
+    }
+
+    /// Fails with `identity_contested` when `meter_id` was contested within `meters.secrets_quiet_secs`: call it
+    /// before sending a password, an operator code or a key to the meter.
+    pub(crate) fn secrets_allowed(&self, meter_id: &MeterId) -> Result<(), OpError> {
+        let quiet = self.ctx.config.meters.secrets_quiet_secs;
+        if quiet > 0 && self.ctx.registry.contested_within(meter_id, Duration::from_secs(quiet)) {
+            self.ctx.metrics.secrets_withheld.inc();
+            tracing::warn!(meter = %meter_id, peer = %self.peer, "secret withheld: the meter's identity was contested recently");
+            return Err(OpError::new(
+                ErrorCode::IdentityContested,
+                format!(
+                    "another connection claimed this meter's id less than {quiet} s ago; passwords and keys are not sent until then"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Applies a registration packet: validates the id (it becomes a topic segment), identifies the meter and
@@ -251,7 +453,7 @@ impl Conn {
                 return Err(EndReason::Rejected(e.to_string()));
             }
         };
-        self.identify(&meter_id, protocol);
+        self.identify(&meter_id, protocol).await.map_err(EndReason::IdentityRefused)?;
         if let Some(ack) = &registration.ack {
             self.send(ack).await?;
         }
@@ -271,6 +473,14 @@ impl Conn {
             let _ = request.reply.send(Err(OpError::new(ErrorCode::ConnectionClosed, "the meter's connection closed")));
         }
         let _ = self.stream.shutdown().await;
+        let identified = !self.meters.is_empty();
+        if !identified {
+            self.ctx.metrics.connections_unidentified.inc();
+        }
+        let penalised = lock(&self.ctx.admission).ended(self.peer.ip(), self.conn_id, identified, std::time::Instant::now());
+        if penalised {
+            tracing::warn!(ip = %self.peer.ip(), "source penalised: too many connections without a meter; its unidentified connections are now capped");
+        }
         let ts = now_ms();
         for meter_id in &self.meters {
             if !self.ctx.registry.unregister(meter_id, self.conn_id) {

@@ -5,7 +5,9 @@
 
 use super::admission::{Admission, Limits};
 use super::registry::Registry;
-use crate::config::Config;
+use crate::config::{Config, Parsed, SourceNet};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::registers::Resolver;
@@ -37,6 +39,10 @@ pub struct MeterContext {
     pub rules: Vec<RegistrationRule>,
     /// Register catalogues and poll groups.
     pub resolver: Arc<Resolver>,
+    /// Where meters may connect from (`meters.allowed_sources`; empty allows any).
+    pub allowed_sources: Vec<SourceNet>,
+    /// Where a given meter id may identify from (`meters.allowed_sources_by_meter`).
+    pub allowed_sources_by_meter: HashMap<String, Vec<SourceNet>>,
     next_conn: AtomicU64,
 }
 
@@ -57,7 +63,13 @@ impl MeterContext {
             max_attempts: m.max_connection_attempts,
             window: Duration::from_millis(m.rate_limit_window_ms),
             block: Duration::from_millis(m.rate_limit_block_duration_ms),
+            max_unidentified_penalised: m.max_unidentified_per_penalised_ip,
+            max_new_ids_per_minute: m.max_new_ids_per_ip_per_minute,
         };
+        // Parsed when the configuration was loaded (a loaded configuration holds only parsed values).
+        let nets = |list: &[Parsed<SourceNet>]| list.iter().filter_map(|n| n.get().copied()).collect::<Vec<_>>();
+        let allowed_sources = nets(&m.allowed_sources);
+        let allowed_sources_by_meter = m.allowed_sources_by_meter.iter().map(|(id, l)| (id.clone(), nets(l))).collect();
         MeterContext {
             resolver,
             rules: config.registration_rules(),
@@ -68,8 +80,20 @@ impl MeterContext {
             metrics,
             shutdown,
             next_conn: AtomicU64::new(1),
+            allowed_sources,
+            allowed_sources_by_meter,
             config,
         }
+    }
+
+    /// Whether a connection from `ip` may be accepted at all.
+    pub fn source_allowed(&self, ip: IpAddr) -> bool {
+        self.allowed_sources.is_empty() || self.allowed_sources.iter().any(|n| n.contains(ip))
+    }
+
+    /// Whether `meter_id` may identify from `ip` (its own list when it has one).
+    pub fn meter_source_allowed(&self, meter_id: &str, ip: IpAddr) -> bool {
+        self.allowed_sources_by_meter.get(meter_id).is_none_or(|nets| nets.iter().any(|n| n.contains(ip)))
     }
 
     /// A fresh connection id.

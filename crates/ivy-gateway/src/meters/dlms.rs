@@ -238,6 +238,13 @@ impl DlmsDriver<'_> {
 
     /// Runs one request to completion (association opened as needed); the deadline bounds the whole call.
     async fn call(&mut self, request: Request, deadline: Instant) -> Result<Response, Failure> {
+        // Opening an association sends the LLS password, a secret.
+        if self.conn.ctx.config.dlms.lls_password.is_some()
+            && !self.assoc.is_associated()
+            && let Some(meter) = &self.meter
+        {
+            self.conn.secrets_allowed(meter)?;
+        }
         let id = self.assoc.request_until(request, deadline.into_std());
         loop {
             self.transmit().await?;
@@ -309,7 +316,7 @@ impl DlmsDriver<'_> {
                     match MeterId::new(text.trim().to_owned()) {
                         Ok(id) => {
                             self.finish_association().await?;
-                            self.conn.identify(&id, Source::Dlms);
+                            self.conn.identify(&id, Source::Dlms).await.map_err(EndReason::IdentityRefused)?;
                             self.on_identified(id);
                             return Ok(());
                         }
@@ -646,6 +653,23 @@ impl Driver for DlmsDriver<'_> {
         match self.call(Request::Get(attribute), deadline).await? {
             Response::Data(d) => Ok(d),
             _ => Err(driver::unexpected("")),
+        }
+    }
+
+    /// Reads the logical device name; any answer, even a refusal, shows the meter is there. With an LLS password
+    /// configured nothing is sent (associating would hand the password to a connection whose identity is being
+    /// contested): the prober then judges this connection by its traffic alone.
+    async fn probe(&mut self, _meter: &MeterId, deadline: Instant) -> Result<(), Failure> {
+        if self.conn.ctx.config.dlms.lls_password.is_some() && !self.assoc.is_associated() {
+            return Err(Failure::Op(OpError::new(
+                ErrorCode::IdentityContested,
+                "not probed: an association would send the LLS password",
+            )));
+        }
+        match self.call(Request::Get(AttributeDescriptor::new(1, LOGICAL_DEVICE_NAME, 2)), deadline).await {
+            Ok(_) => Ok(()),
+            Err(Failure::Op(e)) if e.code != ErrorCode::Timeout => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

@@ -22,7 +22,7 @@ use ivy_protocol::dlt645::{
 };
 use ivy_protocol::registration::MeterId;
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -42,7 +42,16 @@ struct Dlt645Driver<'a> {
     client: Client,
     meters: Vec<Meter>,
     probe_at: Instant,
+    /// Addresses whose identification was refused, and when: not tried again for [`RETRY_REFUSED`].
+    refused: HashMap<Address, Instant>,
 }
+
+/// How long a refused address is ignored before its identification is tried again.
+const RETRY_REFUSED: Duration = Duration::from_secs(60);
+
+/// The communication address register (DL/T 645-2007 appendix A, DI 04000401): a read any meter answers, used to
+/// probe whether a meter is still on a connection.
+const COMMUNICATION_ADDRESS_DI: Di = Di::new(0x0400_0401);
 
 /// Runs the DL/T 645 conversation until the connection ends.
 pub(crate) async fn run(
@@ -64,6 +73,7 @@ pub(crate) async fn run(
         client,
         meters: Vec::new(),
         probe_at: Instant::now() + probe_after,
+        refused: HashMap::new(),
     };
     s.framer.push(&leftover);
     let result = s.main_loop(requests).await;
@@ -79,7 +89,7 @@ enum Never {}
 impl Dlt645Driver<'_> {
     async fn main_loop(&mut self, requests: &mut mpsc::Receiver<super::QueuedRequest>) -> Result<Never, EndReason> {
         loop {
-            self.drain_frames()?;
+            self.drain_frames().await?;
             let poll_due = self.meters.iter().filter_map(|m| m.timer.due_at()).min();
             let far = Instant::now() + Duration::from_secs(3600);
             let unidentified = self.meters.is_empty();
@@ -108,22 +118,22 @@ impl Dlt645Driver<'_> {
 
     /// Hands the frames buffered so far to the client, and what answers nothing in flight (identification,
     /// unsolicited readings, other meters on the bus, late replies) to [`Self::on_frame`].
-    fn drain_frames(&mut self) -> Result<(), EndReason> {
+    async fn drain_frames(&mut self) -> Result<(), EndReason> {
         self.drain_frames_into_client()?;
-        self.drain_unmatched();
+        self.drain_unmatched().await?;
         Ok(())
     }
 
     /// Frames the client did not match; a request's outcome is left for [`Self::call`].
-    fn drain_unmatched(&mut self) -> Option<(u64, Outcome)> {
+    async fn drain_unmatched(&mut self) -> Result<Option<(u64, Outcome)>, EndReason> {
         let mut done = None;
         while let Some(event) = self.client.poll_event() {
             match event {
-                Event::Unmatched(f) => self.on_frame(&f),
+                Event::Unmatched(f) => self.on_frame(&f).await?,
                 Event::Done { id, outcome } => done = Some((id, outcome)),
             }
         }
-        done
+        Ok(done)
     }
 
     fn on_discard(&self, reason: Option<ivy_protocol::dlt645::FrameError>) {
@@ -131,11 +141,11 @@ impl Dlt645Driver<'_> {
     }
 
     /// A frame that answers nothing outstanding: identifies its meter, and publishes a reading if it carries one.
-    fn on_frame(&mut self, f: &Frame) {
+    async fn on_frame(&mut self, f: &Frame) -> Result<(), EndReason> {
         if !f.control.from_meter() {
-            return;
+            return Ok(());
         }
-        let Some(index) = self.identify(f.address) else { return };
+        let Some(index) = self.identify(f.address).await? else { return Ok(()) };
         if let Reply::Data { di, value, .. } = f.reply()
             && let Some(m) = self.meters.get(index)
             && let Some(reading) = self.decode(&m.id.clone(), di, value)
@@ -143,24 +153,39 @@ impl Dlt645Driver<'_> {
             let id = m.id.clone();
             driver::publish(self.conn, &id, Source::Dlt645, vec![reading]);
         }
+        Ok(())
     }
 
-    /// Finds or registers the meter at `address`; `None` for addresses that cannot be meter ids.
-    fn identify(&mut self, address: Address) -> Option<usize> {
+    /// Finds or registers the meter at `address`; `None` for addresses that cannot be meter ids, that this
+    /// connection lost to another, or whose identification was refused. A refusal ends a connection that holds no
+    /// other meter (one DTU may hold several; the others keep working).
+    async fn identify(&mut self, address: Address) -> Result<Option<usize>, EndReason> {
         if let Some(i) = self.meters.iter().position(|m| m.address == address) {
             // A later frame from a meter this connection lost to a reconnect elsewhere is not ours any more.
-            return self.meters.get(i).filter(|m| self.conn.holds(&m.id)).map(|_| i);
+            return Ok(self.meters.get(i).filter(|m| self.conn.holds(&m.id)).map(|_| i));
         }
         if !address.is_bcd() || address.is_special() {
             tracing::debug!(peer = %self.conn.peer, %address, "frame from an address that is not a meter id");
-            return None;
+            return Ok(None);
         }
-        let id = MeterId::new(address.to_string()).ok()?;
-        self.conn.identify(&id, Source::Dlt645);
+        if self.refused.get(&address).is_some_and(|t| t.elapsed() < RETRY_REFUSED) {
+            return Ok(None);
+        }
+        let Ok(id) = MeterId::new(address.to_string()) else { return Ok(None) };
+        if let Err(refusal) = self.conn.identify(&id, Source::Dlt645).await {
+            if self.meters.is_empty() {
+                return Err(EndReason::IdentityRefused(refusal));
+            }
+            // Bounded like the ids themselves.
+            if self.refused.len() < self.conn.ctx.config.meters.max_ids_per_connection {
+                self.refused.insert(address, Instant::now());
+            }
+            return Ok(None);
+        }
         let plan = self.conn.ctx.resolver.dlt_poll_plan(&id);
         let timer = PollTimer::start(&self.conn.ctx, &id, !plan.is_empty());
         self.meters.push(Meter { id, address, timer, plan, skip: HashSet::new() });
-        Some(self.meters.len() - 1)
+        Ok(Some(self.meters.len() - 1))
     }
 
     async fn send(&mut self, frame: &Frame) -> Result<(), EndReason> {
@@ -181,7 +206,7 @@ impl Dlt645Driver<'_> {
             while let Some(bytes) = self.client.poll_transmit(Instant::now().into_std()) {
                 self.conn.send(&bytes).await?;
             }
-            if let Some((done, outcome)) = self.drain_unmatched()
+            if let Some((done, outcome)) = self.drain_unmatched().await?
                 && done == id
             {
                 return Ok(outcome);
@@ -397,6 +422,8 @@ impl Driver for Dlt645Driver<'_> {
         deadline: Instant,
     ) -> Result<RelayConfirmation, Failure> {
         let address = self.address_of(meter)?;
+        // The relay frame carries the password level, password and operator code (and may be AES-encrypted).
+        self.conn.secrets_allowed(meter)?;
         let cfg = &self.conn.ctx.config;
         let o = cfg.dlt645.meter_overrides.get(meter.as_str());
         let level = o.and_then(|o| o.password_level).unwrap_or(cfg.dlt645.password_level);
@@ -436,7 +463,7 @@ impl Driver for Dlt645Driver<'_> {
         match self.request(Request::ReadAddress, deadline).await? {
             Response::Address(a) => {
                 // The reply also identifies (or confirms) the meter that sent it.
-                self.identify(a);
+                self.identify(a).await?;
                 Ok(a.to_string())
             }
             _ => Err(driver::unexpected(" to read address")),
@@ -459,6 +486,16 @@ impl Driver for Dlt645Driver<'_> {
         _deadline: Instant,
     ) -> Result<Data, Failure> {
         Err(driver::unsupported("read_obis is a DLMS method; this meter speaks DL/T 645"))
+    }
+
+    /// Reads the communication address register at the meter's address; an error reply is an answer too.
+    async fn probe(&mut self, meter: &MeterId, deadline: Instant) -> Result<(), Failure> {
+        let address = self.address_of(meter)?;
+        match self.read_value(address, COMMUNICATION_ADDRESS_DI, deadline).await {
+            Ok(_) => Ok(()),
+            Err(Failure::Op(e)) if e.code != ErrorCode::Timeout => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -84,6 +84,10 @@ pub(crate) trait Driver {
         attribute: AttributeDescriptor,
         deadline: Instant,
     ) -> Result<Data, Failure>;
+    /// Shows that `meter` is still on this connection (an identity contest, see `Conn::identify`): any answer from
+    /// the meter, even a refusal, is `Ok`; only silence until `deadline` is a timeout.
+    async fn probe(&mut self, meter: &MeterId, deadline: Instant) -> Result<(), Failure>;
+
     /// Called after every request that left the connection up (DLMS releases its association here).
     async fn settle(&mut self) -> Result<(), EndReason> {
         Ok(())
@@ -130,6 +134,7 @@ pub(crate) async fn execute<D: Driver>(driver: &mut D, request: SessionRequest) 
             .read_attribute(&meter_id, attribute, deadline)
             .await
             .map(|data| OpResult::Attribute { obis: attribute.obis, data }),
+        MeterOp::Probe => driver.probe(&meter_id, deadline).await.map(|()| OpResult::Alive),
     };
     let settled = match &result {
         Err(Failure::End(_)) => Ok(()),

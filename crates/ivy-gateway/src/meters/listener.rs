@@ -3,6 +3,7 @@
 use super::context::MeterContext;
 use super::session;
 use crate::lock::lock;
+use crate::metrics::RejectReason;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,7 +59,9 @@ pub(crate) async fn run(listener: TcpListener, ctx: Arc<MeterContext>) {
         let admitted = {
             let mut a = lock(&ctx.admission);
             let now = Instant::now();
-            match a.admit(peer.ip(), now) {
+            let decision =
+                if ctx.source_allowed(peer.ip()) { a.admit(peer.ip()) } else { Err(RejectReason::SourceNotAllowed) };
+            match decision {
                 Ok(()) => {
                     ctx.metrics.connections_active.set(a.active() as i64);
                     Ok(())

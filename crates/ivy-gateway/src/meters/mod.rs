@@ -19,7 +19,7 @@ use crate::model::Reading;
 use ivy_protocol::dlms::Obis;
 use ivy_protocol::registration::MeterId;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +65,10 @@ pub enum MeterOp {
     ReadAddress,
     /// Set the meter clock (ms since epoch, UTC).
     SyncTime(i64),
+    /// Show that the meter is still on this connection (an identity contest): DL/T 645 reads the communication
+    /// address register at the meter's address, DLMS reads the logical device name. Any answer, even an error
+    /// reply, shows the holder is alive.
+    Probe,
     /// Read any DLMS attribute.
     ReadAttribute(ivy_protocol::dlms::AttributeDescriptor),
 }
@@ -96,6 +100,8 @@ pub enum OpResult {
         /// Its value.
         data: ivy_protocol::dlms::Data,
     },
+    /// The meter answered an identity probe ([`MeterOp::Probe`]; never a command's result).
+    Alive,
 }
 
 /// A clock setting that was sent.
@@ -173,13 +179,25 @@ pub enum SubmitError {
 /// up front: with 80-byte requests that was 2.5 KiB for every connected meter, most of which never get a command.
 pub type QueuedRequest = Box<SessionRequest>;
 
+/// Why a session was told to close by someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The gateway is stopping (or nobody said).
+    Shutdown,
+    /// Its meter reconnected on another connection.
+    Replaced,
+    /// It was still unidentified and its source IP, after misbehaving, opened a newer connection.
+    Evicted,
+}
+
 /// A handle on one connection's session task. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     conn_id: u64,
     tx: mpsc::Sender<QueuedRequest>,
     close: CancellationToken,
-    replaced: Arc<AtomicBool>,
+    cause: Arc<AtomicU8>,
+    reads: Arc<AtomicU64>,
 }
 
 impl SessionHandle {
@@ -187,7 +205,24 @@ impl SessionHandle {
     pub fn new(conn_id: u64, depth: usize) -> (Self, mpsc::Receiver<QueuedRequest>, CancellationToken) {
         let (tx, rx) = mpsc::channel(depth.max(1));
         let close = CancellationToken::new();
-        (SessionHandle { conn_id, tx, close: close.clone(), replaced: Arc::new(AtomicBool::new(false)) }, rx, close)
+        let handle = SessionHandle {
+            conn_id,
+            tx,
+            close: close.clone(),
+            cause: Arc::new(AtomicU8::new(0)),
+            reads: Arc::new(AtomicU64::new(0)),
+        };
+        (handle, rx, close)
+    }
+
+    /// Counts bytes arriving from the peer (the session calls it on every read); an identity probe looks at it.
+    pub fn note_read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads from the peer so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// The connection id.
@@ -205,7 +240,17 @@ impl SessionHandle {
 
     /// Asks the session to close because its meter reconnected elsewhere.
     pub fn close_replaced(&self) {
-        self.replaced.store(true, Ordering::Relaxed);
+        self.close_for(CloseCause::Replaced);
+    }
+
+    /// Asks the session to close for `cause`.
+    pub fn close_for(&self, cause: CloseCause) {
+        let code = match cause {
+            CloseCause::Shutdown => 0,
+            CloseCause::Replaced => 1,
+            CloseCause::Evicted => 2,
+        };
+        self.cause.store(code, Ordering::Relaxed);
         self.close.cancel();
     }
 
@@ -214,9 +259,13 @@ impl SessionHandle {
         self.close.cancel();
     }
 
-    /// Whether the close was a replacement.
-    pub fn was_replaced(&self) -> bool {
-        self.replaced.load(Ordering::Relaxed)
+    /// Why the session was told to close.
+    pub fn close_cause(&self) -> CloseCause {
+        match self.cause.load(Ordering::Relaxed) {
+            1 => CloseCause::Replaced,
+            2 => CloseCause::Evicted,
+            _ => CloseCause::Shutdown,
+        }
     }
 
     /// True once the session ended or was told to close.

@@ -10,6 +10,7 @@ use crate::model::Source;
 use ivy_protocol::registration::MeterId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// What the registry knows about a connected meter.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,18 +29,28 @@ pub struct MeterInfo {
 struct Entry {
     handle: SessionHandle,
     info: MeterInfo,
+    /// When the id was last contested while this connection held it or took it over.
+    contested_at: Option<Instant>,
 }
 
-/// Outcome of [`Registry::register`].
+/// Outcome of [`Registry::claim`].
 #[derive(Debug)]
-pub enum Registered {
-    /// The meter was not connected before.
+pub enum Claim {
+    /// The meter was not connected before: the claim is registered.
     New,
-    /// The meter was held by another connection, which is returned so the caller can close it.
+    /// The meter was held by a connection whose session has already ended; the claim replaced it (returned so the
+    /// caller can make sure it is closed).
     Replaced(SessionHandle),
     /// This connection already held the meter (a repeated heartbeat).
     Refreshed,
+    /// Another live connection holds the meter; nothing changed. The caller decides (the duplicate-identity
+    /// policy) and calls [`Registry::take_over`] if the claim wins.
+    Held(SessionHandle, MeterInfo),
 }
+
+/// A take-over found the id held by a third connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaceLost;
 
 /// Most meter ids remembered for the "seen since start" figure: ids are validated and a fleet is finite, but the
 /// set is capped anyway against id-spraying peers.
@@ -68,22 +79,56 @@ impl Registry {
         lock(&self.seen).len()
     }
 
-    /// Records that `handle`'s connection holds `meter_id`.
-    pub fn register(&self, meter_id: &MeterId, handle: SessionHandle, info: MeterInfo) -> Registered {
+    /// Claims `meter_id` for `handle`'s connection: registers it unless another live connection holds it.
+    pub fn claim(&self, meter_id: &MeterId, handle: SessionHandle, info: MeterInfo) -> Claim {
         let mut map = self.map();
-        let previous = map.insert(meter_id.clone(), Entry { handle: handle.clone(), info });
+        match map.get(meter_id) {
+            Some(e) if e.handle.conn_id() == handle.conn_id() => return Claim::Refreshed,
+            Some(e) if !e.handle.is_closed() => return Claim::Held(e.handle.clone(), e.info.clone()),
+            _ => {}
+        }
+        let previous = map.insert(meter_id.clone(), Entry { handle, info, contested_at: None });
+        drop(map);
         match previous {
+            Some(old) => Claim::Replaced(old.handle),
             None => {
-                drop(map);
                 let mut seen = lock(&self.seen);
                 if seen.len() < MAX_SEEN {
                     seen.insert(meter_id.clone());
                 }
-                Registered::New
+                Claim::New
             }
-            Some(old) if old.handle.conn_id() == handle.conn_id() => Registered::Refreshed,
-            Some(old) => Registered::Replaced(old.handle),
         }
+    }
+
+    /// Gives `meter_id` to `handle`'s connection if connection `from_conn` still holds it (or nobody does), and
+    /// marks the id contested. Returns the previous holder's handle, or [`RaceLost`] when a third connection got
+    /// the id meanwhile (the caller is then refused).
+    pub fn take_over(
+        &self,
+        meter_id: &MeterId,
+        handle: SessionHandle,
+        info: MeterInfo,
+        from_conn: u64,
+    ) -> Result<Option<SessionHandle>, RaceLost> {
+        let mut map = self.map();
+        if map.get(meter_id).is_some_and(|e| e.handle.conn_id() != from_conn) {
+            return Err(RaceLost);
+        }
+        let entry = Entry { handle, info, contested_at: Some(Instant::now()) };
+        Ok(map.insert(meter_id.clone(), entry).map(|old| old.handle))
+    }
+
+    /// Marks `meter_id` contested while connection `conn_id` holds it (a newcomer was refused).
+    pub fn mark_contested(&self, meter_id: &MeterId, conn_id: u64) {
+        if let Some(e) = self.map().get_mut(meter_id).filter(|e| e.handle.conn_id() == conn_id) {
+            e.contested_at = Some(Instant::now());
+        }
+    }
+
+    /// Whether `meter_id` was contested less than `window` ago (secrets are withheld then).
+    pub fn contested_within(&self, meter_id: &MeterId, window: Duration) -> bool {
+        self.map().get(meter_id).and_then(|e| e.contested_at).is_some_and(|t| t.elapsed() < window)
     }
 
     /// Removes `meter_id` if, and only if, connection `conn_id` still holds it. Returns whether it did.

@@ -2,7 +2,10 @@
 //! the protocol's driver, and clean up when it ends.
 
 use super::conn::{Conn, EndReason, ReadOutcome};
+use super::CloseCause;
 use super::context::MeterContext;
+use crate::lock::lock;
+use crate::metrics::RejectReason;
 use crate::model::Source;
 use ivy_protocol::detect::{Detection, Detector, Protocol};
 use std::net::SocketAddr;
@@ -15,6 +18,11 @@ use tokio::time::Instant;
 pub(crate) async fn run(ctx: Arc<MeterContext>, stream: TcpStream, peer: SocketAddr) {
     let conn_id = ctx.next_conn_id();
     let (mut conn, mut requests) = Conn::new(ctx.clone(), conn_id, peer, stream);
+    let evicted = lock(&ctx.admission).track_unidentified(peer.ip(), conn.handle.clone(), std::time::Instant::now());
+    if let Some(oldest) = evicted {
+        ctx.metrics.rejected(RejectReason::RateLimited);
+        oldest.close_for(CloseCause::Evicted);
+    }
     tracing::debug!(peer = %peer, conn = conn_id, "meter connection accepted");
     let reason = match detect(&mut conn).await {
         Ok((Protocol::Dlt645, leftover)) => {
