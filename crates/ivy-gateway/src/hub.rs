@@ -1,13 +1,20 @@
 //! The single fan-out point: sessions and the alarm engine publish normalised readings, status transitions and
 //! events here; every sink (the MQTT sink and the alarm engine) has its own bounded queue. A sink that falls
-//! behind loses events *for itself only*, and each loss is counted, never silent; producers never wait. Observers
-//! (the HTTP live view) are applied in place on the producer's thread instead.
+//! behind loses readings and ordinary events *for itself only*, and each loss is counted, never silent; producers
+//! never wait. Observers (the HTTP live view) are applied in place on the producer's thread instead.
+//!
+//! Status transitions and meter lifecycle events (connected, disconnected, reconnected, identity conflicts) are
+//! never lost: when a sink's queue is full they wait in a reserve kept per sink and per (meter, kind), where a
+//! later transition replaces an earlier one (the sink then sees the meter's latest state, never a stale one), and a
+//! forwarder task feeds the reserve into the queue as room appears. The reserve is bounded by the meters the
+//! registry can hold (`meters.max_connections` × `meters.max_ids_per_connection`), capped at [`MAX_RESERVED`].
 
 use crate::model::{MeterEvent, Reading, Source, StatusChange};
 use ivy_protocol::registration::MeterId;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, mpsc};
 
 /// Something that happened, for every sink.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,14 +37,115 @@ pub enum HubEvent {
     Event(MeterEvent),
 }
 
-/// One sink's queue and its drop counter.
+impl HubEvent {
+    /// The key under which a transition that must not be lost waits in a sink's reserve: `None` for readings and
+    /// ordinary events, which a full queue drops.
+    fn reserve_key(&self) -> Option<(MeterId, &'static str)> {
+        match self {
+            HubEvent::Status(s) => Some((s.meter_id.clone(), "status")),
+            HubEvent::Event(e) => LIFECYCLE_EVENTS.iter().find(|n| **n == e.event).map(|n| (e.meter_id.clone(), *n)),
+            HubEvent::Readings { .. } => None,
+        }
+    }
+}
+
+/// Events that say whether and where a meter is connected: as lossless as its status.
+const LIFECYCLE_EVENTS: [&str; 4] = ["meter_connected", "meter_disconnected", "meter_reconnected", "identity_conflict"];
+
+/// Most transitions waiting in one sink's reserve (beyond the registry's bound, a safety net: each loss counted).
+pub const MAX_RESERVED: usize = 1_000_000;
+
+/// Transitions waiting for room in a sink's queue, latest per key, in arrival order of the keys.
+#[derive(Debug, Default)]
+struct Reserve {
+    order: VecDeque<(MeterId, &'static str)>,
+    latest: HashMap<(MeterId, &'static str), Arc<HubEvent>>,
+}
+
+impl Reserve {
+    /// Keeps `event` under `key`, replacing an older transition of the same key in place. False when full.
+    fn put(&mut self, key: (MeterId, &'static str), event: Arc<HubEvent>) -> bool {
+        if let Some(slot) = self.latest.get_mut(&key) {
+            *slot = event;
+            return true;
+        }
+        if self.latest.len() >= MAX_RESERVED {
+            return false;
+        }
+        self.order.push_back(key.clone());
+        self.latest.insert(key, event);
+        true
+    }
+
+    fn take(&mut self) -> Option<Arc<HubEvent>> {
+        let key = self.order.pop_front()?;
+        self.latest.remove(&key)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+/// One sink's queue, its reserve and its counters.
 #[derive(Debug)]
 struct SinkSlot {
     name: &'static str,
     tx: mpsc::Sender<Arc<HubEvent>>,
+    reserve: Mutex<Reserve>,
+    reserve_ready: Notify,
     dropped: AtomicU64,
     dropped_readings: AtomicU64,
     delivered: AtomicU64,
+    reserved: AtomicU64,
+}
+
+impl SinkSlot {
+    /// Feeds the reserve into the queue as room appears, until the sink's consumer stops.
+    async fn forward_reserve(self: Arc<Self>) {
+        loop {
+            let next = crate::lock::lock(&self.reserve).take();
+            let Some(event) = next else {
+                tokio::select! {
+                    _ = self.reserve_ready.notified() => continue,
+                    _ = self.tx.closed() => return,
+                }
+            };
+            if self.tx.send(event).await.is_err() {
+                return;
+            }
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a transition that must not be lost: straight into the queue when it has room and nothing waits in
+    /// the reserve (order per meter is kept), else into the reserve.
+    fn send_lossless(&self, key: (MeterId, &'static str), event: Arc<HubEvent>) {
+        let mut reserve = crate::lock::lock(&self.reserve);
+        if reserve.is_empty() {
+            match self.tx.try_send(event) {
+                Ok(()) => {
+                    self.delivered.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(event)) => return self.reserve_locked(&mut reserve, key, event),
+            }
+        }
+        self.reserve_locked(&mut reserve, key, event);
+    }
+
+    fn reserve_locked(&self, reserve: &mut Reserve, key: (MeterId, &'static str), event: Arc<HubEvent>) {
+        if reserve.put(key, event) {
+            let n = self.reserved.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() {
+                tracing::warn!(sink = self.name, reserved = n + 1, "hub sink is falling behind; status transitions wait in its reserve");
+            }
+            self.reserve_ready.notify_one();
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Per-sink counters.
@@ -51,6 +159,9 @@ pub struct SinkStats {
     pub dropped: u64,
     /// Readings inside those events.
     pub dropped_readings: u64,
+    /// Status transitions and lifecycle events that waited in the reserve because the queue was full (delivered
+    /// later, or replaced by a later transition of the same meter).
+    pub reserved: u64,
 }
 
 /// A view updated in place on the producer's thread (see [`Hub::observe`]).
@@ -76,16 +187,24 @@ impl Hub {
         Self::default()
     }
 
-    /// Adds a sink with a queue of `capacity` events; returns its receiving end.
+    /// Adds a sink with a queue of `capacity` events; returns its receiving end. Called inside a tokio runtime,
+    /// it also starts the sink's reserve forwarder (outside one, reserved transitions wait until taken by
+    /// nobody: only unit tests do that).
     pub fn subscribe(&self, name: &'static str, capacity: usize) -> mpsc::Receiver<Arc<HubEvent>> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let slot = Arc::new(SinkSlot {
             name,
             tx,
+            reserve: Mutex::new(Reserve::default()),
+            reserve_ready: Notify::new(),
             dropped: AtomicU64::new(0),
             dropped_readings: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
         });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(slot.clone().forward_reserve());
+        }
         if let Ok(mut sinks) = self.sinks.write() {
             sinks.push(slot);
         }
@@ -105,7 +224,7 @@ impl Hub {
     }
 
     /// Hands `event` to every observer, then to every sink without waiting; a full queue counts a drop for that
-    /// sink.
+    /// sink, except for status transitions and lifecycle events, which wait in the sink's reserve.
     pub fn publish(&self, event: HubEvent) {
         self.published.fetch_add(1, Ordering::Relaxed);
         if let Ok(observers) = self.observers.read() {
@@ -113,8 +232,15 @@ impl Hub {
                 observe(&event);
             }
         }
+        let key = event.reserve_key();
         let event = Arc::new(event);
         let Ok(sinks) = self.sinks.read() else { return };
+        if let Some(key) = key {
+            for slot in sinks.iter() {
+                slot.send_lossless(key.clone(), event.clone());
+            }
+            return;
+        }
         for slot in sinks.iter() {
             match slot.tx.try_send(event.clone()) {
                 Ok(()) => {
@@ -151,6 +277,7 @@ impl Hub {
                         delivered: slot.delivered.load(Ordering::Relaxed),
                         dropped: slot.dropped.load(Ordering::Relaxed),
                         dropped_readings: slot.dropped_readings.load(Ordering::Relaxed),
+                        reserved: slot.reserved.load(Ordering::Relaxed),
                     })
                     .collect()
             })
@@ -180,6 +307,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::model::now_ms;
+    use std::collections::HashMap;
 
     fn event(n: u64) -> HubEvent {
         HubEvent::Event(MeterEvent {
@@ -205,8 +333,8 @@ mod tests {
         }
         assert_eq!(got, 10);
         let stats = hub.stats();
-        assert_eq!(stats[0], SinkStats { name: "fast", delivered: 10, dropped: 0, dropped_readings: 0 });
-        assert_eq!(stats[1], SinkStats { name: "slow", delivered: 2, dropped: 8, dropped_readings: 0 });
+        assert_eq!(stats[0], SinkStats { name: "fast", delivered: 10, dropped: 0, dropped_readings: 0, reserved: 0 });
+        assert_eq!(stats[1], SinkStats { name: "slow", delivered: 2, dropped: 8, dropped_readings: 0, reserved: 0 });
         assert_eq!(hub.dropped(), 8);
     }
 
@@ -224,6 +352,44 @@ mod tests {
         }
         assert_eq!(seen.load(Ordering::Relaxed), 5, "observers are not subject to a queue");
         assert_eq!(hub.dropped(), 4);
+    }
+
+    fn status(meter: &str, online: bool) -> HubEvent {
+        HubEvent::Status(StatusChange {
+            meter_id: MeterId::new(meter).unwrap(),
+            online,
+            ip: None,
+            protocol: None,
+            connected_at: None,
+            reason: None,
+            ts: now_ms(),
+        })
+    }
+
+    #[tokio::test]
+    async fn status_transitions_are_never_dropped_and_keep_their_order_per_meter() {
+        let hub = Hub::new();
+        let mut slow = hub.subscribe("slow", 4);
+        // 5,000 meters online then offline at once into a queue of 4, with readings-like events in between.
+        for n in 0..5_000 {
+            hub.publish(status(&format!("m{n}"), true));
+            hub.publish(event(n));
+        }
+        for n in 0..5_000 {
+            hub.publish(status(&format!("m{n}"), false));
+        }
+        // The sink catches up: every meter's last seen state is offline, and nothing of the status kind was lost.
+        let mut last: HashMap<String, bool> = HashMap::new();
+        while last.len() < 5_000 || last.values().any(|online| *online) {
+            let e = tokio::time::timeout(std::time::Duration::from_secs(10), slow.recv()).await.unwrap().unwrap();
+            if let HubEvent::Status(s) = e.as_ref() {
+                last.insert(s.meter_id.as_str().to_owned(), s.online);
+            }
+        }
+        let stats = &hub.stats()[0];
+        assert!(stats.reserved > 0, "{stats:?}");
+        // The queue took two statuses and two events before it was full; every later event was dropped.
+        assert_eq!(stats.dropped, 4_998, "only the ordinary events were dropped: {stats:?}");
     }
 
     #[tokio::test]

@@ -87,6 +87,7 @@ impl Stats {
                 "dropped": self.hub.dropped(),
                 "sinks": self.hub.stats().iter().map(|s| (s.name.to_owned(), json!({
                     "delivered": s.delivered, "dropped": s.dropped, "droppedReadings": s.dropped_readings,
+                    "reserved": s.reserved,
                 }))).collect::<Map<String, Value>>(),
             },
             "memory": {"rss": rss_bytes()},

@@ -210,8 +210,16 @@ mod tests {
         }
     }
 
-    fn handle(id: u64) -> SessionHandle {
-        SessionHandle::new(id, 1).0
+    /// Live sessions: a handle's session is alive while its queue's receiving end is kept.
+    #[derive(Default)]
+    struct Sessions(Vec<tokio::sync::mpsc::Receiver<crate::meters::QueuedRequest>>);
+
+    impl Sessions {
+        fn handle(&mut self, id: u64) -> SessionHandle {
+            let (h, rx, _) = SessionHandle::new(id, 1);
+            self.0.push(rx);
+            h
+        }
     }
 
     #[test]
@@ -232,12 +240,13 @@ mod tests {
     #[test]
     fn strikes_penalise_unidentified_connections_only() {
         let mut a = Admission::new(limits());
+        let mut live = Sessions::default();
         let t = Instant::now();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         // Identified connections are never strikes, however many.
         for n in 0..100 {
             a.admit(ip).unwrap();
-            assert!(a.track_unidentified(ip, handle(n), t).is_none());
+            assert!(a.track_unidentified(ip, live.handle(n), t).is_none());
             a.identified(ip, n);
             assert!(!a.ended(ip, n, true, t));
             a.release(ip);
@@ -250,14 +259,14 @@ mod tests {
         assert!(a.is_penalised(ip, t + Duration::from_secs(299)));
         assert!(!a.is_penalised(ip, t + Duration::from_secs(301)));
         // Penalised: two unidentified connections at once; a third closes the oldest, never the newest.
-        let (h1, h2, h3) = (handle(1), handle(2), handle(3));
+        let (h1, h2, h3) = (live.handle(1), live.handle(2), live.handle(3));
         assert!(a.track_unidentified(ip, h1, t).is_none());
         assert!(a.track_unidentified(ip, h2.clone(), t).is_none());
         assert_eq!(a.track_unidentified(ip, h3.clone(), t).map(|h| h.conn_id()), Some(1));
         // Once identified, a connection is out of reach.
         a.identified(ip, 2);
-        assert!(a.track_unidentified(ip, handle(4), t).is_none());
-        assert_eq!(a.track_unidentified(ip, handle(5), t).map(|h| h.conn_id()), Some(3));
+        assert!(a.track_unidentified(ip, live.handle(4), t).is_none());
+        assert_eq!(a.track_unidentified(ip, live.handle(5), t).map(|h| h.conn_id()), Some(3));
         // The admission caps are unaffected by the penalty.
         assert_eq!(a.admit(ip), Ok(()));
     }
