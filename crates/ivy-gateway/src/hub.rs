@@ -139,7 +139,11 @@ impl SinkSlot {
         if reserve.put(key, event) {
             let n = self.reserved.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
-                tracing::warn!(sink = self.name, reserved = n + 1, "hub sink is falling behind; status transitions wait in its reserve");
+                tracing::warn!(
+                    sink = self.name,
+                    reserved = n + 1,
+                    "hub sink is falling behind; status transitions wait in its reserve"
+                );
             }
             self.reserve_ready.notify_one();
         } else {

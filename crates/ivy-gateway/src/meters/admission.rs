@@ -110,9 +110,10 @@ impl Admission {
         let penalised = self.is_penalised(ip, now);
         let state = self.per_ip.entry(ip).or_default();
         state.unidentified.retain(|h| !h.is_closed());
-        let evicted = (limits.rate_limiting && penalised && state.unidentified.len() >= limits.max_unidentified_penalised)
-            .then(|| state.unidentified.pop_front())
-            .flatten();
+        let evicted =
+            (limits.rate_limiting && penalised && state.unidentified.len() >= limits.max_unidentified_penalised)
+                .then(|| state.unidentified.pop_front())
+                .flatten();
         state.unidentified.push_back(handle);
         evicted
     }

@@ -5,13 +5,14 @@ use super::context::MeterContext;
 use super::registry::{Claim, MeterInfo};
 use super::{CloseCause, MeterOp, QueuedRequest, SessionHandle, SessionRequest};
 use crate::config::{DuplicateIdentity, ZeroAddressAction};
-use crate::lock::lock;
-use crate::metrics::{ConflictOutcome, IdentityRefusal};
 use crate::error::{ErrorCode, OpError};
 use crate::hub::HubEvent;
+use crate::lock::lock;
+use crate::metrics::{ConflictOutcome, IdentityRefusal};
 use crate::model::{MeterEvent, Severity, Source, StatusChange, now_ms};
 use ivy_protocol::registration::{MeterId, Registration, ZeroAddressPolicy};
 use serde_json::json;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,6 +115,8 @@ pub(crate) struct Conn {
     close: CancellationToken,
     /// Meters identified on this connection, in order.
     pub meters: Vec<MeterId>,
+    /// The same ids, for lookups (a connection may hold up to `meters.max_ids_per_connection`).
+    known: HashSet<MeterId>,
     /// When the meter last sent bytes.
     pub last_rx: Instant,
     /// Protocol family once known.
@@ -163,6 +166,7 @@ impl Conn {
             handle,
             close,
             meters: Vec::new(),
+            known: HashSet::new(),
             last_rx: Instant::now(),
             protocol: None,
         };
@@ -248,7 +252,7 @@ impl Conn {
     pub(crate) async fn identify(&mut self, meter_id: &MeterId, protocol: Source) -> Result<bool, Refusal> {
         let ip = self.peer.ip();
         let m = &self.ctx.config.meters;
-        let refusal = if !self.meters.contains(meter_id) && self.meters.len() >= m.max_ids_per_connection {
+        let refusal = if !self.known.contains(meter_id) && self.meters.len() >= m.max_ids_per_connection {
             Some((Refusal::TooManyIds, IdentityRefusal::TooManyIds))
         } else if !self.ctx.meter_source_allowed(meter_id.as_str(), ip) {
             Some((Refusal::SourceNotAllowed, IdentityRefusal::SourceNotAllowed))
@@ -272,9 +276,7 @@ impl Conn {
         let ts = now_ms();
         match self.ctx.registry.claim(meter_id, self.handle.clone(), info.clone()) {
             Claim::Refreshed => {
-                if !self.meters.contains(meter_id) {
-                    self.meters.push(meter_id.clone());
-                }
+                self.note_held(meter_id);
                 return Ok(false);
             }
             Claim::New => {
@@ -332,12 +334,16 @@ impl Conn {
                 self.publish_reconnected(meter_id, protocol, ts);
             }
         }
-        if !self.meters.contains(meter_id) {
-            self.meters.push(meter_id.clone());
-        }
+        self.note_held(meter_id);
         lock(&self.ctx.admission).identified(ip, self.conn_id);
         self.ctx.metrics.meters_online.set(self.ctx.registry.len() as i64);
         Ok(true)
+    }
+
+    fn note_held(&mut self, meter_id: &MeterId) {
+        if self.known.insert(meter_id.clone()) {
+            self.meters.push(meter_id.clone());
+        }
     }
 
     fn publish_reconnected(&self, meter_id: &MeterId, protocol: Source, ts: u64) {
@@ -477,7 +483,8 @@ impl Conn {
         if !identified {
             self.ctx.metrics.connections_unidentified.inc();
         }
-        let penalised = lock(&self.ctx.admission).ended(self.peer.ip(), self.conn_id, identified, std::time::Instant::now());
+        let penalised =
+            lock(&self.ctx.admission).ended(self.peer.ip(), self.conn_id, identified, std::time::Instant::now());
         if penalised {
             tracing::warn!(ip = %self.peer.ip(), "source penalised: too many connections without a meter; its unidentified connections are now capped");
         }

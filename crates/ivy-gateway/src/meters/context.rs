@@ -6,12 +6,12 @@
 use super::admission::{Admission, Limits};
 use super::registry::Registry;
 use crate::config::{Config, Parsed, SourceNet};
-use std::collections::HashMap;
-use std::net::IpAddr;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::registers::Resolver;
 use ivy_protocol::registration::RegistrationRule;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,8 +1,8 @@
 //! One task per meter connection: detect the protocol (and registration packets), then hand the connection to
 //! the protocol's driver, and clean up when it ends.
 
-use super::conn::{Conn, EndReason, ReadOutcome};
 use super::CloseCause;
+use super::conn::{Conn, EndReason, ReadOutcome};
 use super::context::MeterContext;
 use crate::lock::lock;
 use crate::metrics::RejectReason;

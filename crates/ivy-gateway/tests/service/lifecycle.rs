@@ -1,6 +1,7 @@
 //! Reconnects, alarms and MQTT access control.
 
 use crate::harness::*;
+use ivy_gateway::config::DuplicateIdentity;
 use ivy_protocol::dlt645::Address;
 use ivy_sim::dlms::{DlmsConfig, DlmsMeter, DlmsSim};
 use ivy_sim::dlt645::{Dlt645Config, Dlt645Meter, Dlt645Sim};
@@ -10,23 +11,40 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// The meter reconnects on B while its connection A is still open. Who wins a contested id is the
+/// duplicate-identity policy's decision: with the default (`probe`) B wins only when A no longer answers (a
+/// half-open connection the meter has abandoned: A is muted here); with `newest_wins` B wins even against a live A.
+/// Either way, once B holds the meter, A's close must not take it offline (the original gateway's bug).
 #[tokio::test]
 async fn reconnect_keeps_the_meter_online_and_the_old_close_does_not_unregister_it() {
-    let gw = start(|_| {}).await;
+    reconnect_keeps_the_meter_online(DuplicateIdentity::Probe, true).await;
+}
+
+#[tokio::test]
+async fn reconnect_keeps_the_meter_online_with_newest_wins() {
+    reconnect_keeps_the_meter_online(DuplicateIdentity::NewestWins, false).await;
+}
+
+async fn reconnect_keeps_the_meter_online(policy: DuplicateIdentity, a_is_dead: bool) {
+    let gw = start(|c| {
+        c.meters.duplicate_identity = policy;
+        c.meters.identity_probe_timeout_ms = 1000;
+    })
+    .await;
     let mut c = client(gw.mqtt(), OPERATOR, &["ivy/v1/#"]).await;
-    let meter = || DlmsConfig {
+    let meter = |mute| DlmsConfig {
         meter: Arc::new(DlmsMeter::em114070("311501114070")),
         heartbeat: true,
         heartbeat_interval: None,
         push: None,
         latency: Default::default(),
-        mute: false,
+        mute,
         stamp: false,
         faults: Default::default(),
     };
-    let a = DlmsSim::connect(gw.meters(), meter()).await.unwrap();
+    let a = DlmsSim::connect(gw.meters(), meter(a_is_dead)).await.unwrap();
     c.wait("online via A", 10, |m| m.topic.ends_with("/status") && m.json["online"] == true).await;
-    let b = DlmsSim::connect(gw.meters(), meter()).await.unwrap();
+    let b = DlmsSim::connect(gw.meters(), meter(false)).await.unwrap();
     c.wait("meter_reconnected", 10, |m| m.topic.ends_with("/events") && m.json["event"] == "meter_reconnected").await;
     // The gateway closes A itself; now A's peer closes too (the original's bug: A's close unregistered M).
     a.close().await;
@@ -48,14 +66,31 @@ async fn reconnect_keeps_the_meter_online_and_the_old_close_does_not_unregister_
     assert_eq!(gw.gw.meters().registry.len(), 1);
 }
 
+/// As above for DL/T 645, under both policies that let the newcomer win.
 #[tokio::test]
 async fn reconnect_events_are_published_exactly_once() {
-    let gw = start(|_| {}).await;
+    reconnect_events_once(DuplicateIdentity::Probe, true).await;
+}
+
+#[tokio::test]
+async fn reconnect_events_are_published_exactly_once_with_newest_wins() {
+    reconnect_events_once(DuplicateIdentity::NewestWins, false).await;
+}
+
+async fn reconnect_events_once(policy: DuplicateIdentity, a_is_dead: bool) {
+    let gw = start(|c| {
+        c.meters.duplicate_identity = policy;
+        c.meters.identity_probe_timeout_ms = 1000;
+    })
+    .await;
     let mut c = client(gw.mqtt(), OPERATOR, &["ivy/v1/meters/#"]).await;
-    let cfg = || Dlt645Config::talk_first(vec![Arc::new(Dlt645Meter::new("000000004321".parse::<Address>().unwrap()))]);
-    let a = Dlt645Sim::connect(gw.meters(), cfg()).await.unwrap();
+    let cfg = |mute| Dlt645Config {
+        mute,
+        ..Dlt645Config::talk_first(vec![Arc::new(Dlt645Meter::new("000000004321".parse::<Address>().unwrap()))])
+    };
+    let a = Dlt645Sim::connect(gw.meters(), cfg(a_is_dead)).await.unwrap();
     let b_msgs = c.until("online", 10, |m| m.topic.ends_with("/status")).await;
-    let b = Dlt645Sim::connect(gw.meters(), cfg()).await.unwrap();
+    let b = Dlt645Sim::connect(gw.meters(), cfg(false)).await.unwrap();
     let mut msgs = c.until("reconnected", 10, |m| m.json["event"] == "meter_reconnected").await;
     a.close().await;
     msgs.extend(c.collect(1500).await);
