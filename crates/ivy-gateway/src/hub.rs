@@ -60,6 +60,8 @@ pub const MAX_RESERVED: usize = 1_000_000;
 struct Reserve {
     order: VecDeque<(MeterId, &'static str)>,
     latest: HashMap<(MeterId, &'static str), Arc<HubEvent>>,
+    /// A transition taken by the forwarder and not yet in the queue: newer ones must wait behind it.
+    in_flight: bool,
 }
 
 impl Reserve {
@@ -79,11 +81,14 @@ impl Reserve {
 
     fn take(&mut self) -> Option<Arc<HubEvent>> {
         let key = self.order.pop_front()?;
-        self.latest.remove(&key)
+        let event = self.latest.remove(&key);
+        self.in_flight = event.is_some();
+        event
     }
 
-    fn is_empty(&self) -> bool {
-        self.order.is_empty()
+    /// Nothing waits and nothing is on its way: a transition may go straight into the queue.
+    fn is_idle(&self) -> bool {
+        self.order.is_empty() && !self.in_flight
     }
 }
 
@@ -111,7 +116,9 @@ impl SinkSlot {
                     _ = self.tx.closed() => return,
                 }
             };
-            if self.tx.send(event).await.is_err() {
+            let sent = self.tx.send(event).await;
+            crate::lock::lock(&self.reserve).in_flight = false;
+            if sent.is_err() {
                 return;
             }
             self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -122,7 +129,7 @@ impl SinkSlot {
     /// the reserve (order per meter is kept), else into the reserve.
     fn send_lossless(&self, key: (MeterId, &'static str), event: Arc<HubEvent>) {
         let mut reserve = crate::lock::lock(&self.reserve);
-        if reserve.is_empty() {
+        if reserve.is_idle() {
             match self.tx.try_send(event) {
                 Ok(()) => {
                     self.delivered.fetch_add(1, Ordering::Relaxed);
