@@ -282,7 +282,7 @@ impl Default for MetersConfig {
             registration_rules: Vec::new(),
             clock_utc_offset_minutes: 0,
             duplicate_identity: DuplicateIdentity::Probe,
-            identity_probe_timeout_ms: 3000,
+            identity_probe_timeout_ms: 5000,
             secrets_quiet_secs: 300,
             allowed_sources: Vec::new(),
             allowed_sources_by_meter: BTreeMap::new(),
