@@ -380,7 +380,7 @@ impl Conn {
                 } => {}
             }
         }
-        if answered || (holder.reads() > reads_before && !holder.is_closed()) {
+        if (answered || holder.reads() > reads_before) && !holder.is_closed() {
             ProbeResult::Answered
         } else {
             ProbeResult::Silent

@@ -668,7 +668,8 @@ impl Driver for DlmsDriver<'_> {
         }
         match self.call(Request::Get(AttributeDescriptor::new(1, LOGICAL_DEVICE_NAME, 2)), deadline).await {
             Ok(_) => Ok(()),
-            Err(Failure::Op(e)) if e.code != ErrorCode::Timeout => Ok(()),
+            // A refusal or a reply out of place is an answer; silence or a closed connection is not.
+            Err(Failure::Op(e)) if !matches!(e.code, ErrorCode::Timeout | ErrorCode::ConnectionClosed) => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -493,7 +493,8 @@ impl Driver for Dlt645Driver<'_> {
         let address = self.address_of(meter)?;
         match self.read_value(address, COMMUNICATION_ADDRESS_DI, deadline).await {
             Ok(_) => Ok(()),
-            Err(Failure::Op(e)) if e.code != ErrorCode::Timeout => Ok(()),
+            // A refusal or a reply out of place is an answer; silence or a closed connection is not.
+            Err(Failure::Op(e)) if !matches!(e.code, ErrorCode::Timeout | ErrorCode::ConnectionClosed) => Ok(()),
             Err(e) => Err(e),
         }
     }
