@@ -144,6 +144,17 @@ impl AlarmEngine {
         }
     }
 
+    /// The rules in effect.
+    pub fn config(&self) -> &AlarmsConfig {
+        &self.config
+    }
+
+    /// Puts new thresholds in effect from the next reading on (SIGHUP). Alarms already raised stay raised until a
+    /// reading clears them under the new thresholds (with hysteresis), so a reload never drops or repeats one.
+    pub fn set_config(&mut self, config: AlarmsConfig) {
+        self.config = config;
+    }
+
     fn thresholds(&self, meter: &MeterId) -> Thresholds {
         let c = &self.config;
         let o = c.meter_overrides.get(meter.as_str()).cloned().unwrap_or_else(AlarmOverride::default);

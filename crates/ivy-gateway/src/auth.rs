@@ -132,6 +132,31 @@ impl EnvSecret {
     }
 }
 
+impl User {
+    fn same_credentials(&self, other: &User) -> bool {
+        let secret = |u: &User| u.env_secret.as_ref().map(|s| (s.salt, s.digest));
+        self.hash == other.hash && self.role == other.role && secret(self) == secret(other)
+    }
+}
+
+/// User names that a reload of the users added, removed or changed (password or role).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsersChange {
+    /// New users.
+    pub added: Vec<String>,
+    /// Users that are gone.
+    pub removed: Vec<String>,
+    /// Users whose password or role changed.
+    pub changed: Vec<String>,
+}
+
+impl UsersChange {
+    /// True when nobody changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct UsersFile {
     #[serde(default, rename = "user")]
@@ -173,6 +198,22 @@ impl Users {
     /// Loads `users.toml` from `data_dir`, adds the `MQTT_USERS` users, and when there is nobody at all creates
     /// `admin` with a random password (returned, to be printed once; only its hash is stored).
     pub fn load_or_init(data_dir: &Path, mqtt_users: Option<&str>) -> Result<(Users, Option<String>), AuthError> {
+        let mut store = Users::load(data_dir, mqtt_users, None)?;
+        let mut first_run = None;
+        if store.users.is_empty() {
+            let password = random_password();
+            let admin =
+                User { name: "admin".into(), hash: hash_password(&password)?, role: Role::Admin, env_secret: None };
+            write_users_file(&data_dir.join(USERS_FILE), std::slice::from_ref(&admin))?;
+            store.users.insert(admin.name.clone(), admin);
+            first_run = Some(password);
+        }
+        Ok((store, first_run))
+    }
+
+    /// Loads `users.toml` from `data_dir` and adds the `MQTT_USERS` users (never creates anyone). A `MQTT_USERS`
+    /// user whose password `previous` already checks keeps its check, so a reload can tell who really changed.
+    pub fn load(data_dir: &Path, mqtt_users: Option<&str>, previous: Option<&Users>) -> Result<Self, AuthError> {
         let path = data_dir.join(USERS_FILE);
         let mut users = HashMap::new();
         if path.exists() {
@@ -186,9 +227,11 @@ impl Users {
             }
         }
         if let Some(spec) = mqtt_users.filter(|s| !s.trim().is_empty()) {
-            tracing::warn!(
-                "MQTT_USERS holds plain passwords; prefer the users file ({USERS_FILE}, `ivy-gateway passwd`)"
-            );
+            if previous.is_none() {
+                tracing::warn!(
+                    "MQTT_USERS holds plain passwords; prefer the users file ({USERS_FILE}, `ivy-gateway passwd`)"
+                );
+            }
             for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
                 let mut parts = entry.splitn(3, ':');
                 let (Some(name), Some(password)) = (parts.next(), parts.next()) else {
@@ -201,20 +244,33 @@ impl Users {
                     Some(r) => r.parse()?,
                     None => Role::Operator,
                 };
-                let env_secret = Some(EnvSecret::new(password.as_bytes()));
+                let kept = previous
+                    .and_then(|p| p.get(name))
+                    .and_then(|u| u.env_secret.clone())
+                    .filter(|secret| secret.matches(password.as_bytes()));
+                let env_secret = Some(kept.unwrap_or_else(|| EnvSecret::new(password.as_bytes())));
                 users.insert(name.to_owned(), User { name: name.to_owned(), hash: String::new(), role, env_secret });
             }
         }
-        let mut first_run = None;
-        if users.is_empty() {
-            let password = random_password();
-            let admin =
-                User { name: "admin".into(), hash: hash_password(&password)?, role: Role::Admin, env_secret: None };
-            write_users_file(&path, std::slice::from_ref(&admin))?;
-            users.insert(admin.name.clone(), admin);
-            first_run = Some(password);
+        Ok(Users { users })
+    }
+
+    /// Who differs between `self` (before) and `new`: added, removed, and changed (password or role) user names,
+    /// each sorted.
+    pub fn diff(&self, new: &Users) -> UsersChange {
+        let mut change = UsersChange::default();
+        for (name, u) in &new.users {
+            match self.users.get(name) {
+                None => change.added.push(name.clone()),
+                Some(old) if !old.same_credentials(u) => change.changed.push(name.clone()),
+                Some(_) => {}
+            }
         }
-        Ok((Users { users }, first_run))
+        change.removed = self.users.keys().filter(|n| !new.users.contains_key(*n)).cloned().collect();
+        change.added.sort();
+        change.removed.sort();
+        change.changed.sort();
+        change
     }
 
     /// Users given directly (tests, HTTP fixtures).
@@ -275,16 +331,41 @@ const CACHE_MAX: usize = 10_000;
 /// Checks credentials for the broker and the HTTP API.
 #[derive(Debug)]
 pub struct Authenticator {
-    users: Users,
+    store: std::sync::RwLock<Arc<Users>>,
     enabled: bool,
     cache: Mutex<HashMap<[u8; 32], Role>>,
     permits: Arc<Semaphore>,
+    /// Bumped by every [`Authenticator::replace_users`]: a check that started before must not cache its result.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Authenticator {
-    /// An authenticator over `users`; with `enabled` false every client is accepted with role admin.
-    pub fn new(users: Users, enabled: bool) -> Self {
-        Authenticator { users, enabled, cache: Mutex::new(HashMap::new()), permits: Arc::new(Semaphore::new(2)) }
+    /// An authenticator over `store`; with `enabled` false every client is accepted with role admin.
+    pub fn new(store: Users, enabled: bool) -> Self {
+        Authenticator {
+            store: std::sync::RwLock::new(Arc::new(store)),
+            enabled,
+            cache: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(2)),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The users in effect now.
+    pub fn users(&self) -> Arc<Users> {
+        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `store` in effect for every later check (MQTT CONNECT, HTTP login and Basic) and forgets cached
+    /// credentials, so an old password stops working at once. Returns who changed.
+    pub fn replace_users(&self, store: Users) -> UsersChange {
+        let mut current = self.store.write().unwrap_or_else(|p| p.into_inner());
+        let change = current.diff(&store);
+        *current = Arc::new(store);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        drop(current);
+        lock(&self.cache).clear();
+        change
     }
 
     /// Whether credentials are required.
@@ -297,7 +378,7 @@ impl Authenticator {
         if !self.enabled {
             return Some(Role::Admin);
         }
-        user.and_then(|u| self.users.get(u)).map(|u| u.role)
+        user.and_then(|u| self.users().get(u).map(|u| u.role))
     }
 
     fn cache_key(user: &str, password: &[u8]) -> [u8; 32] {
@@ -314,13 +395,15 @@ impl Authenticator {
             return Some(Role::Admin);
         }
         let key = Self::cache_key(user, password);
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         if let Some(role) = lock(&self.cache).get(&key).copied() {
             return Some(role);
         }
-        let (hash, role) = match self.users.get(user) {
+        let store = self.users();
+        let (hash, role) = match store.get(user) {
             Some(u) => match &u.env_secret {
                 Some(secret) if secret.matches(password) => {
-                    self.remember(key, u.role);
+                    self.remember(key, u.role, generation);
                     return Some(u.role);
                 }
                 // A wrong password takes as long as for any other user.
@@ -338,12 +421,16 @@ impl Authenticator {
         .await
         .unwrap_or(false);
         let role = role.filter(|_| ok)?;
-        self.remember(key, role);
+        self.remember(key, role, generation);
         Some(role)
     }
 
-    fn remember(&self, key: [u8; 32], role: Role) {
+    fn remember(&self, key: [u8; 32], role: Role, generation: u64) {
         let mut cache = lock(&self.cache);
+        // Checked under the cache lock: a replacement of the users in between has cleared the cache already.
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            return;
+        }
         if cache.len() >= CACHE_MAX {
             cache.clear();
         }
@@ -399,5 +486,42 @@ mod tests {
         assert_eq!(auth.verify("alice", b"").await, None);
         assert!(Users::load_or_init(dir.path(), Some("broken")).is_err());
         assert!(Users::load_or_init(dir.path(), Some("u:p:king")).is_err());
+    }
+
+    #[tokio::test]
+    async fn replacing_users_reports_who_changed_and_forgets_cached_passwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |users: &[(&str, &str, Role)]| {
+            let users: Vec<User> = users
+                .iter()
+                .map(|(n, p, r)| User {
+                    name: (*n).into(),
+                    hash: hash_password(p).unwrap(),
+                    role: *r,
+                    env_secret: None,
+                })
+                .collect();
+            write_users_file(&dir.path().join(USERS_FILE), &users).unwrap();
+        };
+        write(&[("ann", "pw-ann", Role::Operator), ("bob", "pw-bob", Role::Viewer)]);
+        let spec = Some("env:pw-env:viewer");
+        let auth = Authenticator::new(Users::load(dir.path(), spec, None).unwrap(), true);
+        assert_eq!(auth.verify("ann", b"pw-ann").await, Some(Role::Operator), "now cached");
+
+        // ann gets a new password, bob goes, cid comes; the MQTT_USERS user is unchanged.
+        write(&[("ann", "pw-ann-2", Role::Operator), ("cid", "pw-cid", Role::Admin)]);
+        let current = auth.users();
+        let change = auth.replace_users(Users::load(dir.path(), spec, Some(&current)).unwrap());
+        assert_eq!(change.added, ["cid"]);
+        assert_eq!(change.removed, ["bob"]);
+        assert_eq!(change.changed, ["ann"]);
+        assert_eq!(auth.verify("ann", b"pw-ann").await, None, "the cached old password stops working");
+        assert_eq!(auth.verify("ann", b"pw-ann-2").await, Some(Role::Operator));
+        assert_eq!(auth.verify("bob", b"pw-bob").await, None);
+        assert_eq!(auth.verify("env", b"pw-env").await, Some(Role::Viewer));
+
+        let current = auth.users();
+        let change = auth.replace_users(Users::load(dir.path(), Some("env:pw-env-2:viewer"), Some(&current)).unwrap());
+        assert_eq!(change.changed, ["env"], "a new MQTT_USERS password is a change");
     }
 }

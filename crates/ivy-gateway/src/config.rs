@@ -701,6 +701,18 @@ pub struct HttpConfig {
     /// Numeric readings kept in memory per meter and register for history and charts (memory grows with
     /// meters × registers × points: 120 cost ~60 MB for 1000 pushing meters).
     pub history_points: usize,
+    /// PEM certificate chain (leaf first) for HTTPS (`HTTP_TLS_CERT`); with `tls_key`, the port serves HTTPS only.
+    /// Re-read on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (`HTTP_TLS_KEY`); keep it mode 0600.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl HttpConfig {
+    /// The certificate and key files when HTTPS is on.
+    pub fn tls(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        self.tls_cert.as_deref().zip(self.tls_key.as_deref())
+    }
 }
 
 impl Default for HttpConfig {
@@ -712,6 +724,8 @@ impl Default for HttpConfig {
             rate_limit_per_minute: 300,
             session_idle_secs: 8 * 3600,
             history_points: 30,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -807,6 +821,14 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("HTTP_HOST", "http.host", |c, v| set(&mut c.http.host, v)),
     ("HTTP_PORT", "http.port", |c, v| set(&mut c.http.port, v)),
     ("HTTP_RATE_LIMIT", "http.rate_limit_per_minute", |c, v| set(&mut c.http.rate_limit_per_minute, v)),
+    ("HTTP_TLS_CERT", "http.tls_cert", |c, v| {
+        c.http.tls_cert = non_empty(v).map(PathBuf::from);
+        Ok(())
+    }),
+    ("HTTP_TLS_KEY", "http.tls_key", |c, v| {
+        c.http.tls_key = non_empty(v).map(PathBuf::from);
+        Ok(())
+    }),
     ("DATA_DIR", "gateway.data_dir", |c, v| {
         c.gateway.data_dir = PathBuf::from(v.trim());
         Ok(())
@@ -1105,6 +1127,12 @@ impl Config {
                 check(&mut e, pa != pb, kb, &format!("port {pb} is also used by {ka}"));
             }
         }
+        check(
+            &mut e,
+            self.http.tls_cert.is_some() == self.http.tls_key.is_some(),
+            "http.tls_cert",
+            "HTTPS needs both tls_cert and tls_key",
+        );
         check(&mut e, self.http.rate_limit_per_minute > 0, "http.rate_limit_per_minute", "must be at least 1");
         check(&mut e, self.gateway.stats_interval_secs > 0, "gateway.stats_interval_secs", "must be at least 1");
         if let Some(id) = &self.gateway.gateway_id {

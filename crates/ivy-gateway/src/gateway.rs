@@ -20,7 +20,11 @@ pub struct Addresses {
     pub mqtt: std::net::SocketAddr,
     /// MQTT over WebSocket.
     pub mqtt_ws: Option<std::net::SocketAddr>,
-    /// HTTP.
+    /// MQTT over TLS.
+    pub mqtt_tls: Option<std::net::SocketAddr>,
+    /// MQTT over secure WebSocket.
+    pub mqtt_wss: Option<std::net::SocketAddr>,
+    /// HTTP (HTTPS when `http.tls_cert` is set).
     pub http: Option<std::net::SocketAddr>,
 }
 
@@ -42,6 +46,9 @@ pub enum StartError {
     /// The data directory.
     #[error("data directory {0}: {1}")]
     DataDir(std::path::PathBuf, std::io::Error),
+    /// A TLS certificate or key.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running gateway.
@@ -56,6 +63,27 @@ pub struct Gateway {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     first_run_password: Option<String>,
     alarms: crate::alarms::SharedAlarms,
+    reload: Reloadables,
+}
+
+/// What a SIGHUP can replace, and the configuration those parts run with now.
+#[derive(Debug)]
+struct Reloadables {
+    in_effect: Mutex<Config>,
+    auth: Arc<crate::auth::Authenticator>,
+    sessions: Option<Arc<crate::http::login::Logins>>,
+    https: Option<Arc<crate::tls::CertStore>>,
+    /// SHA-256 of the MQTT TLS certificate and key files as the broker loaded them.
+    mqtt_tls_files: Option<[u8; 32]>,
+}
+
+fn files_digest(paths: &[&std::path::Path]) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in paths {
+        h.update(std::fs::read(p).ok()?);
+    }
+    Some(h.finalize().into())
 }
 
 /// Hub queue sizes, in events (a push or one meter's poll cycle is one event of up to ~10 readings). Sinks share
@@ -72,7 +100,7 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let started = std::time::Instant::now();
         let config = Arc::new(config);
-        let resolver = Arc::new(crate::registers::Resolver::from_config(&config)?);
+        let resolver = Arc::new(crate::reload::Current::new(crate::registers::Resolver::from_config(&config)?));
         let data_dir = config.gateway.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
         let (users, first_run_password) = crate::auth::Users::load_or_init(&data_dir, config.mqtt.users.as_deref())?;
@@ -82,6 +110,14 @@ impl Gateway {
                 .map_err(|e| crate::config::ConfigError { key: "mqtt.topic_prefix".into(), problem: e.to_string() })?;
 
         let q = &config.mqtt;
+        let mut mqtt_tls_files = None;
+        if let (Some(cert), Some(key)) = (&q.tls_cert, &q.tls_key)
+            && (q.tls_port != 0 || q.wss_port != 0)
+        {
+            // The broker's own error would not name the file; check the pair here first.
+            crate::tls::load_key_pair(cert, key)?;
+            mqtt_tls_files = files_digest(&[cert, key]);
+        }
         let tls = match (&q.tls_cert, &q.tls_key) {
             (Some(cert), Some(key)) if q.tls_port != 0 || q.wss_port != 0 => Some(crate::mqtt::broker::TlsConfig {
                 cert: cert.clone(),
@@ -150,6 +186,14 @@ impl Gateway {
         let meters_addr = listener.local_addr().unwrap_or(meter_addr);
         tasks.push(tokio::spawn(crate::meters::listener::run(listener, meters.clone())));
 
+        let https = match config.http.tls().filter(|_| config.http.enabled) {
+            Some((cert, key)) => Some(Arc::new(crate::tls::CertStore::load(cert, key)?)),
+            None => None,
+        };
+        let sessions = Arc::new(
+            crate::http::login::Logins::new(Duration::from_secs(config.http.session_idle_secs.max(60)), 10_000)
+                .with_secure_cookie(https.is_some()),
+        );
         let http = if config.http.enabled {
             let addr = std::net::SocketAddr::new(config.http.host, config.http.port);
             let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| StartError::Bind(addr, e))?;
@@ -163,10 +207,7 @@ impl Gateway {
                 shutdown: shutdown.clone(),
                 broker: broker.counters(),
                 auth: auth.clone(),
-                logins: Arc::new(crate::http::login::Logins::new(
-                    Duration::from_secs(config.http.session_idle_secs.max(60)),
-                    10_000,
-                )),
+                logins: sessions.clone(),
                 alarms: alarms.clone(),
                 acks_file,
                 live,
@@ -177,23 +218,59 @@ impl Gateway {
                 )),
             });
             let shutdown = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                let served = axum::serve(l, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "HTTP server stopped");
+            let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            match &https {
+                Some(certs) => {
+                    use axum::serve::ListenerExt;
+                    let config = certs.server_config()?;
+                    let l = crate::tls::TlsListener::start(l, config, shutdown.clone())
+                        .map_err(|e| StartError::Bind(addr, e))?
+                        // `tap_io` gives the handlers the peer address (rate limits, logs).
+                        .tap_io(|_| {});
+                    tasks.push(tokio::spawn(async move {
+                        let served = axum::serve(l, service)
+                            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                            .await;
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "HTTPS server stopped");
+                        }
+                    }));
                 }
-            }));
+                None => {
+                    tasks.push(tokio::spawn(async move {
+                        let served = axum::serve(l, service)
+                            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                            .await;
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "HTTP server stopped");
+                        }
+                    }));
+                }
+            }
             Some(local)
         } else {
             None
         };
 
-        let addrs =
-            Addresses { meters: meters_addr, mqtt: broker.local_addrs().tcp, mqtt_ws: broker.local_addrs().ws, http };
+        let bound = broker.local_addrs();
+        let addrs = Addresses {
+            meters: meters_addr,
+            mqtt: bound.tcp,
+            mqtt_ws: bound.ws,
+            mqtt_tls: bound.tls,
+            mqtt_wss: bound.wss,
+            http,
+        };
+        let reload = Reloadables {
+            in_effect: Mutex::new((*config).clone()),
+            auth,
+            sessions: config.http.enabled.then_some(sessions),
+            https,
+            mqtt_tls_files,
+        };
         tasks.push(tokio::spawn(stats.clone().publish_loop(publisher.clone(), prefix.clone(), shutdown)));
-        let gateway = Gateway { meters, stats, addrs, broker, publisher, prefix, tasks, first_run_password, alarms };
+        let gateway =
+            Gateway { meters, stats, addrs, broker, publisher, prefix, tasks, first_run_password, alarms, reload };
         gateway.publish_gateway_status(true).await;
         tracing::info!(meters = %addrs.meters, mqtt = %addrs.mqtt, ws = ?addrs.mqtt_ws, http = ?addrs.http, "gateway started");
         Ok(gateway)
@@ -222,6 +299,95 @@ impl Gateway {
     /// The alarm engine.
     pub fn alarms(&self) -> &crate::alarms::SharedAlarms {
         &self.alarms
+    }
+
+    /// Applies what `new` changes among the reloadable settings (see [`crate::reload`]), re-reads the users file
+    /// and the HTTPS certificate, and reports what changed, what needs a restart and what failed. Meters, MQTT
+    /// clients and HTTP connections stay connected.
+    pub fn reload(&self, new: Config) -> crate::reload::ReloadReport {
+        let mut report = crate::reload::ReloadReport::default();
+        let r = &self.reload;
+        let mut in_effect = lock(&r.in_effect);
+        let changed = crate::reload::changed_keys(&in_effect, &new);
+        let (now, restart): (Vec<String>, Vec<String>) =
+            changed.into_iter().partition(|k| crate::reload::is_reloadable(k));
+        report.needs_restart = restart;
+
+        // Users: the file may have changed without any configuration change.
+        let data_dir = &self.meters.config.gateway.data_dir;
+        let current = r.auth.users();
+        match crate::auth::Users::load(data_dir, new.mqtt.users.as_deref(), Some(&current)) {
+            Ok(users) if users.is_empty() && r.auth.enabled() => {
+                report.failed.push("users: the users file and mqtt.users define nobody; kept the current users".into())
+            }
+            Ok(users) => {
+                let change = r.auth.replace_users(users);
+                if !change.is_empty() {
+                    let mut ended = 0;
+                    if let Some(sessions) = &r.sessions {
+                        // A removed user, or one whose password or role changed, must log in again.
+                        ended = sessions
+                            .end_where(|c| change.removed.contains(&c.user) || change.changed.contains(&c.user));
+                    }
+                    report.applied.push(format!(
+                        "users: added {:?}, removed {:?}, password or role changed {:?}; {ended} dashboard session(s) ended",
+                        change.added, change.removed, change.changed
+                    ));
+                }
+                in_effect.mqtt.users = new.mqtt.users.clone();
+            }
+            Err(e) => report.failed.push(format!("users: {e}")),
+        }
+
+        if now.iter().any(|k| k.starts_with("alarms")) {
+            lock(&self.alarms).set_config(new.alarms.clone());
+            in_effect.alarms = new.alarms.clone();
+            let keys: Vec<&String> = now.iter().filter(|k| k.starts_with("alarms")).collect();
+            report.applied.push(format!("alarm rules: {keys:?}"));
+        }
+
+        // Poll groups and catalogues: the catalogue files may have changed on disk, so they are always re-read.
+        let catalogue_files = new.dlt645.register_file.is_some() || new.dlms.obis_file.is_some();
+        let poll_keys: Vec<&String> = now.iter().filter(|k| !k.starts_with("alarms") && *k != "mqtt.users").collect();
+        if catalogue_files || !poll_keys.is_empty() {
+            match crate::registers::Resolver::from_config(&new) {
+                Ok(resolver) => {
+                    self.meters.resolver.replace(resolver);
+                    let p = &mut in_effect.polling;
+                    p.group = new.polling.group.clone();
+                    p.dlt645_groups = new.polling.dlt645_groups.clone();
+                    p.dlms_groups = new.polling.dlms_groups.clone();
+                    p.meter_overrides = new.polling.meter_overrides.clone();
+                    in_effect.dlt645.register_file = new.dlt645.register_file.clone();
+                    in_effect.dlms.obis_file = new.dlms.obis_file.clone();
+                    if !poll_keys.is_empty() {
+                        report
+                            .applied
+                            .push(format!("poll groups and catalogues (from each meter's next poll): {poll_keys:?}"));
+                    }
+                }
+                Err(e) => report.failed.push(format!("poll groups and catalogues: {e}")),
+            }
+        }
+
+        if let Some(certs) = &r.https {
+            match certs.reload() {
+                Ok(crate::tls::CertReload::Replaced) => {
+                    report.applied.push("HTTPS certificate replaced (new connections get it)".into())
+                }
+                Ok(crate::tls::CertReload::Unchanged) => {}
+                Err(e) => report.failed.push(format!("HTTPS certificate: {e}; the previous one is still served")),
+            }
+        }
+        let q = &in_effect.mqtt;
+        if let (Some(before), Some(cert), Some(key)) = (r.mqtt_tls_files, &q.tls_cert, &q.tls_key)
+            && files_digest(&[cert, key]) != Some(before)
+        {
+            report
+                .needs_restart
+                .push("MQTT TLS/WSS certificate files changed (the embedded broker loads them only at start)".into());
+        }
+        report
     }
 
     /// The first-run admin password, once (`None` afterwards or when users existed).

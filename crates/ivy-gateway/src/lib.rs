@@ -20,4 +20,6 @@ pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod registers;
+pub mod reload;
 pub mod stats;
+pub mod tls;

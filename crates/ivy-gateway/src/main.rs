@@ -37,8 +37,18 @@ enum Command {
         #[arg(long, default_value = "operator")]
         role: String,
     },
+    /// TLS certificates for the HTTPS, MQTT/TLS and WSS listeners.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Explain a DL/T 645 frame, wrapper packet, DLMS APDU or A-XDR value given as hex.
     Decode(ivy_gateway::decode::DecodeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Write a self-signed server certificate (`cert.pem`) and its key (`key.pem`, mode 0600) for quick starts;
+    /// clients must be given `cert.pem` to trust.
+    SelfSigned(ivy_gateway::tls::SelfSignedArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +74,22 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some(Command::Cert(CertCommand::SelfSigned(args))) => match ivy_gateway::tls::write_self_signed(&args) {
+            Ok((cert, key)) => {
+                println!(
+                    "wrote {} (certificate: give it to clients to trust) and {} (private key, mode 0600)\n\
+                     subject alternative names: {}",
+                    cert.display(),
+                    key.display(),
+                    args.sans.join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cert self-signed: {e}");
+                ExitCode::from(2)
+            }
+        },
         Some(Command::Passwd { user, role }) => match passwd(&user, &role) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -72,7 +98,8 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Run) | None => {
-            let config = match config::load(&Sources::from_process(cli.config)) {
+            let sources = Sources::from_process(cli.config);
+            let config = match config::load(&sources) {
                 Ok(c) => c,
                 Err(e) => {
                     eprint!("{e}");
@@ -87,7 +114,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let result = runtime.block_on(run(config));
+            let result = runtime.block_on(run(config, sources));
             // Broker internals may hold blocking tasks: do not wait for them after a graceful stop.
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             match result {
@@ -123,7 +150,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(config: config::Config) -> anyhow::Result<()> {
+async fn run(config: config::Config, sources: Sources) -> anyhow::Result<()> {
+    let mut signals = Signals::register();
     let mut gateway = ivy_gateway::gateway::Gateway::start(config).await?;
     if let Some(password) = gateway.take_first_run_password() {
         // Printed once, to stdout, never logged: only its hash is stored.
@@ -139,30 +167,71 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         "ivy-gateway listening: meters {} mqtt {} ws {:?} http {:?}",
         addrs.meters, addrs.mqtt, addrs.mqtt_ws, addrs.http
     );
-    wait_for_signal().await;
+    loop {
+        match signals.next().await {
+            Signal::Stop => break,
+            Signal::Reload => {
+                // The files are read again (the process environment stays what it was at start).
+                tracing::info!("SIGHUP: reloading");
+                let sources = Sources { env: std::env::vars().collect(), ..sources.clone() };
+                match config::load(&sources) {
+                    Ok(new) => gateway.reload(new).log(),
+                    Err(e) => tracing::error!(
+                        problems = %e.to_string().trim_end().replace('\n', "; "),
+                        "reload refused: the configuration is invalid; nothing changed"
+                    ),
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     gateway.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// What a signal asks for.
+enum Signal {
+    /// SIGTERM or Ctrl-C.
+    Stop,
+    /// SIGHUP.
+    Reload,
+}
+
+/// The signals the gateway acts on, registered once at start (so SIGHUP never terminates it, and one sent
+/// while a reload runs is not lost).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let unix = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+                (Ok(term), Ok(hup)) => Some((term, hup)),
+                _ => {
+                    tracing::warn!("cannot register SIGTERM/SIGHUP handlers; only Ctrl-C stops the gateway");
+                    None
+                }
+            };
+            Signals { unix }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        if let Some((term, hup)) = &mut self.unix {
+            return tokio::select! {
+                _ = term.recv() => Signal::Stop,
+                _ = hup.recv() => Signal::Reload,
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+            };
+        }
         let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop
     }
 }

@@ -12,6 +12,7 @@ use crate::model::{Source, now_ms};
 use crate::mqtt::topics::TopicPrefix;
 use crate::mqtt::{InboundCommand, OutboundMessage, Publisher, Qos};
 use crate::registers::{Resolver, Target};
+use crate::reload::Current;
 use ivy_protocol::dlms::AttributeDescriptor;
 use ivy_protocol::registration::MeterId;
 use serde_json::Value;
@@ -25,7 +26,7 @@ use tokio::time::Instant;
 #[derive(Debug, Clone)]
 pub(crate) struct CommandRouter {
     registry: Arc<Registry>,
-    resolver: Arc<Resolver>,
+    resolver: Arc<Current<Resolver>>,
     metrics: Arc<Metrics>,
     timeout: Duration,
     limit: Arc<Semaphore>,
@@ -46,7 +47,7 @@ impl CommandRouter {
     /// A router over `registry`, resolving names with `resolver`, bounded by `config`.
     pub(crate) fn new(
         registry: Arc<Registry>,
-        resolver: Arc<Resolver>,
+        resolver: Arc<Current<Resolver>>,
         metrics: Arc<Metrics>,
         config: &CommandsConfig,
     ) -> Self {
@@ -128,7 +129,7 @@ impl CommandRouter {
 
     /// The session operation for a request on a meter of `protocol`, with registers resolved.
     fn op_for(&self, command: &Command, protocol: Source) -> Result<MeterOp, OpError> {
-        let resolver = &self.resolver;
+        let resolver = self.resolver.get();
         let unsupported = |what: &str| {
             OpError::new(
                 ErrorCode::UnsupportedForProtocol,

@@ -93,7 +93,7 @@ pub(crate) async fn logout(State(s): State<HttpState>, headers: HeaderMap) -> Re
     for token in login::tokens(&headers) {
         s.logins.remove(token);
     }
-    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, login::Logins::clear_cookie())]).into_response()
+    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, s.logins.clear_cookie())]).into_response()
 }
 
 /// `GET /api/me`: who is logged in.

@@ -1,7 +1,8 @@
 //! Who is calling: login cookies from `POST /api/login`, or HTTP Basic with the same users (for scripts).
 //!
 //! Logins live in memory (a restart logs everyone out) with an idle expiry and a bound on their number; the
-//! cookie is HttpOnly and SameSite=Strict, and the token is 32 random bytes.
+//! cookie is HttpOnly and SameSite=Strict (and Secure when the gateway serves HTTPS), and the token is 32 random
+//! bytes.
 
 use crate::auth::Role;
 use crate::lock::lock;
@@ -34,12 +35,19 @@ pub(crate) struct Logins {
     map: Mutex<HashMap<String, Session>>,
     idle: Duration,
     max: usize,
+    secure: bool,
 }
 
 impl Logins {
     /// Logins that expire after `idle` without use; at most `max` at once (the oldest is evicted).
     pub(crate) fn new(idle: Duration, max: usize) -> Self {
-        Logins { map: Mutex::new(HashMap::new()), idle, max: max.max(1) }
+        Logins { map: Mutex::new(HashMap::new()), idle, max: max.max(1), secure: false }
+    }
+
+    /// Marks the cookie `Secure` (the gateway serves HTTPS: browsers then never send it over plain HTTP).
+    pub(crate) fn with_secure_cookie(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -82,6 +90,15 @@ impl Logins {
         self.lock().remove(token);
     }
 
+    /// Ends every login whose caller `ended` selects (users removed, or whose password or role changed);
+    /// returns how many ended.
+    pub(crate) fn end_where(&self, mut ended: impl FnMut(&Caller) -> bool) -> usize {
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, s| !ended(&s.caller));
+        before - map.len()
+    }
+
     /// Logins open now.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
@@ -89,12 +106,20 @@ impl Logins {
 
     /// The cookie value that sets `token`.
     pub(crate) fn set_cookie(&self, token: &str) -> String {
-        format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", self.idle.as_secs())
+        format!(
+            "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{}; Max-Age={}",
+            self.secure_attr(),
+            self.idle.as_secs()
+        )
     }
 
     /// The cookie value that clears the session cookie.
-    pub(crate) fn clear_cookie() -> String {
-        format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+    pub(crate) fn clear_cookie(&self) -> String {
+        format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict{}; Max-Age=0", self.secure_attr())
+    }
+
+    fn secure_attr(&self) -> &'static str {
+        if self.secure { "; Secure" } else { "" }
     }
 }
 

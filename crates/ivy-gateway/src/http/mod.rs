@@ -26,6 +26,10 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
     connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; \
     form-action 'self'; report-uri /api/csp-report";
 
+/// The `Strict-Transport-Security` value sent when the gateway serves HTTPS (one year; no subdomains, the
+/// gateway does not speak for other hosts).
+pub const HSTS: &str = "max-age=31536000";
+
 /// Request bodies larger than this are refused (commands and logins are small).
 const MAX_BODY: usize = 64 * 1024;
 
@@ -116,6 +120,10 @@ async fn count_and_secure(State(state): State<HttpState>, request: Request, next
     h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
     h.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
     h.insert("permissions-policy", HeaderValue::from_static("camera=(), microphone=(), geolocation=()"));
+    if state.config.http.tls().is_some() {
+        // Served over HTTPS: browsers must not fall back to plain HTTP for this host for a year.
+        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+    }
     if is_api && !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

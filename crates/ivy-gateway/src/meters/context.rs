@@ -9,6 +9,7 @@ use crate::config::{Config, Parsed, SourceNet};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::registers::Resolver;
+use crate::reload::Current;
 use ivy_protocol::registration::RegistrationRule;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -37,8 +38,8 @@ pub struct MeterContext {
     pub poll_permits: Arc<Semaphore>,
     /// Registration rules (EM114070 built in, then configured ones).
     pub rules: Vec<RegistrationRule>,
-    /// Register catalogues and poll groups.
-    pub resolver: Arc<Resolver>,
+    /// Register catalogues and poll groups (replaced on SIGHUP; sessions take the current one per use).
+    pub resolver: Arc<Current<Resolver>>,
     /// Where meters may connect from (`meters.allowed_sources`; empty allows any).
     pub allowed_sources: Vec<SourceNet>,
     /// Where a given meter id may identify from (`meters.allowed_sources_by_meter`).
@@ -50,7 +51,7 @@ impl MeterContext {
     /// The context for `config`, publishing to `hub` and counting in `metrics`.
     pub fn new(
         config: Arc<Config>,
-        resolver: Arc<Resolver>,
+        resolver: Arc<Current<Resolver>>,
         hub: Hub,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,

@@ -185,7 +185,7 @@ impl DlmsDriver<'_> {
     fn on_identified(&mut self, id: MeterId) {
         self.identify_at = None;
         let ctx = &self.conn.ctx;
-        self.plan = ctx.resolver.dlms_poll_plan(&id);
+        self.plan = ctx.resolver.get().dlms_poll_plan(&id);
         self.timer = PollTimer::start(ctx, &id, !ctx.config.dlms.passive_only && !self.plan.is_empty());
         self.meter = Some(id);
         while let Some(apdu) = self.pending_pushes.pop_front() {
@@ -371,7 +371,8 @@ impl DlmsDriver<'_> {
             Data::OctetString(b) => Obis::from_slice(b),
             _ => None,
         };
-        let class_of = |o: &Obis| self.conn.ctx.resolver.obis.get(o).map(|d| d.class_id).unwrap_or(3);
+        let resolver = self.conn.ctx.resolver.get();
+        let class_of = |o: &Obis| resolver.obis.get(o).map(|d| d.class_id).unwrap_or(3);
         // Nested pairs: [{obis, value}, ...].
         let nested: Option<Vec<_>> = items
             .iter()
@@ -416,7 +417,8 @@ impl DlmsDriver<'_> {
 
     /// A normalised reading for `value` of `attribute` (scaled by the meter's scaler_unit, else the registry's).
     fn reading(&self, meter: &MeterId, attribute: &AttributeDescriptor, value: &Data) -> Option<Reading> {
-        let registry = &self.conn.ctx.resolver.obis;
+        let resolver = self.conn.ctx.resolver.get();
+        let registry = &resolver.obis;
         let def = registry.get(&attribute.obis);
         let base_key = def.map(|d| d.key.clone()).unwrap_or_else(|| obis_key(&attribute.obis));
         let key = if attribute.attribute == 2 { base_key } else { format!("{base_key}_ATTR{}", attribute.attribute) };
@@ -475,6 +477,11 @@ impl DlmsDriver<'_> {
             self.timer.stop();
             return Ok(());
         }
+        // Poll groups may have been reloaded (SIGHUP) since the last cycle: poll what is configured now.
+        self.plan = self.conn.ctx.resolver.get().dlms_poll_plan(&meter);
+        if !self.timer.refresh(&self.conn.ctx, &meter, !self.plan.is_empty()) {
+            return Ok(());
+        }
         let started = Instant::now();
         let targets: Vec<ObisTarget> =
             self.plan.iter().filter(|t| !self.undefined.contains(&t.attribute.obis)).cloned().collect();
@@ -505,7 +512,8 @@ impl DlmsDriver<'_> {
         targets: &[ObisTarget],
         deadline: Instant,
     ) -> Result<Vec<Result<Reading, OpError>>, Failure> {
-        let registry = &self.conn.ctx.resolver.obis;
+        let resolver = self.conn.ctx.resolver.get();
+        let registry = &resolver.obis;
         let scaler_reads: Vec<AttributeDescriptor> = targets
             .iter()
             .filter(|t| t.attribute.attribute == 2 && matches!(t.attribute.class_id, 3 | 4))
@@ -551,7 +559,7 @@ impl DlmsDriver<'_> {
 
     /// The key of a register in a `read_all` answer: the registry's, else one made of the code.
     fn register_key(&self, obis: &Obis) -> String {
-        self.conn.ctx.resolver.obis.get(obis).map(|d| d.key.clone()).unwrap_or_else(|| obis_key(obis))
+        self.conn.ctx.resolver.get().obis.get(obis).map(|d| d.key.clone()).unwrap_or_else(|| obis_key(obis))
     }
 }
 

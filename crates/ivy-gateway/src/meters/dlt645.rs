@@ -182,7 +182,7 @@ impl Dlt645Driver<'_> {
             }
             return Ok(None);
         }
-        let plan = self.conn.ctx.resolver.dlt_poll_plan(&id);
+        let plan = self.conn.ctx.resolver.get().dlt_poll_plan(&id);
         let timer = PollTimer::start(&self.conn.ctx, &id, !plan.is_empty());
         self.meters.push(Meter { id, address, timer, plan, skip: HashSet::new() });
         Ok(Some(self.meters.len() - 1))
@@ -262,7 +262,8 @@ impl Dlt645Driver<'_> {
 
     /// A normalised reading for `di`, or `None` (logged, counted) when the value does not decode.
     fn decode(&self, meter: &MeterId, di: Di, value: &[u8]) -> Option<Reading> {
-        let catalogue = &self.conn.ctx.resolver.catalogue;
+        let resolver = self.conn.ctx.resolver.get();
+        let catalogue = &resolver.catalogue;
         let def = catalogue.by_di(di);
         let decoded = match catalogue.decode(di, value) {
             Ok(v) => v,
@@ -314,6 +315,13 @@ impl Dlt645Driver<'_> {
             return Ok(());
         }
         let (id, address) = (m.id.clone(), m.address);
+        // Poll groups may have been reloaded (SIGHUP) since the last cycle: poll what is configured now.
+        let fresh = self.conn.ctx.resolver.get().dlt_poll_plan(&id);
+        let Some(m) = self.meters.get_mut(index) else { return Ok(()) };
+        if !m.timer.refresh(&self.conn.ctx, &id, !fresh.is_empty()) {
+            return Ok(());
+        }
+        m.plan = fresh;
         let plan: Vec<Di> = m.plan.iter().copied().filter(|di| !m.skip.contains(di)).collect();
         let started = Instant::now();
         let cfg = &self.conn.ctx.config.dlt645;
@@ -355,7 +363,7 @@ impl Dlt645Driver<'_> {
     }
 
     fn register_key(&self, di: Di) -> String {
-        self.conn.ctx.resolver.catalogue.by_di(di).map(|d| d.key.clone()).unwrap_or_else(|| unnamed_key(di))
+        self.conn.ctx.resolver.get().catalogue.by_di(di).map(|d| d.key.clone()).unwrap_or_else(|| unnamed_key(di))
     }
 
     fn address_of(&self, meter: &MeterId) -> Result<Address, Failure> {

@@ -22,8 +22,21 @@ impl PollTimer {
     /// and `can_poll` (the driver has something to poll); first after the first-poll delay.
     pub(crate) fn start(ctx: &MeterContext, meter: &MeterId, can_poll: bool) -> Self {
         let polling = &ctx.config.polling;
-        let (enabled, interval_ms) = ctx.resolver.poll_settings(meter, polling.enabled, polling.interval_ms);
+        let (enabled, interval_ms) = ctx.resolver.get().poll_settings(meter, polling.enabled, polling.interval_ms);
         PollTimer { next: (enabled && can_poll).then(|| first_poll_at(polling, interval_ms)), interval_ms }
+    }
+
+    /// Re-reads the meter's poll settings before a cycle (poll groups and overrides may have been reloaded on
+    /// SIGHUP): a new interval applies from the next cycle on; with polling now off for the meter, or nothing
+    /// to poll (`can_poll` false), the timer stops and `false` is returned.
+    pub(crate) fn refresh(&mut self, ctx: &MeterContext, meter: &MeterId, can_poll: bool) -> bool {
+        let polling = &ctx.config.polling;
+        let (enabled, interval_ms) = ctx.resolver.get().poll_settings(meter, polling.enabled, polling.interval_ms);
+        self.interval_ms = interval_ms;
+        if !(enabled && can_poll) {
+            self.next = None;
+        }
+        self.next.is_some()
     }
 
     /// When the next cycle is due (`None`: not polled).

@@ -9,3 +9,5 @@ mod identification;
 mod lifecycle;
 mod limits;
 mod polling;
+mod reload;
+mod tls;
