@@ -79,14 +79,21 @@ fn users_file(dir: &Path, ops_password: &str) {
     std::fs::rename(dir.join("users.tmp"), dir.join(ivy_gateway::auth::USERS_FILE)).unwrap();
 }
 
-fn config_file(dir: &Path, overvoltage_v: f64, https: bool) {
+/// Writes the configuration file: polling of the `instantaneous` group, or with `own_group` of a group of its own
+/// (voltage and combined energy); the overvoltage threshold; HTTPS with `cert.pem`/`key.pem` when `https`.
+fn config_file(dir: &Path, overvoltage_v: f64, https: bool, own_group: bool) {
     let tls = if https {
         format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", dir.join("cert.pem").display(), dir.join("key.pem").display())
     } else {
         String::new()
     };
+    let group = if own_group {
+        "group = \"mine\"\n[polling.dlt645_groups]\nmine = [\"VOLTAGE_A\", \"COMBINED_ACTIVE_ENERGY\"]\n"
+    } else {
+        "group = \"instantaneous\"\n"
+    };
     let text = format!(
-        "[polling]\nenabled = true\ninterval_ms = 500\nfirst_poll_delay_ms = 100\njitter_percent = 0\ngroup = \"instantaneous\"\n\n\
+        "[polling]\nenabled = true\ninterval_ms = 500\nfirst_poll_delay_ms = 100\njitter_percent = 0\n{group}\n\
          [meters]\nidentify_after_secs = 1\n\n[alarms]\novervoltage_v = {overvoltage_v:.1}\n\n[http]\n{tls}"
     );
     std::fs::write(dir.join("ivy-gateway.toml.tmp"), text).unwrap();
@@ -121,10 +128,10 @@ fn status_changes(msgs: &[harness::Msg]) -> Vec<&harness::Msg> {
 }
 
 #[tokio::test]
-async fn sighup_applies_a_new_alarm_threshold_and_password_without_disconnecting_meters() {
+async fn sighup_applies_a_new_alarm_threshold_password_and_poll_group_without_disconnecting_meters() {
     let dir = tempfile::tempdir().unwrap();
     users_file(dir.path(), "old-ops-password");
-    config_file(dir.path(), 253.0, false);
+    config_file(dir.path(), 253.0, false, false);
     let gw = Running::start(dir.path());
     let mut watch = watcher(&gw).await;
     let (_sim, _meter) = meter(&gw).await;
@@ -139,10 +146,11 @@ async fn sighup_applies_a_new_alarm_threshold_and_password_without_disconnecting
         })
         .await;
     assert!(!before.iter().any(|m| m.json.to_string().contains("alarm:overvoltage")), "230 V is below 253 V");
+    assert!(!before.iter().any(|m| m.json.to_string().contains("COMBINED_ACTIVE_ENERGY")), "not in the group yet");
     assert_eq!(harness::connack(gw.mqtt, ("ops", "old-ops-password")).await, Ok(ConnectReturnCode::Success));
 
     users_file(dir.path(), "new-ops-password");
-    config_file(dir.path(), 225.0, false);
+    config_file(dir.path(), 225.0, false, true);
     gw.hangup();
 
     let after = watch
@@ -160,9 +168,12 @@ async fn sighup_applies_a_new_alarm_threshold_and_password_without_disconnecting
         Ok(ConnectReturnCode::BadUserNamePassword),
         "the old password must stop working (no cached credentials)"
     );
-    // Still connected: readings keep coming, and the meter never went offline.
+    // Still connected: readings keep coming, from the reloaded poll group, and the meter never went offline.
     let later = watch.collect(1500).await;
-    assert!(later.iter().any(|m| m.topic.ends_with("/telemetry")), "polling continues after the reload");
+    assert!(
+        later.iter().any(|m| m.topic.ends_with("/telemetry") && m.json.to_string().contains("COMBINED_ACTIVE_ENERGY")),
+        "the connected meter is polled with the reloaded group: {later:?}"
+    );
     let mut all = before;
     all.extend(after);
     all.extend(later);
@@ -171,6 +182,7 @@ async fn sighup_applies_a_new_alarm_threshold_and_password_without_disconnecting
     let log = Running::log(dir.path());
     assert!(log.contains("reload: applied"), "{log}");
     assert!(log.contains("alarms.overvoltage_v"), "the report names the changed key: {log}");
+    assert!(log.contains("polling.dlt645_groups.mine") && log.contains("polling.group"), "{log}");
     assert!(log.contains("password or role changed [\"ops\"]"), "the report names only the changed user: {log}");
 }
 
@@ -180,7 +192,7 @@ async fn sighup_serves_a_certificate_swapped_on_disk_while_meters_and_connection
     let ca = TestCa::new("ivy reload CA");
     let (_, _, first) = ca.write_server(dir.path());
     users_file(dir.path(), "ops-password");
-    config_file(dir.path(), 253.0, true);
+    config_file(dir.path(), 253.0, true, false);
     let gw = Running::start(dir.path());
     let mut watch = watcher(&gw).await;
     let (_sim, _meter) = meter(&gw).await;
@@ -228,7 +240,7 @@ async fn sighup_serves_a_certificate_swapped_on_disk_while_meters_and_connection
 async fn sighup_reports_settings_that_need_a_restart_and_refuses_an_invalid_file() {
     let dir = tempfile::tempdir().unwrap();
     users_file(dir.path(), "ops-password");
-    config_file(dir.path(), 253.0, false);
+    config_file(dir.path(), 253.0, false, false);
     let gw = Running::start(dir.path());
     let _watch = watcher(&gw).await;
 
