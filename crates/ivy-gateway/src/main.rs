@@ -59,8 +59,11 @@ fn main() -> ExitCode {
             ExitCode::from(code as u8)
         }
         Some(Command::CheckConfig) => match config::load(&Sources::from_process(cli.config)) {
-            Ok(c) => match ivy_gateway::registers::Resolver::from_config(&c) {
-                Ok(_) => {
+            Ok(c) => match ivy_gateway::registers::Resolver::from_config(&c)
+                .map_err(|e| e.to_string())
+                .and_then(|_| tls_files(&c))
+            {
+                Ok(()) => {
                     println!("# configuration is valid\n{}", c.to_toml_masked());
                     ExitCode::SUCCESS
                 }
@@ -126,6 +129,16 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Loads the configured certificate and key pairs, so `check-config` finds what would stop the start.
+fn tls_files(c: &config::Config) -> Result<(), String> {
+    let q = &c.mqtt;
+    let mqtt = (q.tls_port != 0 || q.wss_port != 0).then(|| q.tls_cert.as_deref().zip(q.tls_key.as_deref())).flatten();
+    for (cert, key) in c.http.tls().into_iter().chain(mqtt) {
+        ivy_gateway::tls::load_key_pair(cert, key).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 fn passwd(user: &str, role: &str) -> anyhow::Result<()> {

@@ -58,7 +58,8 @@ pub fn load_key_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> 
     if chain.is_empty() {
         return Err(TlsError::Pem(cert.to_path_buf(), "no CERTIFICATE in the file".into()));
     }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem(key.to_path_buf(), e.to_string()))?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::Pem(key.to_path_buf(), format!("no usable PEM private key ({e})")))?;
     CertifiedKey::from_der(chain, private, &provider()).map_err(|e| TlsError::KeyPair {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),

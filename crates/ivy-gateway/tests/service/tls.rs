@@ -252,3 +252,23 @@ async fn self_signed_command_makes_a_certificate_the_gateway_serves_and_clients_
     assert_eq!(http_request(&mut stream, "GET", "/health", "", "").await.unwrap().0, 200);
     gw.gw.shutdown().await;
 }
+
+#[test]
+fn check_config_loads_the_certificate_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = TestCa::new("ivy check CA").write_server(dir.path());
+    let check = |key: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ivy-gateway"))
+            .arg("check-config")
+            .current_dir(dir.path())
+            .env("HTTP_TLS_CERT", &cert)
+            .env("HTTP_TLS_KEY", key)
+            .output()
+            .unwrap()
+    };
+    assert!(check(&key).status.success());
+    let wrong = check(&cert);
+    assert_eq!(wrong.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("cert.pem") && stderr.contains("private key"), "{stderr}");
+}
