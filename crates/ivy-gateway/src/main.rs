@@ -165,6 +165,7 @@ fn init_logging(format: LogFormat) {
 
 async fn run(config: config::Config, sources: Sources) -> anyhow::Result<()> {
     let mut signals = Signals::register();
+    let https = config.http.tls().is_some();
     let mut gateway = ivy_gateway::gateway::Gateway::start(config).await?;
     if let Some(password) = gateway.take_first_run_password() {
         // Printed once, to stdout, never logged: only its hash is stored.
@@ -177,8 +178,14 @@ async fn run(config: config::Config, sources: Sources) -> anyhow::Result<()> {
     }
     let addrs = gateway.addrs();
     println!(
-        "ivy-gateway listening: meters {} mqtt {} ws {:?} http {:?}",
-        addrs.meters, addrs.mqtt, addrs.mqtt_ws, addrs.http
+        "ivy-gateway listening: meters {} mqtt {} ws {:?} {} {:?} mqtt-tls {:?} wss {:?}",
+        addrs.meters,
+        addrs.mqtt,
+        addrs.mqtt_ws,
+        if https { "https" } else { "http" },
+        addrs.http,
+        addrs.mqtt_tls,
+        addrs.mqtt_wss
     );
     loop {
         match signals.next().await {
