@@ -222,6 +222,13 @@ async fn plain_http_sets_no_secure_flag_and_no_hsts() {
     let (status, head, _) = http_request(&mut stream, "GET", "/health", "", "").await.unwrap();
     assert_eq!(status, 200);
     assert!(!head.to_ascii_lowercase().contains("strict-transport-security"), "{head}");
+    // The session cookie over plain HTTP: HttpOnly, but not Secure (a browser would never send it back).
+    let login = format!(r#"{{"username":"{}","password":"{}"}}"#, ADMIN.0, ADMIN.1);
+    let (status, head, _) =
+        http_request(&mut stream, "POST", "/api/login", "Content-Type: application/json\r\n", &login).await.unwrap();
+    assert_eq!(status, 200, "{head}");
+    let cookie = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap_or_default();
+    assert!(cookie.contains("HttpOnly") && !cookie.contains("Secure"), "{cookie}");
     gw.gw.shutdown().await;
 }
 
