@@ -279,3 +279,31 @@ fn check_config_loads_the_certificate_pairs() {
     let stderr = String::from_utf8_lossy(&wrong.stderr);
     assert!(stderr.contains("cert.pem") && stderr.contains("private key"), "{stderr}");
 }
+
+/// rmqtt builds its TLS configuration once, when its listeners start: a reload that finds the MQTT certificate files
+/// changed must say so (needs a restart) rather than claim them applied, and the broker keeps serving the old one.
+#[tokio::test]
+async fn a_changed_mqtt_certificate_is_reported_as_needing_a_restart() {
+    let ca = TestCa::new("ivy mqtt CA");
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key, first) = ca.write_server(certs.path());
+    let gw = harness::start(|c| {
+        c.mqtt.tls_port = free_port();
+        c.mqtt.tls_cert = Some(cert.clone());
+        c.mqtt.tls_key = Some(key.clone());
+    })
+    .await;
+    let tls = gw.gw.addrs().mqtt_tls.unwrap();
+    let config = (*gw.gw.meters().config).clone();
+    let unchanged = gw.gw.reload(config.clone());
+    assert_eq!(unchanged, Default::default(), "nothing changed, nothing reported");
+
+    let (_, _, second) = ca.write_server(certs.path());
+    assert_ne!(first, second);
+    let report = gw.gw.reload(config);
+    assert!(report.needs_restart.iter().any(|r| r.contains("MQTT TLS")), "{report:?}");
+    assert!(report.applied.is_empty() && report.failed.is_empty(), "{report:?}");
+    let (_, served) = tls_connect(tls, ca.client()).await.expect("MQTT/TLS still accepts the trusted client");
+    assert_eq!(served, first, "the broker serves the certificate it started with until a restart");
+    gw.gw.shutdown().await;
+}
