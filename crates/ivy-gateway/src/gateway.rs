@@ -77,6 +77,26 @@ struct Reloadables {
     mqtt_tls_files: Option<[u8; 32]>,
 }
 
+/// Serves the dashboard and API on `l` (plain TCP or the TLS listener) until `shutdown`.
+fn serve_http<L>(
+    l: L,
+    app: axum::Router,
+    shutdown: CancellationToken,
+    scheme: &'static str,
+) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    for<'a> std::net::SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let served = axum::serve(l, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "{scheme} server stopped");
+        }
+    })
+}
+
 fn files_digest(paths: &[&std::path::Path]) -> Option<[u8; 32]> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
@@ -218,7 +238,6 @@ impl Gateway {
                 )),
             });
             let shutdown = shutdown.clone();
-            let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             match &https {
                 Some(certs) => {
                     use axum::serve::ListenerExt;
@@ -227,25 +246,9 @@ impl Gateway {
                         .map_err(|e| StartError::Bind(addr, e))?
                         // `tap_io` gives the handlers the peer address (rate limits, logs).
                         .tap_io(|_| {});
-                    tasks.push(tokio::spawn(async move {
-                        let served = axum::serve(l, service)
-                            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                            .await;
-                        if let Err(e) = served {
-                            tracing::error!(error = %e, "HTTPS server stopped");
-                        }
-                    }));
+                    tasks.push(serve_http(l, app, shutdown, "HTTPS"));
                 }
-                None => {
-                    tasks.push(tokio::spawn(async move {
-                        let served = axum::serve(l, service)
-                            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                            .await;
-                        if let Err(e) = served {
-                            tracing::error!(error = %e, "HTTP server stopped");
-                        }
-                    }));
-                }
+                None => tasks.push(serve_http(l, app, shutdown, "HTTP")),
             }
             Some(local)
         } else {

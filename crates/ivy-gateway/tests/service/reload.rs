@@ -61,6 +61,15 @@ impl Running {
     fn log(dir: &Path) -> String {
         std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
     }
+
+    /// Waits (up to 10 s) until the gateway's log contains `text`.
+    async fn wait_for_log(dir: &Path, text: &str) {
+        let started = Instant::now();
+        while !Running::log(dir).contains(text) {
+            assert!(started.elapsed() < Duration::from_secs(10), "no {text:?} in the log: {}", Running::log(dir));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Writes the users file: `adm` keeps the hash it has (an unchanged user), `ops` gets `ops_password`.
@@ -227,11 +236,7 @@ async fn sighup_serves_a_certificate_swapped_on_disk_while_meters_and_connection
     // A broken certificate file is refused and the current one stays.
     std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
     gw.hangup();
-    let started = Instant::now();
-    while !Running::log(dir.path()).contains("previous one is still served") {
-        assert!(started.elapsed() < Duration::from_secs(10), "no error reported: {}", Running::log(dir.path()));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Running::wait_for_log(dir.path(), "previous one is still served").await;
     let (_, served) = tls_connect(gw.http, ca.client()).await.unwrap();
     assert_eq!(served, second);
 }
@@ -247,20 +252,12 @@ async fn sighup_reports_settings_that_need_a_restart_and_refuses_an_invalid_file
     let text = std::fs::read_to_string(dir.path().join("ivy-gateway.toml")).unwrap();
     std::fs::write(dir.path().join("ivy-gateway.toml"), format!("{text}\n[commands]\ntimeout_ms = 20000\n")).unwrap();
     gw.hangup();
-    let started = Instant::now();
-    while !Running::log(dir.path()).contains("needs a restart") {
-        assert!(started.elapsed() < Duration::from_secs(10), "{}", Running::log(dir.path()));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Running::wait_for_log(dir.path(), "needs a restart").await;
     assert!(Running::log(dir.path()).contains("commands.timeout_ms"));
 
     std::fs::write(dir.path().join("ivy-gateway.toml"), "[alarms]\novervoltage_v = \"high\"\n").unwrap();
     gw.hangup();
-    let started = Instant::now();
-    while !Running::log(dir.path()).contains("reload refused") {
-        assert!(started.elapsed() < Duration::from_secs(10), "{}", Running::log(dir.path()));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Running::wait_for_log(dir.path(), "reload refused").await;
     // Still running and serving.
     assert_eq!(harness::connack(gw.mqtt, ADM).await, Ok(ConnectReturnCode::Success));
     let _ = gw.http;
