@@ -226,10 +226,14 @@ async fn sighup_serves_a_certificate_swapped_on_disk_while_meters_and_connection
     }
     // The connection opened before the swap still works.
     assert_eq!(http_request(&mut open, "GET", "/health", "", "").await.unwrap().0, 200);
-    // No meter disconnected: no status change after the first online, and readings keep coming.
+    // No meter disconnected: no offline status after the first online (a busy machine may see a later online
+    // status of the same connection, which is no disconnect), and readings keep coming.
     let later = watch.collect(1500).await;
     assert!(later.iter().any(|m| m.topic.ends_with("/telemetry")), "polling continues after the reload");
-    assert!(status_changes(&later).is_empty(), "the meter's status changed: {later:?}");
+    let statuses = status_changes(&later);
+    assert!(statuses.iter().all(|m| m.json["online"] == true), "the meter went offline: {statuses:?}");
+    let dropped = |m: &&harness::Msg| m.json["event"] == "meter_disconnected" || m.json["event"] == "meter_reconnected";
+    assert!(!later.iter().any(|m| dropped(&m)), "the meter's connection was dropped: {later:?}");
     let log = Running::log(dir.path());
     assert!(log.contains("HTTPS certificate replaced"), "{log}");
 
