@@ -21,3 +21,4 @@ pub mod model;
 pub mod mqtt;
 pub mod registers;
 pub mod stats;
+pub mod systemd;

@@ -28,13 +28,13 @@ enum Command {
     Run,
     /// Validate the configuration and print the effective settings (secrets masked).
     CheckConfig,
-    /// Print an argon2id hash for the users file (reads the password from stdin).
+    /// Print a users-file entry with an argon2id hash (reads the password from stdin).
     Passwd {
         /// User name for the printed users-file entry.
-        #[arg(long, default_value = "admin")]
+        #[arg(long)]
         user: String,
-        /// Role for the printed entry: admin, operator or viewer.
-        #[arg(long, default_value = "operator")]
+        /// Role: viewer (read only, the default), operator (also sends commands) or admin (everything).
+        #[arg(long, default_value = "viewer")]
         role: String,
     },
     /// Explain a DL/T 645 frame, wrapper packet, DLMS APDU or A-XDR value given as hex.
@@ -116,11 +116,19 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(log_colours());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Colour codes only on a terminal, and never when `NO_COLOR` is set to anything but "" (<https://no-color.org>):
+/// the journal, files and pipes get plain text.
+fn log_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 async fn run(config: config::Config) -> anyhow::Result<()> {
@@ -139,8 +147,10 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         "ivy-gateway listening: meters {} mqtt {} ws {:?} http {:?}",
         addrs.meters, addrs.mqtt, addrs.mqtt_ws, addrs.http
     );
+    let service = ivy_gateway::systemd::ready(&format!("meters {} mqtt {}", addrs.meters, addrs.mqtt));
     wait_for_signal().await;
     tracing::info!("shutting down");
+    service.stopping();
     gateway.shutdown().await;
     Ok(())
 }
