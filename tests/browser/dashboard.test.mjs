@@ -285,7 +285,7 @@ async function main() {
         assert.match(question, /open/i);
         await shot(page, 'relay-confirm');
         await page.click('#relay-confirm-cancel');
-        await page.waitForSelector('#relay-confirm:not([open])');
+        await page.waitForFunction(() => !document.getElementById('relay-confirm').open);
         assert.match(await page.textContent('#command-response'), /not sent/);
         await new Promise((r) => setTimeout(r, 300));
         assert.equal(posted.length, 0, 'nothing sent after cancel');
