@@ -177,8 +177,7 @@ impl Users {
         let mut users = HashMap::new();
         if path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|e| AuthError::Io(path.clone(), e))?;
-            let file: UsersFile =
-                toml::from_str(&text).map_err(|e| AuthError::Format(path.clone(), crate::config::toml_error(&e)))?;
+            let file: UsersFile = toml::from_str(&text).map_err(|e| AuthError::Format(path.clone(), e.to_string()))?;
             for u in file.users {
                 if PasswordHash::new(&u.hash).is_err() {
                     return Err(AuthError::Format(path.clone(), format!("user '{}' has no valid PHC hash", u.name)));
