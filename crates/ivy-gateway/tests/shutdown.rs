@@ -13,25 +13,28 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-#[tokio::test]
-async fn sigterm_stops_within_10_s_and_publishes_offline_retained() {
-    let dir = tempfile::tempdir().unwrap();
-    let (meters, mqtt, http) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ivy-gateway"))
-        .current_dir(dir.path())
-        .env("DATA_DIR", dir.path())
+/// The gateway binary on loopback ports (`ws` 0 = off), its data in `dir`, with the admin user `adm`.
+fn gateway_on(dir: &std::path::Path, meters: u16, mqtt: u16, ws: u16, http: u16) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ivy-gateway"));
+    c.current_dir(dir)
+        .env("DATA_DIR", dir)
         .env("TCP_HOST", "127.0.0.1")
         .env("TCP_PORT", meters.to_string())
         .env("MQTT_HOST", "127.0.0.1")
         .env("MQTT_PORT", mqtt.to_string())
-        .env("MQTT_WS_PORT", "0")
+        .env("MQTT_WS_PORT", ws.to_string())
         .env("HTTP_HOST", "127.0.0.1")
         .env("HTTP_PORT", http.to_string())
-        .env("MQTT_USERS", "adm:admpass:admin")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .env("MQTT_USERS", "adm:admpass:admin");
+    c
+}
+
+#[tokio::test]
+async fn sigterm_stops_within_10_s_and_publishes_offline_retained() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meters, mqtt, http) = (free_port(), free_port(), free_port());
+    let mut child =
+        gateway_on(dir.path(), meters, mqtt, 0, http).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
 
     // Connect once the broker is up.
     let mut opts = MqttOptions::new("shutdown-watcher", "127.0.0.1", mqtt);
@@ -124,17 +127,7 @@ fn notifies_the_service_manager_and_logs_plain_text_to_a_pipe() {
     let sock = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let (meters, mqtt, ws, http) = (free_port(), free_port(), free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_ivy-gateway"))
-        .current_dir(dir.path())
-        .env("DATA_DIR", dir.path())
-        .env("TCP_HOST", "127.0.0.1")
-        .env("TCP_PORT", meters.to_string())
-        .env("MQTT_HOST", "127.0.0.1")
-        .env("MQTT_PORT", mqtt.to_string())
-        .env("MQTT_WS_PORT", ws.to_string())
-        .env("HTTP_HOST", "127.0.0.1")
-        .env("HTTP_PORT", http.to_string())
-        .env("MQTT_USERS", "adm:admpass:admin")
+    let child = gateway_on(dir.path(), meters, mqtt, ws, http)
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "200000")
         .env_remove("WATCHDOG_PID")
