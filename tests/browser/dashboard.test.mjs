@@ -2,7 +2,8 @@
 //
 // Starts the real gateway and the real simulator (debug builds from target/debug), then: logs in, sees a meter
 // appear without reload, opens its detail and sees a reading change, sends read_register and sees the answer,
-// acknowledges an alarm, checks untrusted text is shown as text, checks the viewer cannot command, sees the
+// acknowledges an alarm, cancels and confirms relay commands in the page's dialog that names the meter (a fresh
+// page starts with a read), checks untrusted text is shown as text, checks the viewer cannot command, sees the
 // "stream lost" banner when the gateway stops and the page recover when it is back, and renders 1000 meters.
 // Fails on any request to a non-localhost URL, any CSP violation (console or report to the gateway), any page error.
 // Screenshots go to target/browser/.
@@ -254,6 +255,62 @@ async function main() {
       assert.equal(alarm.acknowledged, true);
       await page.waitForSelector('#events-list li[data-event="alarm_acknowledged"]', { timeout: 10000 });
       await shot(page, 'alarm-acknowledged');
+    });
+
+    await step('relay control asks for confirmation naming the meter; the default template is a read', async () => {
+      const fresh = await context.newPage();
+      watch(fresh, 'admin (fresh page)');
+      await fresh.goto(base + '/');
+      await fresh.waitForSelector('#app-view:not([hidden])');
+      assert.match(await fresh.inputValue('#command-method'), /^read_/, 'a fresh page starts with a read');
+      assert.doesNotMatch(await fresh.inputValue('#command-params'), /open|disconnect|off|trip/i);
+      await fresh.close();
+
+      const posted = [];
+      const onRequest = (req) => {
+        if (req.method() === 'POST' && req.url().includes('/commands')) posted.push(req.postData());
+      };
+      page.on('request', onRequest);
+      try {
+        await page.fill('#command-meter', ALARM_METER);
+        await page.selectOption('#command-method', 'relay_control');
+        const template = JSON.parse(await page.inputValue('#command-params'));
+        assert.notEqual(String(template.state).toLowerCase(), 'open', 'the relay template never disconnects');
+
+        await page.fill('#command-params', '{"state": "open"}');
+        await page.click('#command-send');
+        await page.waitForSelector('#relay-confirm[open]');
+        const question = await page.textContent('#relay-confirm');
+        assert.ok(question.includes(ALARM_METER), `the dialog names the meter: ${question}`);
+        assert.match(question, /open/i);
+        await shot(page, 'relay-confirm');
+        await page.click('#relay-confirm-cancel');
+        await page.waitForFunction(() => !document.getElementById('relay-confirm').open);
+        assert.match(await page.textContent('#command-response'), /not sent/);
+        await new Promise((r) => setTimeout(r, 300));
+        assert.equal(posted.length, 0, 'nothing sent after cancel');
+
+        const sendConfirmed = async (state) => {
+          await page.fill('#command-params', JSON.stringify({ state }));
+          await page.evaluate(() => { delete document.getElementById('command-response').dataset.status; });
+          await page.click('#command-send');
+          await page.waitForSelector('#relay-confirm[open]');
+          assert.ok((await page.textContent('#relay-confirm-ok')).includes(ALARM_METER));
+          await page.click('#relay-confirm-ok');
+          await page.waitForFunction(() => document.getElementById('command-response').dataset.status !== undefined, null, { timeout: 20000 });
+          const text = await page.textContent('#command-response');
+          assert.match(text, /^HTTP 200/, text);
+          assert.equal(JSON.parse(text.replace(/^HTTP \d+\n/, '')).success, true, text);
+        };
+        await sendConfirmed('open');
+        assert.equal(posted.length, 1);
+        assert.equal(JSON.parse(posted[0]).params.state, 'open');
+        // Back to a supplied meter for the steps that follow.
+        await sendConfirmed('close');
+        assert.equal(posted.length, 2);
+      } finally {
+        page.off('request', onRequest);
+      }
     });
 
     await step('untrusted text is shown as text, never as HTML', async () => {

@@ -36,7 +36,8 @@
     read_register: { register: 'VOLTAGE_A' },
     read_all: { registers: ['VOLTAGE_A', 'CURRENT_A', 'ACTIVE_POWER_TOTAL'] },
     read_group: { group: 'all' },
-    relay_control: { state: 'open' },
+    // Never pre-filled with a disconnect: `open` cuts the customer's supply, and every relay command asks first.
+    relay_control: { state: 'close' },
     read_relay_state: {},
     read_address: {},
     sync_time: {},
@@ -577,6 +578,26 @@
     $('command-params').value = JSON.stringify(PARAM_TEMPLATES[$('command-method').value] || {}, null, 1);
   }
 
+  // The gateway's spellings of a reconnect (request.rs); anything else is treated as a disconnect when asking.
+  const RELAY_CLOSE = ['close', 'on', 'connect', 'reconnect'];
+
+  // Resolves true only when the user confirms, in the page's dialog, switching the relay of `meter` as `params` say.
+  function confirmRelay(meter, params) {
+    const dialog = $('relay-confirm');
+    const wanted = params && typeof params === 'object' ? (params.state ?? params.action) : undefined;
+    const open = !RELAY_CLOSE.includes(String(wanted).toLowerCase());
+    $('relay-confirm-title').textContent = open ? 'Disconnect the supply?' : 'Reconnect the supply?';
+    $('relay-confirm-text').textContent = open
+      ? `This opens the relay of meter ${meter}: the premises it supplies lose power.`
+      : `This closes the relay of meter ${meter}: the premises it supplies get power again.`;
+    $('relay-confirm-ok').textContent = open ? `Open relay of ${meter}` : `Close relay of ${meter}`;
+    dialog.returnValue = '';
+    return new Promise((resolve) => {
+      dialog.addEventListener('close', () => resolve(dialog.returnValue === 'confirm'), { once: true });
+      dialog.showModal();
+    });
+  }
+
   async function sendCommand(ev) {
     ev.preventDefault();
     const out = $('command-response');
@@ -591,6 +612,11 @@
     }
     const meter = $('command-meter').value.trim();
     if (!meter) return;
+    if ($('command-method').value === 'relay_control' && !(await confirmRelay(meter, params))) {
+      out.textContent = `relay_control to ${meter} not sent (cancelled)`;
+      delete out.dataset.status;
+      return;
+    }
     $('command-send').disabled = true;
     out.textContent = `sending ${$('command-method').value} to ${meter}…`;
     const r = await api('/api/meters/' + encodeURIComponent(meter) + '/commands', {

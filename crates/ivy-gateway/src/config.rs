@@ -973,8 +973,10 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
     if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
 }
 
-fn toml_error(e: &toml::de::Error) -> String {
-    e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" ")
+/// The parser's own message: "TOML parse error at line L, column C", the line with a caret under the mistake, and
+/// what is wrong; continuation lines indented under the list entry.
+pub(crate) fn toml_error(e: &toml::de::Error) -> String {
+    e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("\n    ")
 }
 
 fn check(errors: &mut Vec<ConfigError>, ok: bool, key: &str, problem: &str) {

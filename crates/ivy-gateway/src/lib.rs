@@ -23,3 +23,4 @@ pub mod registers;
 pub mod reload;
 pub mod stats;
 pub mod tls;
+pub mod systemd;

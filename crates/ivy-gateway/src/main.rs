@@ -28,13 +28,13 @@ enum Command {
     Run,
     /// Validate the configuration and print the effective settings (secrets masked).
     CheckConfig,
-    /// Print an argon2id hash for the users file (reads the password from stdin).
+    /// Print a users-file entry with an argon2id hash (reads the password from stdin).
     Passwd {
         /// User name for the printed users-file entry.
-        #[arg(long, default_value = "admin")]
+        #[arg(long)]
         user: String,
-        /// Role for the printed entry: admin, operator or viewer.
-        #[arg(long, default_value = "operator")]
+        /// Role: viewer (read only, the default), operator (also sends commands) or admin (everything).
+        #[arg(long, default_value = "viewer")]
         role: String,
     },
     /// TLS certificates for the HTTPS, MQTT/TLS and WSS listeners.
@@ -156,11 +156,19 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(log_colours());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Colour codes only on a terminal, and never when `NO_COLOR` is set to anything but "" (<https://no-color.org>):
+/// the journal, files and pipes get plain text.
+fn log_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 async fn run(config: config::Config, sources: Sources) -> anyhow::Result<()> {
@@ -187,6 +195,7 @@ async fn run(config: config::Config, sources: Sources) -> anyhow::Result<()> {
         addrs.mqtt_tls,
         addrs.mqtt_wss
     );
+    let service = ivy_gateway::systemd::ready(&format!("meters {} mqtt {}", addrs.meters, addrs.mqtt));
     loop {
         match signals.next().await {
             Signal::Stop => break,
@@ -205,6 +214,7 @@ async fn run(config: config::Config, sources: Sources) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
+    service.stopping();
     gateway.shutdown().await;
     Ok(())
 }

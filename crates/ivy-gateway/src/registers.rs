@@ -113,7 +113,7 @@ fn err(key: &str, problem: impl Into<String>) -> ConfigError {
 
 fn read_toml<T: for<'de> Deserialize<'de>>(key: &str, path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| err(key, format!("{}: {}", path.display(), e.to_string().replace('\n', " "))))
+    toml::from_str(&text).map_err(|e| err(key, format!("{}: {}", path.display(), crate::config::toml_error(&e))))
 }
 
 fn parse_quantity(key: &str, q: &Option<String>) -> Result<Quantity, ConfigError> {

@@ -440,6 +440,7 @@ async fn metrics_are_valid_prometheus_text() {
     // Strict line grammar first (the parser crate below is lenient about what it skips).
     assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
     let mut typed = std::collections::HashMap::new();
+    let mut sampled = std::collections::HashSet::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
@@ -463,6 +464,20 @@ async fn metrics_are_valid_prometheus_text() {
         assert!(family.is_some(), "a sample before its TYPE: {line}");
         let labels = series.strip_prefix(name).unwrap_or_default();
         assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "{line}");
+        sampled.insert(name.to_owned());
+    }
+    // The documented names are the scraped ones (counters with `_total`; histograms by their family name).
+    for doc in ["API.md", "MQTT.md"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs").join(doc);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let names = text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("ivy_"));
+        let mut checked = 0;
+        for name in names.filter(|n| *n != "ivy_session") {
+            let histogram = typed.get(name).is_some_and(|k| k == "histogram");
+            assert!(sampled.contains(name) || histogram, "docs/{doc} names {name}, which /metrics does not expose");
+            checked += 1;
+        }
+        assert!(checked > 0 || doc == "MQTT.md", "no metric names found in docs/{doc}");
     }
     for family in REQUIRED_FAMILIES {
         assert!(typed.contains_key(*family), "missing metric family {family}");
