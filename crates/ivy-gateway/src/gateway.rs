@@ -56,6 +56,7 @@ pub struct Gateway {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     first_run_password: Option<String>,
     alarms: crate::alarms::SharedAlarms,
+    auth: Arc<crate::auth::Authenticator>,
 }
 
 /// Hub queue sizes, in events (a push or one meter's poll cycle is one event of up to ~10 readings). Sinks share
@@ -69,14 +70,24 @@ const ALARM_SINK_QUEUE: usize = 16_384;
 
 impl Gateway {
     /// Starts everything: broker, sinks, command router, meter listener, HTTP; publishes the gateway status.
-    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+    pub async fn start(mut config: Config) -> Result<Gateway, StartError> {
         let started = std::time::Instant::now();
+        match crate::descriptors::raise_nofile_limit() {
+            Ok(l) => {
+                tracing::info!(before = l.before, now = l.soft, hard = l.hard, "open-file limit (RLIMIT_NOFILE)");
+                for change in crate::descriptors::fit_caps(l.soft, &mut config) {
+                    tracing::warn!("{change}");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+        }
         let config = Arc::new(config);
         let resolver = Arc::new(crate::registers::Resolver::from_config(&config)?);
         let data_dir = config.gateway.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
-        let (users, first_run_password) = crate::auth::Users::load_or_init(&data_dir, config.mqtt.users.as_deref())?;
-        let auth = Arc::new(crate::auth::Authenticator::new(users, config.mqtt.auth_enabled));
+        let (users, first_run) = crate::auth::Users::load_or_init(&data_dir, config.mqtt.users.as_deref())?;
+        let auth =
+            Arc::new(crate::auth::Authenticator::with_guard(users, config.mqtt.auth_enabled, config.auth.guard()));
         let prefix =
             crate::mqtt::topics::TopicPrefix::new(&config.mqtt.topic_prefix, config.gateway.gateway_id.as_deref())
                 .map_err(|e| crate::config::ConfigError { key: "mqtt.topic_prefix".into(), problem: e.to_string() })?;
@@ -96,9 +107,12 @@ impl Gateway {
             ws_addr: (q.ws_port != 0).then(|| std::net::SocketAddr::new(q.host, q.ws_port)),
             tls,
             max_connections: q.max_connections,
-            max_packet_size: 1024 * 1024,
+            max_packet_size: q.max_packet_bytes,
             publish_queue: q.publish_queue,
             inbound_queue: 4096,
+            session_queue: q.session_queue_messages,
+            max_sessions_per_user: q.max_sessions_per_user,
+            handshake_timeout: Duration::from_secs(q.handshake_timeout_secs),
         };
         let mut broker = crate::mqtt::broker::EmbeddedBroker::start(&broker_cfg, auth.clone(), prefix.clone()).await?;
         let publisher = broker.publisher();
@@ -168,7 +182,7 @@ impl Gateway {
                     10_000,
                 )),
                 alarms: alarms.clone(),
-                acks_file,
+                acks: Arc::new(crate::alarms::AckStore::new(acks_file)),
                 live,
                 commands: router.clone(),
                 limiter: Arc::new(crate::http::ratelimit::RateLimiter::new(
@@ -176,15 +190,11 @@ impl Gateway {
                     Duration::from_secs(60),
                 )),
             });
-            let shutdown = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                let served = axum::serve(l, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "HTTP server stopped");
-                }
-            }));
+            let limits = crate::http::server::ServeLimits {
+                max_connections: config.http.max_connections,
+                header_timeout: Duration::from_secs(config.http.header_timeout_secs),
+            };
+            tasks.push(tokio::spawn(crate::http::server::serve(l, app, limits, shutdown.clone(), metrics.clone())));
             Some(local)
         } else {
             None
@@ -192,8 +202,22 @@ impl Gateway {
 
         let addrs =
             Addresses { meters: meters_addr, mqtt: broker.local_addrs().tcp, mqtt_ws: broker.local_addrs().ws, http };
+        // Every listener is bound: only now is the first-run admin written, so a failed start leaves no account
+        // whose password nobody saw. A failure here stops the start like any other.
+        let first_run_password = match first_run.map(crate::auth::FirstRun::commit).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                shutdown.cancel();
+                for t in &tasks {
+                    t.abort();
+                }
+                broker.shutdown().await;
+                return Err(e.into());
+            }
+        };
         tasks.push(tokio::spawn(stats.clone().publish_loop(publisher.clone(), prefix.clone(), shutdown)));
-        let gateway = Gateway { meters, stats, addrs, broker, publisher, prefix, tasks, first_run_password, alarms };
+        let gateway =
+            Gateway { meters, stats, addrs, broker, publisher, prefix, tasks, first_run_password, alarms, auth };
         gateway.publish_gateway_status(true).await;
         tracing::info!(meters = %addrs.meters, mqtt = %addrs.mqtt, ws = ?addrs.mqtt_ws, http = ?addrs.http, "gateway started");
         Ok(gateway)
@@ -222,6 +246,11 @@ impl Gateway {
     /// The alarm engine.
     pub fn alarms(&self) -> &crate::alarms::SharedAlarms {
         &self.alarms
+    }
+
+    /// Users and the failed-login throttle (its counters).
+    pub fn auth(&self) -> &Arc<crate::auth::Authenticator> {
+        &self.auth
     }
 
     /// The first-run admin password, once (`None` afterwards or when users existed).
