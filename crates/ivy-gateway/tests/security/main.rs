@@ -15,6 +15,7 @@ mod broker;
 mod data;
 mod http;
 mod listeners;
+mod memory;
 mod raw;
 
 /// Prints a case's figures in the form `scripts/attack` sums, and fails the case when anything was lost.
