@@ -399,31 +399,51 @@ fn event(key: &AlarmKey, prefix: &str, value: f64, threshold: f64, ts: u64) -> M
 /// The file in the data directory that keeps acknowledged alarm ids across restarts.
 pub const ACKS_FILE: &str = "alarm-acks.json";
 
-/// Acknowledges the active alarm `id` and persists every acknowledged id to `file` (off the async threads); the
-/// alarm, or `None` when no active alarm has that id. A failed write is logged: the acknowledgement holds in
-/// memory until the next restart.
-pub async fn acknowledge_persisted(engine: &SharedAlarms, id: &str, file: &std::path::Path) -> Option<ActiveAlarm> {
-    let (alarm, acknowledged) = {
-        let mut engine = lock(engine);
-        let alarm = engine.acknowledge(id)?;
-        (alarm, engine.acknowledged_ids())
-    };
-    let file = file.to_owned();
-    let saved = tokio::task::spawn_blocking(move || save_acknowledged(&file, &acknowledged))
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|written| written);
-    if let Err(e) = saved {
-        tracing::warn!(error = %e, "could not persist the alarm acknowledgement");
-    }
-    Some(alarm)
+/// Acknowledges the active alarm `id` and writes every acknowledged id durably before returning (one writer at a
+/// time, see [`AckStore`]): `Ok(None)` when no active alarm has that id; `Err` when the write failed (the
+/// acknowledgement then holds in memory only, and the caller must not report success).
+pub async fn acknowledge_persisted(
+    engine: &SharedAlarms,
+    id: &str,
+    acks: &Arc<AckStore>,
+) -> std::io::Result<Option<ActiveAlarm>> {
+    let Some(alarm) = lock(engine).acknowledge(id) else { return Ok(None) };
+    let (acks, engine) = (acks.clone(), engine.clone());
+    tokio::task::spawn_blocking(move || acks.persist(&engine)).await.map_err(std::io::Error::other)??;
+    Ok(Some(alarm))
 }
 
-/// Writes acknowledged alarm ids (atomically: a temporary file renamed over the old one).
+/// Writes acknowledged alarm ids durably (unique temporary file, fsync, atomic rename, directory fsync).
 pub fn save_acknowledged(path: &std::path::Path, ids: &[String]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(ids).map_err(std::io::Error::other)?)?;
-    std::fs::rename(&tmp, path)
+    crate::durable::write_atomic(path, &serde_json::to_vec(ids).map_err(std::io::Error::other)?, Some(0o600))
+}
+
+/// Persists acknowledgements one writer at a time, so "acknowledged" answers only after the acknowledgement is on
+/// disk and concurrent acknowledgements never overwrite each other with an older list.
+#[derive(Debug)]
+pub struct AckStore {
+    path: std::path::PathBuf,
+    writer: Mutex<()>,
+}
+
+impl AckStore {
+    /// Acknowledgements kept in `path`.
+    pub fn new(path: std::path::PathBuf) -> Self {
+        AckStore { path, writer: Mutex::new(()) }
+    }
+
+    /// Where they are kept.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Writes the engine's acknowledged ids as they are now (blocking I/O: call off the async threads). The list
+    /// is taken under the writer lock, so the last write holds every acknowledgement made before it started.
+    pub fn persist(&self, engine: &SharedAlarms) -> std::io::Result<()> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let ids = lock(engine).acknowledged_ids();
+        save_acknowledged(&self.path, &ids)
+    }
 }
 
 /// Reads acknowledged alarm ids; a missing file is an empty list, a corrupt one is reported.

@@ -2,20 +2,26 @@
 //!
 //! Passwords are stored only as argon2id PHC hashes in `users.toml` in the data directory (mode 0600). The
 //! original's `MQTT_USERS=u:p[:role],...` still works (kept as salted SHA-256 digests in memory, with a warning).
-//! With no user at all, the first start creates `admin` with a random password and returns it once for printing.
+//! With no user at all, the first start creates `admin` with a random password, commits it to disk only once
+//! start-up has succeeded, and returns it once for printing; `ivy-gateway passwd --reset admin` recovers access.
+//!
+//! Failed logins are throttled per (user, source) and per source ([`LoginGuard`]), for MQTT and HTTP alike.
 //!
 //! Verification costs ~20 ms of CPU: it runs on the blocking pool, at most two at a time, and successful
 //! credentials are cached (keyed by a SHA-256 of user and password) so reconnecting clients do not pay again.
 //! Unknown users are verified against a dummy hash so timing does not reveal which names exist.
 
 use crate::lock::lock;
+use crate::login_guard::{GuardConfig, LoginGuard};
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
@@ -195,18 +201,20 @@ pub struct Users {
 }
 
 impl Users {
-    /// Loads `users.toml` from `data_dir`, adds the `MQTT_USERS` users, and when there is nobody at all creates
-    /// `admin` with a random password (returned, to be printed once; only its hash is stored).
-    pub fn load_or_init(data_dir: &Path, mqtt_users: Option<&str>) -> Result<(Users, Option<String>), AuthError> {
+    /// Loads `users.toml` from `data_dir`, adds the `MQTT_USERS` users, and when there is nobody at all prepares
+    /// `admin` with a random password: usable in memory at once, written to disk by [`FirstRun::commit`] (only its
+    /// hash), and printed once by the caller after that.
+    pub fn load_or_init(data_dir: &Path, mqtt_users: Option<&str>) -> Result<(Users, Option<FirstRun>), AuthError> {
         let mut store = Users::load(data_dir, mqtt_users, None)?;
         let mut first_run = None;
         if store.users.is_empty() {
+            // Nothing is written yet: the admin is committed only once the gateway has started (see
+            // [`FirstRun::commit`]), so a start that fails leaves no account whose password nobody saw.
             let password = random_password();
             let admin =
                 User { name: "admin".into(), hash: hash_password(&password)?, role: Role::Admin, env_secret: None };
-            write_users_file(&data_dir.join(USERS_FILE), std::slice::from_ref(&admin))?;
-            store.users.insert(admin.name.clone(), admin);
-            first_run = Some(password);
+            store.users.insert(admin.name.clone(), admin.clone());
+            first_run = Some(FirstRun { path: data_dir.join(USERS_FILE), admin, password });
         }
         Ok((store, first_run))
     }
@@ -294,29 +302,62 @@ impl Users {
     }
 }
 
+/// The admin account of a first start, not yet on disk.
+#[derive(Debug)]
+pub struct FirstRun {
+    path: PathBuf,
+    admin: User,
+    password: String,
+}
+
+impl FirstRun {
+    /// Writes the admin (hash only) to the users file, durably and atomically, and returns the password to print
+    /// once. Call it when start-up has succeeded: until then the data directory holds no account.
+    pub fn commit(self) -> Result<String, AuthError> {
+        write_users_file(&self.path, std::slice::from_ref(&self.admin))?;
+        Ok(self.password)
+    }
+}
+
 fn write_users_file(path: &Path, users: &[User]) -> Result<(), AuthError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| AuthError::Io(dir.to_path_buf(), e))?;
     }
     let text = toml::to_string_pretty(&UsersFile { users: users.to_vec() })
         .map_err(|e| AuthError::Format(path.to_path_buf(), e.to_string()))?;
-    let tmp = path.with_extension("toml.tmp");
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut f = options.open(&tmp).map_err(|e| AuthError::Io(tmp.clone(), e))?;
-        f.write_all(b"# IVY gateway users: argon2id hashes only (`ivy-gateway passwd` prints one).\n")
-            .and_then(|()| f.write_all(text.as_bytes()))
-            .and_then(|()| f.sync_all())
-            .map_err(|e| AuthError::Io(tmp.clone(), e))?;
+    let text = format!("# IVY gateway users: argon2id hashes only (`ivy-gateway passwd` prints one).\n{text}");
+    crate::durable::write_atomic(path, text.as_bytes(), Some(0o600)).map_err(|e| AuthError::Io(path.to_path_buf(), e))
+}
+
+/// Recovery when nobody can log in (`ivy-gateway passwd --reset <user>`): gives `user` a new random password in
+/// the users file of `data_dir` (written durably and atomically; other users are kept as they are) and returns it.
+/// A user missing from the file is added with role admin. The running gateway reads the file at start: restart it.
+///
+/// Errors: the file cannot be read, parsed or written.
+pub fn reset_password(data_dir: &Path, user: &str) -> Result<(String, Role), AuthError> {
+    let path = data_dir.join(USERS_FILE);
+    let mut file = match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str::<UsersFile>(&text).map_err(|e| AuthError::Format(path.clone(), e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => UsersFile::default(),
+        Err(e) => return Err(AuthError::Io(path, e)),
+    };
+    if user.trim().is_empty() {
+        return Err(AuthError::BadUserSpec(user.to_owned()));
     }
-    std::fs::rename(&tmp, path).map_err(|e| AuthError::Io(path.to_path_buf(), e))
+    let password = random_password();
+    let hash = hash_password(&password)?;
+    let role = match file.users.iter_mut().find(|u| u.name == user) {
+        Some(u) => {
+            u.hash = hash;
+            u.role
+        }
+        None => {
+            file.users.push(User { name: user.to_owned(), hash, role: Role::Admin, env_secret: None });
+            Role::Admin
+        }
+    };
+    write_users_file(&path, &file.users)?;
+    Ok((password, role))
 }
 
 /// argon2id (default parameters) of a throw-away password. Verified against for unknown users and failed
@@ -328,6 +369,38 @@ const DUMMY_HASH: &str =
 /// Largest number of cached successful credentials.
 const CACHE_MAX: usize = 10_000;
 
+/// Where a login attempt comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// MQTT CONNECT.
+    Mqtt,
+    /// HTTP login or Basic credentials.
+    Http,
+}
+
+/// Why [`Authenticator::login`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginRefused {
+    /// Unknown user or wrong password.
+    BadCredentials,
+    /// Too many recent failures of this user from this source (or from this source at all): retry after the
+    /// wait. The password was not checked.
+    Throttled(std::time::Duration),
+}
+
+/// Failed and throttled logins, per plane.
+#[derive(Debug, Default)]
+pub struct LoginCounters {
+    /// Wrong credentials over MQTT.
+    pub mqtt_failures: AtomicU64,
+    /// Wrong credentials over HTTP.
+    pub http_failures: AtomicU64,
+    /// MQTT attempts refused unchecked by the throttle.
+    pub mqtt_throttled: AtomicU64,
+    /// HTTP attempts refused unchecked by the throttle.
+    pub http_throttled: AtomicU64,
+}
+
 /// Checks credentials for the broker and the HTTP API.
 #[derive(Debug)]
 pub struct Authenticator {
@@ -337,17 +410,27 @@ pub struct Authenticator {
     permits: Arc<Semaphore>,
     /// Bumped by every [`Authenticator::replace_users`]: a check that started before must not cache its result.
     generation: std::sync::atomic::AtomicU64,
+    guard: LoginGuard,
+    counters: LoginCounters,
 }
 
 impl Authenticator {
-    /// An authenticator over `store`; with `enabled` false every client is accepted with role admin.
-    pub fn new(store: Users, enabled: bool) -> Self {
+    /// An authenticator over `users`; with `enabled` false every client is accepted with role admin. Failed logins
+    /// are throttled with the default [`GuardConfig`].
+    pub fn new(users: Users, enabled: bool) -> Self {
+        Self::with_guard(users, enabled, GuardConfig::default())
+    }
+
+    /// Like [`Authenticator::new`] with a throttle of `guard`.
+    pub fn with_guard(users: Users, enabled: bool, guard: GuardConfig) -> Self {
         Authenticator {
-            store: std::sync::RwLock::new(Arc::new(store)),
+            store: std::sync::RwLock::new(Arc::new(users)),
             enabled,
             cache: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(2)),
             generation: std::sync::atomic::AtomicU64::new(0),
+            guard: LoginGuard::new(guard),
+            counters: LoginCounters::default(),
         }
     }
 
@@ -366,6 +449,46 @@ impl Authenticator {
         drop(current);
         lock(&self.cache).clear();
         change
+    }
+
+    /// Failed and throttled logins so far.
+    pub fn counters(&self) -> &LoginCounters {
+        &self.counters
+    }
+
+    /// A login attempt of `user` from `source` over `plane`: throttled per (user, source) and per source after
+    /// failures ([`LoginGuard`]), then [`Authenticator::verify`]. Every failure and throttled attempt is counted.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &[u8],
+        plane: Plane,
+        source: Option<IpAddr>,
+    ) -> Result<Role, LoginRefused> {
+        if !self.enabled {
+            return Ok(Role::Admin);
+        }
+        // A connection without a peer address (not the case for TCP) shares one source bucket.
+        let source = source.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let (failures, throttled) = match plane {
+            Plane::Mqtt => (&self.counters.mqtt_failures, &self.counters.mqtt_throttled),
+            Plane::Http => (&self.counters.http_failures, &self.counters.http_throttled),
+        };
+        if let Err(wait) = self.guard.check(user, source, std::time::Instant::now()) {
+            throttled.fetch_add(1, AtomicOrdering::Relaxed);
+            return Err(LoginRefused::Throttled(wait));
+        }
+        match self.verify(user, password).await {
+            Some(role) => {
+                self.guard.succeeded(user, source);
+                Ok(role)
+            }
+            None => {
+                failures.fetch_add(1, AtomicOrdering::Relaxed);
+                self.guard.failed(user, source, std::time::Instant::now());
+                Err(LoginRefused::BadCredentials)
+            }
+        }
     }
 
     /// Whether credentials are required.
@@ -446,7 +569,8 @@ mod tests {
     async fn first_run_creates_admin_and_stores_only_a_hash() {
         let dir = tempfile::tempdir().unwrap();
         let (store, first) = Users::load_or_init(dir.path(), None).unwrap();
-        let password = first.expect("a first-run password");
+        assert!(!dir.path().join(USERS_FILE).exists(), "nothing on disk before start-up succeeded");
+        let password = first.expect("a first-run admin").commit().unwrap();
         let text = std::fs::read_to_string(dir.path().join(USERS_FILE)).unwrap();
         assert!(!text.contains(&password));
         assert!(text.contains("$argon2id$"));

@@ -155,6 +155,45 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// HTTP API and dashboard.
     pub http: HttpConfig,
+    /// Login throttling shared by MQTT and HTTP.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: throttling of failed logins (MQTT CONNECT, HTTP login and Basic), see `docs/SECURITY.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Failures of one user from one source address before waits start.
+    pub failures_before_delay: u32,
+    /// The first wait after that, in ms; doubled at each further failure.
+    pub failure_delay_ms: u64,
+    /// The longest wait, in ms.
+    pub failure_delay_max_ms: u64,
+    /// Failed logins a minute from one source address (IPv6: one /64), all user names together; 0 = no limit.
+    pub source_failures_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            failures_before_delay: 3,
+            failure_delay_ms: 1000,
+            failure_delay_max_ms: 60_000,
+            source_failures_per_minute: 30,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The throttle these settings describe.
+    pub fn guard(&self) -> crate::login_guard::GuardConfig {
+        crate::login_guard::GuardConfig {
+            free_failures: self.failures_before_delay,
+            delay: std::time::Duration::from_millis(self.failure_delay_ms),
+            max_delay: std::time::Duration::from_millis(self.failure_delay_max_ms.max(self.failure_delay_ms)),
+            source_failures_per_minute: self.source_failures_per_minute,
+        }
+    }
 }
 
 /// `[gateway]`
@@ -663,6 +702,16 @@ pub struct MqttConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for the TLS listeners.
     pub tls_key: Option<PathBuf>,
+    /// Messages queued at most for one client session that does not read (then the oldest are dropped and
+    /// counted per client).
+    pub session_queue_messages: usize,
+    /// Largest MQTT packet a client may send, in bytes (with `session_queue_messages` it bounds the bytes a
+    /// session can hold).
+    pub max_packet_bytes: u32,
+    /// MQTT connections open at once per user name (0 = no limit).
+    pub max_sessions_per_user: usize,
+    /// Seconds a new connection has to complete CONNECT.
+    pub handshake_timeout_secs: u64,
 }
 
 impl Default for MqttConfig {
@@ -680,6 +729,10 @@ impl Default for MqttConfig {
             wss_port: 0,
             tls_cert: None,
             tls_key: None,
+            session_queue_messages: 1000,
+            max_packet_bytes: 64 * 1024,
+            max_sessions_per_user: 64,
+            handshake_timeout_secs: 10,
         }
     }
 }
@@ -701,6 +754,14 @@ pub struct HttpConfig {
     /// Numeric readings kept in memory per meter and register for history and charts (memory grows with
     /// meters × registers × points: 120 cost ~60 MB for 1000 pushing meters).
     pub history_points: usize,
+    /// Origins besides the gateway's own allowed to send state-changing requests from a browser (exact
+    /// `scheme://host[:port]`, e.g. the public address of a reverse proxy).
+    pub allowed_origins: Vec<String>,
+    /// HTTP connections open at once (more are closed at accept).
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request's headers; also how long an idle keep-alive connection
+    /// is kept.
+    pub header_timeout_secs: u64,
     /// PEM certificate chain (leaf first) for HTTPS (`HTTP_TLS_CERT`); with `tls_key`, the port serves HTTPS only.
     /// Re-read on SIGHUP.
     pub tls_cert: Option<PathBuf>,
@@ -726,6 +787,9 @@ impl Default for HttpConfig {
             history_points: 30,
             tls_cert: None,
             tls_key: None,
+            allowed_origins: Vec::new(),
+            max_connections: 1024,
+            header_timeout_secs: 10,
         }
     }
 }
@@ -989,6 +1053,12 @@ fn is_digits(s: &str, n: usize) -> bool {
     s.len() == n && s.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// `scheme://host[:port]` as browsers send it in `Origin` (RFC 6454): http or https, no path, query or user.
+pub fn is_origin(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://")) else { return false };
+    !rest.is_empty() && !rest.contains(['/', '?', '#', '@', ' ']) && rest == rest.to_ascii_lowercase()
+}
+
 impl Config {
     /// Checks values against each other and their ranges; returns every problem.
     pub fn validate(&self) -> Vec<ConfigError> {
@@ -1136,6 +1206,22 @@ impl Config {
             "HTTPS needs both tls_cert and tls_key",
         );
         check(&mut e, self.http.rate_limit_per_minute > 0, "http.rate_limit_per_minute", "must be at least 1");
+        check(&mut e, q.session_queue_messages > 0, "mqtt.session_queue_messages", "must be at least 1");
+        check(&mut e, q.max_packet_bytes >= 1024, "mqtt.max_packet_bytes", "must be at least 1024");
+        check(&mut e, q.handshake_timeout_secs > 0, "mqtt.handshake_timeout_secs", "must be at least 1");
+        let h = &self.http;
+        check(&mut e, h.max_connections > 0, "http.max_connections", "must be at least 1");
+        check(&mut e, h.header_timeout_secs > 0, "http.header_timeout_secs", "must be at least 1");
+        for (i, origin) in h.allowed_origins.iter().enumerate() {
+            check(
+                &mut e,
+                is_origin(origin),
+                &format!("http.allowed_origins[{i}]"),
+                "must be an origin: http(s)://host[:port], without a path",
+            );
+        }
+        let au = &self.auth;
+        check(&mut e, au.failure_delay_ms > 0, "auth.failure_delay_ms", "must be at least 1");
         check(&mut e, self.gateway.stats_interval_secs > 0, "gateway.stats_interval_secs", "must be at least 1");
         if let Some(id) = &self.gateway.gateway_id {
             check(

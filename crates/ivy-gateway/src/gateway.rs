@@ -77,26 +77,6 @@ struct Reloadables {
     mqtt_tls_files: Option<[u8; 32]>,
 }
 
-/// Serves the dashboard and API on `l` (plain TCP or the TLS listener) until `shutdown`.
-fn serve_http<L>(
-    l: L,
-    app: axum::Router,
-    shutdown: CancellationToken,
-    scheme: &'static str,
-) -> tokio::task::JoinHandle<()>
-where
-    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-    for<'a> std::net::SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let served = axum::serve(l, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "{scheme} server stopped");
-        }
-    })
-}
-
 fn files_digest(paths: &[&std::path::Path]) -> Option<[u8; 32]> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
@@ -117,14 +97,24 @@ const ALARM_SINK_QUEUE: usize = 16_384;
 
 impl Gateway {
     /// Starts everything: broker, sinks, command router, meter listener, HTTP; publishes the gateway status.
-    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+    pub async fn start(mut config: Config) -> Result<Gateway, StartError> {
         let started = std::time::Instant::now();
+        match crate::descriptors::raise_nofile_limit() {
+            Ok(l) => {
+                tracing::info!(before = l.before, now = l.soft, hard = l.hard, "open-file limit (RLIMIT_NOFILE)");
+                for change in crate::descriptors::fit_caps(l.soft, &mut config) {
+                    tracing::warn!("{change}");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+        }
         let config = Arc::new(config);
         let resolver = Arc::new(crate::reload::Current::new(crate::registers::Resolver::from_config(&config)?));
         let data_dir = config.gateway.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
-        let (users, first_run_password) = crate::auth::Users::load_or_init(&data_dir, config.mqtt.users.as_deref())?;
-        let auth = Arc::new(crate::auth::Authenticator::new(users, config.mqtt.auth_enabled));
+        let (users, first_run) = crate::auth::Users::load_or_init(&data_dir, config.mqtt.users.as_deref())?;
+        let auth =
+            Arc::new(crate::auth::Authenticator::with_guard(users, config.mqtt.auth_enabled, config.auth.guard()));
         let prefix =
             crate::mqtt::topics::TopicPrefix::new(&config.mqtt.topic_prefix, config.gateway.gateway_id.as_deref())
                 .map_err(|e| crate::config::ConfigError { key: "mqtt.topic_prefix".into(), problem: e.to_string() })?;
@@ -152,9 +142,12 @@ impl Gateway {
             ws_addr: (q.ws_port != 0).then(|| std::net::SocketAddr::new(q.host, q.ws_port)),
             tls,
             max_connections: q.max_connections,
-            max_packet_size: 1024 * 1024,
+            max_packet_size: q.max_packet_bytes,
             publish_queue: q.publish_queue,
             inbound_queue: 4096,
+            session_queue: q.session_queue_messages,
+            max_sessions_per_user: q.max_sessions_per_user,
+            handshake_timeout: Duration::from_secs(q.handshake_timeout_secs),
         };
         let mut broker = crate::mqtt::broker::EmbeddedBroker::start(&broker_cfg, auth.clone(), prefix.clone()).await?;
         let publisher = broker.publisher();
@@ -229,7 +222,7 @@ impl Gateway {
                 auth: auth.clone(),
                 logins: sessions.clone(),
                 alarms: alarms.clone(),
-                acks_file,
+                acks: Arc::new(crate::alarms::AckStore::new(acks_file)),
                 live,
                 commands: router.clone(),
                 limiter: Arc::new(crate::http::ratelimit::RateLimiter::new(
@@ -237,18 +230,25 @@ impl Gateway {
                     Duration::from_secs(60),
                 )),
             });
+            let limits = crate::http::server::ServeLimits {
+                max_connections: config.http.max_connections,
+                header_timeout: Duration::from_secs(config.http.header_timeout_secs),
+            };
             let shutdown = shutdown.clone();
             match &https {
                 Some(certs) => {
-                    use axum::serve::ListenerExt;
                     let config = certs.server_config()?;
                     let l = crate::tls::TlsListener::start(l, config, shutdown.clone())
-                        .map_err(|e| StartError::Bind(addr, e))?
-                        // `tap_io` gives the handlers the peer address (rate limits, logs).
-                        .tap_io(|_| {});
-                    tasks.push(serve_http(l, app, shutdown, "HTTPS"));
+                        .map_err(|e| StartError::Bind(addr, e))?;
+                    tasks.push(tokio::spawn(crate::http::server::serve(l, app, limits, shutdown, metrics.clone())));
                 }
-                None => tasks.push(serve_http(l, app, shutdown, "HTTP")),
+                None => {
+                    use axum::serve::ListenerExt;
+                    let l = l.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    tasks.push(tokio::spawn(crate::http::server::serve(l, app, limits, shutdown, metrics.clone())));
+                }
             }
             Some(local)
         } else {
@@ -263,6 +263,19 @@ impl Gateway {
             mqtt_tls: bound.tls,
             mqtt_wss: bound.wss,
             http,
+        };
+        // Every listener is bound: only now is the first-run admin written, so a failed start leaves no account
+        // whose password nobody saw. A failure here stops the start like any other.
+        let first_run_password = match first_run.map(crate::auth::FirstRun::commit).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                shutdown.cancel();
+                for t in &tasks {
+                    t.abort();
+                }
+                broker.shutdown().await;
+                return Err(e.into());
+            }
         };
         let reload = Reloadables {
             in_effect: Mutex::new((*config).clone()),
@@ -391,6 +404,11 @@ impl Gateway {
                 .push("MQTT TLS/WSS certificate files changed (the embedded broker loads them only at start)".into());
         }
         report
+    }
+
+    /// Users and the failed-login throttle (its counters).
+    pub fn auth(&self) -> &Arc<crate::auth::Authenticator> {
+        &self.reload.auth
     }
 
     /// The first-run admin password, once (`None` afterwards or when users existed).

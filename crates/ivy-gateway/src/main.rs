@@ -28,7 +28,8 @@ enum Command {
     Run,
     /// Validate the configuration and print the effective settings (secrets masked).
     CheckConfig,
-    /// Print a users-file entry with an argon2id hash (reads the password from stdin).
+    /// Print an argon2id hash for the users file (reads the password from stdin), or with `--reset USER` give
+    /// USER a new random password in the data directory's users file and print it (recovery).
     Passwd {
         /// User name for the printed users-file entry.
         #[arg(long)]
@@ -36,6 +37,10 @@ enum Command {
         /// Role: viewer (read only, the default), operator (also sends commands) or admin (everything).
         #[arg(long, default_value = "viewer")]
         role: String,
+        /// Replace USER's password in the users file (USER is added as admin when missing); restart the gateway
+        /// afterwards.
+        #[arg(long, value_name = "USER")]
+        reset: Option<String>,
     },
     /// TLS certificates for the HTTPS, MQTT/TLS and WSS listeners.
     #[command(subcommand)]
@@ -93,7 +98,14 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Some(Command::Passwd { user, role }) => match passwd(&user, &role) {
+        Some(Command::Passwd { reset: Some(user), .. }) => match reset_password(cli.config, &user) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("passwd --reset: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Passwd { user, role, reset: None }) => match passwd(&user, &role) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("passwd: {e:#}");
@@ -149,6 +161,19 @@ fn passwd(user: &str, role: &str) -> anyhow::Result<()> {
     anyhow::ensure!(!password.is_empty(), "empty password");
     let hash = ivy_gateway::auth::hash_password(password)?;
     println!("[[user]]\nname = \"{user}\"\nhash = \"{hash}\"\nrole = \"{}\"", role.as_str());
+    Ok(())
+}
+
+fn reset_password(config_path: Option<PathBuf>, user: &str) -> anyhow::Result<()> {
+    let config = config::load(&Sources::from_process(config_path)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = &config.gateway.data_dir;
+    let (password, role) = ivy_gateway::auth::reset_password(dir, user)?;
+    println!(
+        "New password for '{user}' (role {}) written to {}:\n\n    {password}\n\n\
+         Store it now; it is not shown again. Restart the gateway for it to take effect.",
+        role.as_str(),
+        dir.join(ivy_gateway::auth::USERS_FILE).display()
+    );
     Ok(())
 }
 

@@ -248,6 +248,38 @@ pub struct Metrics {
     pub http_sessions: Gauge,
     /// Live-stream (SSE) clients connected now.
     pub http_stream_clients: Gauge,
+    /// HTTP connections open now.
+    pub http_connections_active: Gauge,
+    /// HTTP connections closed at accept because `http.max_connections` were open.
+    pub http_connections_refused: Counter,
+    /// State-changing HTTP requests refused by the cross-site request checks, by reason.
+    pub http_csrf_refused: Family<KindLabel, Counter>,
+    /// Failed logins (wrong user or password), by plane (`mqtt`, `http`).
+    pub auth_failures: Family<PlaneLabel, Counter>,
+    /// Login attempts refused unchecked by the failed-login throttle, by plane.
+    pub auth_throttled: Family<PlaneLabel, Counter>,
+    /// MQTT connections refused because their will fails the publish ACL.
+    pub mqtt_wills_refused: Counter,
+    /// MQTT connections refused by `mqtt.max_sessions_per_user`.
+    pub mqtt_sessions_refused: Counter,
+    /// Messages dropped because a subscriber's session queue was full, by user and client id.
+    pub mqtt_session_dropped: Family<ClientLabel, Counter>,
+}
+
+/// Label: plane.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlaneLabel {
+    /// `mqtt` or `http`.
+    pub plane: String,
+}
+
+/// Labels: an MQTT client.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabel {
+    /// User name (empty when anonymous).
+    pub user: String,
+    /// Client id (`_other` past the first 1000 clients).
+    pub client: String,
 }
 
 /// Label: HTTP status class.
@@ -274,6 +306,10 @@ impl Default for Metrics {
         }
         for reason in IdentityRefusal::ALL {
             drop(metrics.identities_refused.get_or_create(&RefusalLabel { reason }));
+        }
+        for plane in ["mqtt", "http"] {
+            drop(metrics.auth_failures.get_or_create(&PlaneLabel { plane: plane.to_owned() }));
+            drop(metrics.auth_throttled.get_or_create(&PlaneLabel { plane: plane.to_owned() }));
         }
         for kind in ["dlt645_garbage", "dlms_unmatched", "invalid_meter_id"] {
             drop(metrics.parse_errors.get_or_create(&KindLabel { kind: kind.to_owned() }));
@@ -315,6 +351,14 @@ impl Metrics {
             http_csp_reports: Counter::default(),
             http_sessions: Gauge::default(),
             http_stream_clients: Gauge::default(),
+            http_connections_active: Gauge::default(),
+            http_connections_refused: Counter::default(),
+            http_csrf_refused: Family::default(),
+            auth_failures: Family::default(),
+            auth_throttled: Family::default(),
+            mqtt_wills_refused: Counter::default(),
+            mqtt_sessions_refused: Counter::default(),
+            mqtt_session_dropped: Family::default(),
         }
     }
 }
@@ -428,6 +472,30 @@ impl Metrics {
         r.register("http_csp_reports", "CSP violations reported by browsers", m.http_csp_reports.clone());
         r.register("http_sessions", "Dashboard and API sessions open now", m.http_sessions.clone());
         r.register("http_stream_clients", "Live-stream clients connected now", m.http_stream_clients.clone());
+        r.register("http_connections_active", "HTTP connections open now", m.http_connections_active.clone());
+        r.register(
+            "http_connections_refused",
+            "HTTP connections closed at accept because http.max_connections were open",
+            m.http_connections_refused.clone(),
+        );
+        r.register(
+            "http_csrf_refused",
+            "State-changing HTTP requests refused by the cross-site checks, by reason",
+            m.http_csrf_refused.clone(),
+        );
+        r.register("auth_failures", "Failed logins, by plane", m.auth_failures.clone());
+        r.register("auth_throttled", "Logins refused unchecked by the failed-login throttle", m.auth_throttled.clone());
+        r.register("mqtt_wills_refused", "MQTT connections refused: will fails the ACL", m.mqtt_wills_refused.clone());
+        r.register(
+            "mqtt_sessions_refused",
+            "MQTT connections refused by the per-user session cap",
+            m.mqtt_sessions_refused.clone(),
+        );
+        r.register(
+            "mqtt_session_dropped",
+            "Messages dropped because a subscriber's queue was full, by user and client",
+            m.mqtt_session_dropped.clone(),
+        );
         r
     }
 

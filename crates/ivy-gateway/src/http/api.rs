@@ -64,6 +64,18 @@ pub(crate) async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     sync(&m.mqtt_published, b.published);
     sync(&m.mqtt_dropped, b.dropped);
     sync(&m.mqtt_denied, b.denied_publishes);
+    sync(&m.mqtt_wills_refused, b.denied_wills);
+    sync(&m.mqtt_sessions_refused, b.denied_sessions);
+    for ((user, client), n) in s.broker.session_drops() {
+        sync(&m.mqtt_session_dropped.get_or_create(&crate::metrics::ClientLabel { user, client }), n);
+    }
+    let a = s.auth.counters();
+    let plane = |p: &str| crate::metrics::PlaneLabel { plane: p.to_owned() };
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    sync(&m.auth_failures.get_or_create(&plane("mqtt")), load(&a.mqtt_failures));
+    sync(&m.auth_failures.get_or_create(&plane("http")), load(&a.http_failures));
+    sync(&m.auth_throttled.get_or_create(&plane("mqtt")), load(&a.mqtt_throttled));
+    sync(&m.auth_throttled.get_or_create(&plane("http")), load(&a.http_throttled));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
 }
 
@@ -75,13 +87,21 @@ pub(crate) struct LoginRequest {
 }
 
 /// `POST /api/login`: checks the user against the MQTT user store and sets the session cookie.
-pub(crate) async fn login(State(s): State<HttpState>, body: Bytes) -> Result<Response, ApiError> {
+pub(crate) async fn login(
+    State(s): State<HttpState>,
+    extensions: axum::http::Extensions,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let form: LoginRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("expected {{username, password}}: {e}"))
     })?;
-    let Some(role) = s.auth.verify(&form.username, form.password.as_bytes()).await else {
-        tracing::info!(user = %form.username, "HTTP login refused");
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong user name or password"));
+    let source = super::state::peer_ip(&extensions);
+    let role = match s.auth.login(&form.username, form.password.as_bytes(), crate::auth::Plane::Http, source).await {
+        Ok(role) => role,
+        Err(refused) => {
+            tracing::info!(user = %form.username, ?source, ?refused, "HTTP login refused");
+            return Err(ApiError::login_refused(refused));
+        }
     };
     let token = s.logins.create(Caller { user: form.username.clone(), role });
     let cookie = s.logins.set_cookie(&token);
@@ -324,8 +344,20 @@ pub(crate) async fn acknowledge(
     Operator(caller): Operator,
     Path(alarm_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(alarm) = crate::alarms::acknowledge_persisted(&s.alarms, &alarm_id, &s.acks_file).await else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_alarm", format!("no active alarm '{alarm_id}'")));
+    // 200 means durable: answer only once the acknowledgement is on disk.
+    let alarm = match crate::alarms::acknowledge_persisted(&s.alarms, &alarm_id, &s.acks).await {
+        Ok(Some(alarm)) => alarm,
+        Ok(None) => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_alarm", format!("no active alarm '{alarm_id}'")));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, file = %s.acks.path().display(), "could not persist the alarm acknowledgement");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "not_persisted",
+                format!("the acknowledgement could not be stored: {e}"),
+            ));
+        }
     };
     if let Ok(meter_id) = MeterId::new(&alarm.meter_id) {
         s.hub.publish(HubEvent::Event(MeterEvent {

@@ -6,8 +6,10 @@
 
 pub(crate) mod api;
 pub(crate) mod assets;
+pub(crate) mod csrf;
 pub(crate) mod login;
 pub(crate) mod ratelimit;
+pub(crate) mod server;
 
 pub(crate) mod state;
 
@@ -79,6 +81,7 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/favicon.ico", get(assets::favicon))
         .fallback(api::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), csrf::refuse_cross_site))
         .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_and_secure))
         .with_state(state)

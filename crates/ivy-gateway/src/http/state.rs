@@ -4,7 +4,7 @@
 use super::login::{self, Caller, Logins};
 use super::ratelimit::RateLimiter;
 use crate::alarms::SharedAlarms;
-use crate::auth::{Authenticator, Role};
+use crate::auth::{Authenticator, LoginRefused, Plane, Role};
 use crate::commands::router::CommandRouter;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -13,9 +13,9 @@ use crate::meters::registry::Registry;
 use crate::metrics::Metrics;
 use crate::mqtt::BrokerCounters;
 use crate::stats::Stats;
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::sync::Arc;
@@ -44,8 +44,8 @@ pub(crate) struct HttpState {
     pub logins: Arc<Logins>,
     /// The alarm engine (list, acknowledge).
     pub alarms: SharedAlarms,
-    /// Where acknowledgements are persisted.
-    pub acks_file: std::path::PathBuf,
+    /// Where acknowledgements are persisted (one writer at a time).
+    pub acks: Arc<crate::alarms::AckStore>,
     /// Latest readings, history, events, live stream.
     pub live: Arc<LiveView>,
     /// The command path shared with MQTT.
@@ -63,23 +63,53 @@ pub(crate) struct ApiError {
     pub code: &'static str,
     /// Human-readable message.
     pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// A new error.
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
     }
 
     /// 401: no or bad credentials.
     pub(crate) fn unauthorized() -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "log in first (session cookie or HTTP Basic)")
     }
+
+    /// 401 for wrong credentials, 429 with `Retry-After` while failed logins are throttled.
+    pub(crate) fn login_refused(refused: LoginRefused) -> Self {
+        match refused {
+            LoginRefused::BadCredentials => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong user name or password")
+            }
+            LoginRefused::Throttled(wait) => ApiError {
+                retry_after: Some(wait.as_secs().max(1)),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "login_throttled",
+                    format!("too many failed logins; retry in {} s", wait.as_secs().max(1)),
+                )
+            },
+        }
+    }
+}
+
+/// The client's address, when the server recorded it.
+pub(crate) fn peer_ip(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"error": self.message, "code": self.code}))).into_response()
+        let mut response = (self.status, axum::Json(json!({"error": self.message, "code": self.code}))).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
     }
 }
 
@@ -95,9 +125,17 @@ impl FromRequestParts<HttpState> for Caller {
         }
         if let Some((user, password)) =
             parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(login::basic_credentials)
-            && let Some(role) = state.auth.verify(&user, &password).await
         {
-            return Ok(Caller { user, role });
+            return match state.auth.login(&user, &password, Plane::Http, peer_ip(&parts.extensions)).await {
+                Ok(role) => Ok(Caller { user, role }),
+                Err(refused) => {
+                    tracing::info!(%user, ?refused, "HTTP Basic credentials refused");
+                    Err(match refused {
+                        LoginRefused::BadCredentials => ApiError::unauthorized(),
+                        throttled => ApiError::login_refused(throttled),
+                    })
+                }
+            };
         }
         Err(ApiError::unauthorized())
     }

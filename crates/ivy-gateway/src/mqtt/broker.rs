@@ -4,7 +4,8 @@
 //! - MQTT 3.1.1 and 5 on one TCP port, MQTT over WebSocket, optional TLS and WSS listeners.
 //! - Retained messages through the `rmqtt-retainer` plugin (in memory).
 //! - Authentication and ACL through hooks backed by [`Authenticator`] and [`TopicPrefix`]: bad credentials get
-//!   CONNACK "bad user name or password", refused subscriptions a failure SUBACK, refused publishes are dropped
+//!   CONNACK "bad user name or password" (failures throttled per user and source), a will the user may not
+//!   publish CONNACK "not authorized", as does a user over `max_sessions_per_user`; refused subscriptions a failure SUBACK, refused publishes are dropped
 //!   and counted. Allowed command requests are handed to the gateway through a bounded channel.
 //! - The gateway's own messages enter through one bounded queue drained by a single task, so bursts wait instead
 //!   of overflowing the broker's per-session queues.
@@ -55,6 +56,13 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Maximum MQTT packet size.
     pub max_packet_size: u32,
+    /// Messages queued at most per client session (QoS 0: the newest is dropped, QoS 1/2: the oldest); each drop
+    /// is counted for that client.
+    pub session_queue: usize,
+    /// Connections at once per user name (0 = no limit).
+    pub max_sessions_per_user: usize,
+    /// Time a new connection has to complete CONNECT.
+    pub handshake_timeout: Duration,
     /// Capacity of the gateway's publish queue.
     pub publish_queue: usize,
     /// Capacity of the inbound (command request) queue.
@@ -106,11 +114,108 @@ struct GatewayHooks {
     prefix: TopicPrefix,
     inbound: mpsc::Sender<InboundCommand>,
     counters: Arc<BrokerCounters>,
+    sessions: Arc<SessionsPerUser>,
 }
 
 impl GatewayHooks {
     fn role(&self, id: &Id) -> Option<crate::auth::Role> {
         self.auth.role_of(id.username.as_deref())
+    }
+
+    /// The CONNECT check: credentials (throttled per user and source), then the will against the publish ACL,
+    /// then the user's session cap. A will the user could not publish is refused at CONNECT with "not
+    /// authorized" (as Mosquitto and EMQX do), instead of being published later without a check.
+    async fn authenticate(&self, info: &rmqtt::types::ConnectInfo) -> AuthResult {
+        let id = info.id();
+        let source = id.remote_addr.map(|a| a.ip());
+        let user = info.username().map(|u| u.to_string());
+        let role = match (&user, info.password()) {
+            (Some(user), Some(password)) => {
+                match self.auth.login(user, password, crate::auth::Plane::Mqtt, source).await {
+                    Ok(role) => role,
+                    Err(refused) => {
+                        self.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(client = %id.client_id, %user, ?source, ?refused, "MQTT login refused");
+                        return AuthResult::BadUsernameOrPassword;
+                    }
+                }
+            }
+            _ => match self.auth.role_of(None) {
+                Some(role) => role,
+                None => {
+                    self.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(client = %id.client_id, ?source, "MQTT login without credentials refused");
+                    return AuthResult::BadUsernameOrPassword;
+                }
+            },
+        };
+        if let Some(will) = info.last_will() {
+            let topic = will_topic(&will);
+            if !self.prefix.may_publish(role, topic) {
+                self.counters.denied_wills.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(client = %id.client_id, user = ?user, %topic, "will refused by the publish ACL");
+                return AuthResult::NotAuthorized;
+            }
+        }
+        if let Some(user) = &user
+            && !self.sessions.may_open(user, &id.client_id)
+        {
+            self.counters.denied_sessions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(client = %id.client_id, %user, "MQTT connection refused: too many sessions for this user");
+            return AuthResult::NotAuthorized;
+        }
+        AuthResult::Allow(false, None)
+    }
+}
+
+/// The topic of a will, whatever the protocol version.
+fn will_topic<'a>(will: &'a rmqtt::types::LastWill<'a>) -> &'a str {
+    match will {
+        rmqtt::types::LastWill::V3(w) => &w.topic,
+        rmqtt::types::LastWill::V5(w) => &w.topic,
+    }
+}
+
+/// Open sessions per user name (client ids with a live connection), for `max_sessions_per_user`.
+#[derive(Debug, Default)]
+struct SessionsPerUser {
+    max: usize,
+    /// user → client id → live connections with that id (a reconnect overlaps its predecessor briefly).
+    open: std::sync::Mutex<OpenSessions>,
+}
+
+type OpenSessions = std::collections::HashMap<String, std::collections::HashMap<String, u32>>;
+
+impl SessionsPerUser {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenSessions> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `user` may connect as `client`: under the cap, or taking over a client id it already has.
+    fn may_open(&self, user: &str, client: &str) -> bool {
+        if self.max == 0 {
+            return true;
+        }
+        self.lock().get(user).is_none_or(|clients| clients.contains_key(client) || clients.len() < self.max)
+    }
+
+    fn connected(&self, user: &str, client: &str) {
+        *self.lock().entry(user.to_owned()).or_default().entry(client.to_owned()).or_insert(0) += 1;
+    }
+
+    fn disconnected(&self, user: &str, client: &str) {
+        let mut open = self.lock();
+        if let Some(clients) = open.get_mut(user) {
+            if let Some(n) = clients.get_mut(client) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    clients.remove(client);
+                }
+            }
+            if clients.is_empty() {
+                open.remove(user);
+            }
+        }
     }
 }
 
@@ -118,19 +223,7 @@ impl GatewayHooks {
 impl Handler for GatewayHooks {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
         match param {
-            Parameter::ClientAuthenticate(info) => {
-                let allowed = match (info.username(), info.password()) {
-                    (Some(user), Some(password)) => self.auth.verify(user, password).await.is_some(),
-                    _ => !self.auth.enabled(),
-                };
-                if allowed {
-                    (false, Some(HookResult::AuthResult(AuthResult::Allow(false, None))))
-                } else {
-                    self.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(client = %info.id().client_id, "MQTT login refused");
-                    (false, Some(HookResult::AuthResult(AuthResult::BadUsernameOrPassword)))
-                }
-            }
+            Parameter::ClientAuthenticate(info) => (false, Some(HookResult::AuthResult(self.authenticate(info).await))),
             Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
                 let allowed =
                     self.role(&session.id).is_some_and(|r| self.prefix.may_subscribe(r, &subscribe.topic_filter));
@@ -159,16 +252,28 @@ impl Handler for GatewayHooks {
                 }
                 (true, acc)
             }
+            Parameter::MessageDropped(Some(to), _, _, rmqtt::types::Reason::MessageQueueFull) => {
+                // A subscriber that does not read: its queue is full. Counted for that client, not as a gateway
+                // drop (the gateway delivered to every other subscriber).
+                self.counters.session_dropped(to.username.as_deref().unwrap_or(""), &to.client_id);
+                (true, acc)
+            }
             Parameter::MessageDropped(_, from, _, _) if from.is_system() => {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 (true, acc)
             }
-            Parameter::ClientConnected(_) => {
+            Parameter::ClientConnected(session) => {
                 self.counters.clients.fetch_add(1, Ordering::Relaxed);
+                if let Some(user) = session.id.username.as_deref() {
+                    self.sessions.connected(user, &session.id.client_id);
+                }
                 (true, acc)
             }
-            Parameter::ClientDisconnected(_, _) => {
+            Parameter::ClientDisconnected(session, _) => {
                 self.counters.clients.fetch_sub(1, Ordering::Relaxed);
+                if let Some(user) = session.id.username.as_deref() {
+                    self.sessions.disconnected(user, &session.id.client_id);
+                }
                 (true, acc)
             }
             _ => (true, acc),
@@ -176,16 +281,19 @@ impl Handler for GatewayHooks {
     }
 }
 
-fn listener(name: &str, addr: SocketAddr, cfg: &BrokerConfig, anonymous: bool) -> Builder {
+fn listener(name: &str, addr: SocketAddr, cfg: &BrokerConfig) -> Builder {
     Builder::new()
         .name(name)
         .laddr(addr)
-        .allow_anonymous(anonymous)
+        // Anonymous clients are decided by the authentication hook too (allowed only when authentication is
+        // off), so their wills pass the same ACL check.
+        .allow_anonymous(false)
         .max_connections(cfg.max_connections)
         .max_packet_size(cfg.max_packet_size)
-        // Subscribers of a whole fleet's telemetry need deep queues; the gateway's own queue bounds the rest.
-        .max_mqueue_len(100_000)
-        .handshake_timeout(Duration::from_secs(10))
+        // A subscriber that stops reading holds at most this many messages (each at most max_packet_size, and
+        // the gateway's own messages are a few hundred bytes); 100,000 let 20 stuck viewers take 800 MB.
+        .max_mqueue_len(cfg.session_queue.max(1))
+        .handshake_timeout(cfg.handshake_timeout)
         .reuseaddr(Some(true))
         // Messages are small and latency matters (command responses); Nagle would hold them up to 40 ms.
         .nodelay(true)
@@ -212,6 +320,7 @@ impl EmbeddedBroker {
         rmqtt_retainer::register(&scx, true, false).await.map_err(|e| BrokerError::Plugin(e.to_string()))?;
         let (inbound_tx, inbound_rx) = mpsc::channel(cfg.inbound_queue.max(1));
         let register = scx.extends.hook_mgr().register();
+        let sessions = Arc::new(SessionsPerUser { max: cfg.max_sessions_per_user, ..Default::default() });
         for typ in [
             Type::ClientAuthenticate,
             Type::ClientSubscribeCheckAcl,
@@ -225,18 +334,18 @@ impl EmbeddedBroker {
                 prefix: prefix.clone(),
                 inbound: inbound_tx.clone(),
                 counters: counters.clone(),
+                sessions: sessions.clone(),
             };
             register.add(typ, Box::new(hooks)).await;
         }
         register.start().await;
 
-        let anonymous = !auth.enabled();
-        let tcp = listener("tcp", cfg.tcp_addr, cfg, anonymous).bind().map_err(bind_err(cfg.tcp_addr))?;
+        let tcp = listener("tcp", cfg.tcp_addr, cfg).bind().map_err(bind_err(cfg.tcp_addr))?;
         let tcp = tcp.tcp().map_err(bind_err(cfg.tcp_addr))?;
         let mut addrs = BoundAddrs { tcp: tcp.local_addr().unwrap_or(cfg.tcp_addr), ws: None, tls: None, wss: None };
         let mut server = MqttServer::new(scx.clone()).listener(tcp);
         if let Some(addr) = cfg.ws_addr {
-            let ws = listener("ws", addr, cfg, anonymous).bind().and_then(|l| l.ws()).map_err(bind_err(addr))?;
+            let ws = listener("ws", addr, cfg).bind().and_then(|l| l.ws()).map_err(bind_err(addr))?;
             addrs.ws = Some(ws.local_addr().unwrap_or(addr));
             server = server.listener(ws);
         }
@@ -244,7 +353,7 @@ impl EmbeddedBroker {
             let cert = tls.cert.display().to_string();
             let key = tls.key.display().to_string();
             if let Some(addr) = tls.tls_addr {
-                let l = listener("tls", addr, cfg, anonymous)
+                let l = listener("tls", addr, cfg)
                     .tls_cert(Some(cert.clone()))
                     .tls_key(Some(key.clone()))
                     .bind()
@@ -254,7 +363,7 @@ impl EmbeddedBroker {
                 server = server.listener(l);
             }
             if let Some(addr) = tls.wss_addr {
-                let l = listener("wss", addr, cfg, anonymous)
+                let l = listener("wss", addr, cfg)
                     .tls_cert(Some(cert))
                     .tls_key(Some(key))
                     .bind()

@@ -69,6 +69,38 @@ pub struct BrokerCounters {
     pub auth_failures: AtomicU64,
     /// Client publishes the gateway could not take (inbound queue full).
     pub inbound_dropped: AtomicU64,
+    /// Connections refused because their will's topic fails the publish ACL.
+    pub denied_wills: AtomicU64,
+    /// Connections refused because the user has `max_sessions_per_user` open.
+    pub denied_sessions: AtomicU64,
+    /// Messages dropped because a subscriber's session queue was full, all clients together.
+    pub session_drops_total: AtomicU64,
+    /// The same per (user, client id); at most [`MAX_DROP_CLIENTS`] clients, later ones under client `_other`.
+    pub session_drops: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
+}
+
+/// Distinct clients whose drops are counted by name (client ids are chosen by clients: the label set is bounded).
+pub const MAX_DROP_CLIENTS: usize = 1000;
+
+impl BrokerCounters {
+    /// Counts a message dropped for `client` of `user` (its session queue was full).
+    pub fn session_dropped(&self, user: &str, client: &str) {
+        self.session_drops_total.fetch_add(1, Ordering::Relaxed);
+        let mut drops = self.session_drops.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (user.to_owned(), client.to_owned());
+        let key = if drops.len() < MAX_DROP_CLIENTS || drops.contains_key(&key) {
+            key
+        } else {
+            (String::new(), "_other".to_owned())
+        };
+        *drops.entry(key).or_insert(0) += 1;
+    }
+
+    /// Drops per (user, client id) so far.
+    pub fn session_drops(&self) -> Vec<((String, String), u64)> {
+        let drops = self.session_drops.lock().unwrap_or_else(|p| p.into_inner());
+        drops.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 /// A snapshot of [`BrokerCounters`].
@@ -88,6 +120,12 @@ pub struct BrokerStats {
     pub auth_failures: u64,
     /// Inbound drops.
     pub inbound_dropped: u64,
+    /// Wills refused at CONNECT.
+    pub denied_wills: u64,
+    /// Connections refused by the per-user session cap.
+    pub denied_sessions: u64,
+    /// Messages dropped for subscribers that do not read.
+    pub session_dropped: u64,
 }
 
 impl BrokerCounters {
@@ -101,6 +139,9 @@ impl BrokerCounters {
             denied_subscriptions: self.denied_subscriptions.load(Ordering::Relaxed),
             auth_failures: self.auth_failures.load(Ordering::Relaxed),
             inbound_dropped: self.inbound_dropped.load(Ordering::Relaxed),
+            denied_wills: self.denied_wills.load(Ordering::Relaxed),
+            denied_sessions: self.denied_sessions.load(Ordering::Relaxed),
+            session_dropped: self.session_drops_total.load(Ordering::Relaxed),
         }
     }
 }
