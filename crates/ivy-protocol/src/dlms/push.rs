@@ -219,8 +219,11 @@ fn as_scaler_unit(d: &Data) -> Option<(i8, u8)> {
     d.as_scaler_unit()
 }
 
+/// An element that names its value: the code, the value, a pushed scaler_unit, and how.
+type Keyed<'a> = (Obis, &'a Data, Option<(i8, u8)>, Placement);
+
 /// A pair or triple structure.
-fn keyed(d: &Data) -> Option<(Obis, &Data, Option<(i8, u8)>, Placement)> {
+fn keyed(d: &Data) -> Option<Keyed<'_>> {
     let Data::Structure(items) = d else { return None };
     match items.as_slice() {
         [o, v] => as_obis(o).map(|o| (o, v, None, Placement::Pair)),
