@@ -467,6 +467,7 @@ impl DlmsDriver<'_> {
             unit,
             quantity,
             ts: now_ms(),
+            meta: Default::default(),
         })
     }
 

@@ -1,0 +1,170 @@
+//! Per-meter DLMS health bookkeeping, pure (time passed in): exponential back-off after association rejections,
+//! so a meter that locks out after repeated failed logins is not hammered, and rate-limited warnings.
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A change of association state worth one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssociationChange {
+    /// The meter started rejecting associations (the diagnostic).
+    Rejected(String),
+    /// An association succeeded again after rejections.
+    Restored {
+        /// Rejections in a row before it.
+        rejections: u32,
+    },
+}
+
+/// Back-off after association rejections (AARE result 1 permanent, 2 transient): the next AARQ waits `initial`,
+/// doubling after each further rejection up to `max`; an accepted association resets it.
+#[derive(Debug, Clone)]
+pub struct RejectionBackoff {
+    initial: Duration,
+    max: Duration,
+    rejections: u32,
+    diagnostic: Option<String>,
+    since_ms: u64,
+    retry_at: Option<Instant>,
+}
+
+impl RejectionBackoff {
+    /// A meter in good standing.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        RejectionBackoff { initial, max: max.max(initial), rejections: 0, diagnostic: None, since_ms: 0, retry_at: None }
+    }
+
+    /// Whether an AARQ may be sent now.
+    pub fn may_attempt(&self, now: Instant) -> bool {
+        self.retry_at.is_none_or(|t| now >= t)
+    }
+
+    /// Time until the next AARQ is allowed (`None` when allowed now).
+    pub fn retry_in(&self, now: Instant) -> Option<Duration> {
+        self.retry_at.filter(|t| *t > now).map(|t| t - now)
+    }
+
+    /// The current wait (0 when not rejecting).
+    fn delay(&self) -> Duration {
+        match self.rejections {
+            0 => Duration::ZERO,
+            n => self.initial.saturating_mul(1u32 << (n - 1).min(20)).min(self.max),
+        }
+    }
+
+    /// The meter rejected an association at `now` (`now_ms` wall clock, for the API); returns the event to publish
+    /// when this starts a rejection period.
+    pub fn on_rejected(&mut self, now: Instant, now_ms: u64, diagnostic: &str) -> Option<AssociationChange> {
+        self.rejections = self.rejections.saturating_add(1);
+        self.retry_at = Some(now + self.delay());
+        if self.rejections == 1 {
+            self.since_ms = now_ms;
+            self.diagnostic = Some(diagnostic.to_owned());
+            return Some(AssociationChange::Rejected(diagnostic.to_owned()));
+        }
+        self.diagnostic = Some(diagnostic.to_owned());
+        None
+    }
+
+    /// An association was accepted; returns the event to publish when it ends a rejection period.
+    pub fn on_associated(&mut self) -> Option<AssociationChange> {
+        let rejections = std::mem::take(&mut self.rejections);
+        self.retry_at = None;
+        self.diagnostic = None;
+        (rejections > 0).then_some(AssociationChange::Restored { rejections })
+    }
+
+    /// `{association: "ok" | "rejected", diagnostic, rejections, since, retryInMs}` for `/api/meters/{id}`.
+    pub fn to_json(&self, now: Instant) -> Value {
+        if self.rejections == 0 {
+            return json!({"association": "ok"});
+        }
+        json!({
+            "association": "rejected",
+            "diagnostic": self.diagnostic,
+            "rejections": self.rejections,
+            "since": self.since_ms,
+            "retryInMs": self.retry_in(now).map_or(0, |d| d.as_millis() as u64),
+        })
+    }
+}
+
+/// At most one warning per period; counts what it held back.
+#[derive(Debug, Clone)]
+pub struct WarnLimiter {
+    period: Duration,
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl WarnLimiter {
+    /// One warning per `period`.
+    pub fn new(period: Duration) -> Self {
+        WarnLimiter { period, last: None, held_back: 0 }
+    }
+
+    /// `Some(warnings held back since the last one)` when a warning may be logged at `now`.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now < t + self.period => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_reports_each_change_once() {
+        let t0 = Instant::now();
+        let mut b = RejectionBackoff::new(Duration::from_secs(60), Duration::from_secs(300));
+        assert!(b.may_attempt(t0));
+        assert_eq!(b.on_rejected(t0, 1, "authentication-failure"), Some(AssociationChange::Rejected("authentication-failure".into())));
+        assert!(!b.may_attempt(t0 + Duration::from_secs(59)));
+        assert!(b.may_attempt(t0 + Duration::from_secs(60)));
+        let mut t = t0;
+        for _ in 0..5 {
+            t += b.retry_in(t).unwrap();
+            assert_eq!(b.on_rejected(t, 2, "authentication-failure"), None, "one event per change of state");
+        }
+        assert_eq!(b.delay(), Duration::from_secs(300));
+        assert_eq!(b.to_json(t)["association"], "rejected");
+        assert_eq!(b.to_json(t)["rejections"], 6);
+        assert_eq!(b.on_associated(), Some(AssociationChange::Restored { rejections: 6 }));
+        assert_eq!(b.on_associated(), None);
+        assert!(b.may_attempt(t));
+        assert_eq!(b.to_json(t)["association"], "ok");
+    }
+
+    #[test]
+    fn delays_in_order() {
+        let mut b = RejectionBackoff::new(Duration::from_millis(400), Duration::from_millis(1600));
+        let now = Instant::now();
+        let delays: Vec<u128> = (0..5)
+            .map(|_| {
+                b.on_rejected(now, 0, "x");
+                b.delay().as_millis()
+            })
+            .collect();
+        assert_eq!(delays, [400, 800, 1600, 1600, 1600]);
+    }
+
+    #[test]
+    fn warnings_once_per_period() {
+        let t0 = Instant::now();
+        let mut w = WarnLimiter::new(Duration::from_secs(60));
+        assert_eq!(w.allow(t0), Some(0));
+        assert_eq!(w.allow(t0 + Duration::from_secs(1)), None);
+        assert_eq!(w.allow(t0 + Duration::from_secs(59)), None);
+        assert_eq!(w.allow(t0 + Duration::from_secs(60)), Some(2));
+    }
+}
