@@ -22,5 +22,5 @@ pub mod mqtt;
 pub mod registers;
 pub mod reload;
 pub mod stats;
-pub mod tls;
 pub mod systemd;
+pub mod tls;

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 /// A change of association state worth one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AssociationChange {
+pub(crate) enum AssociationChange {
     /// The meter started rejecting associations (the diagnostic).
     Rejected(String),
     /// An association succeeded again after rejections.
@@ -20,7 +20,7 @@ pub enum AssociationChange {
 /// Back-off after association rejections (AARE result 1 permanent, 2 transient): the next AARQ waits `initial`,
 /// doubling after each further rejection up to `max`; an accepted association resets it.
 #[derive(Debug, Clone)]
-pub struct RejectionBackoff {
+pub(crate) struct RejectionBackoff {
     initial: Duration,
     max: Duration,
     rejections: u32,
@@ -31,17 +31,24 @@ pub struct RejectionBackoff {
 
 impl RejectionBackoff {
     /// A meter in good standing.
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        RejectionBackoff { initial, max: max.max(initial), rejections: 0, diagnostic: None, since_ms: 0, retry_at: None }
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+        RejectionBackoff {
+            initial,
+            max: max.max(initial),
+            rejections: 0,
+            diagnostic: None,
+            since_ms: 0,
+            retry_at: None,
+        }
     }
 
     /// Whether an AARQ may be sent now.
-    pub fn may_attempt(&self, now: Instant) -> bool {
+    pub(crate) fn may_attempt(&self, now: Instant) -> bool {
         self.retry_at.is_none_or(|t| now >= t)
     }
 
     /// Time until the next AARQ is allowed (`None` when allowed now).
-    pub fn retry_in(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn retry_in(&self, now: Instant) -> Option<Duration> {
         self.retry_at.filter(|t| *t > now).map(|t| t - now)
     }
 
@@ -55,7 +62,7 @@ impl RejectionBackoff {
 
     /// The meter rejected an association at `now` (`now_ms` wall clock, for the API); returns the event to publish
     /// when this starts a rejection period.
-    pub fn on_rejected(&mut self, now: Instant, now_ms: u64, diagnostic: &str) -> Option<AssociationChange> {
+    pub(crate) fn on_rejected(&mut self, now: Instant, now_ms: u64, diagnostic: &str) -> Option<AssociationChange> {
         self.rejections = self.rejections.saturating_add(1);
         self.retry_at = Some(now + self.delay());
         if self.rejections == 1 {
@@ -68,31 +75,37 @@ impl RejectionBackoff {
     }
 
     /// An association was accepted; returns the event to publish when it ends a rejection period.
-    pub fn on_associated(&mut self) -> Option<AssociationChange> {
+    pub(crate) fn on_associated(&mut self) -> Option<AssociationChange> {
         let rejections = std::mem::take(&mut self.rejections);
         self.retry_at = None;
         self.diagnostic = None;
         (rejections > 0).then_some(AssociationChange::Restored { rejections })
     }
 
-    /// `{association: "ok" | "rejected", diagnostic, rejections, since, retryInMs}` for `/api/meters/{id}`.
-    pub fn to_json(&self, now: Instant) -> Value {
-        if self.rejections == 0 {
-            return json!({"association": "ok"});
-        }
-        json!({
-            "association": "rejected",
-            "diagnostic": self.diagnostic,
-            "rejections": self.rejections,
-            "since": self.since_ms,
-            "retryInMs": self.retry_in(now).map_or(0, |d| d.as_millis() as u64),
+    /// While rejecting: `{association: "rejected", diagnostic, rejections, since, retryAt}` (ms since epoch), for
+    /// `/api/meters/{id}`; `None` when associations succeed.
+    pub(crate) fn status(&self, now: Instant, now_ms: u64) -> Option<Value> {
+        (self.rejections > 0).then(|| {
+            let retry_in = self.retry_in(now).map_or(0, |d| d.as_millis() as u64);
+            json!({
+                "association": "rejected",
+                "diagnostic": self.diagnostic,
+                "rejections": self.rejections,
+                "since": self.since_ms,
+                "retryAt": now_ms + retry_in,
+            })
         })
+    }
+
+    /// The diagnostic of the last rejection, while rejecting.
+    pub(crate) fn diagnostic(&self) -> Option<&str> {
+        self.diagnostic.as_deref()
     }
 }
 
 /// At most one warning per period; counts what it held back.
 #[derive(Debug, Clone)]
-pub struct WarnLimiter {
+pub(crate) struct WarnLimiter {
     period: Duration,
     last: Option<Instant>,
     held_back: u64,
@@ -100,12 +113,12 @@ pub struct WarnLimiter {
 
 impl WarnLimiter {
     /// One warning per `period`.
-    pub fn new(period: Duration) -> Self {
+    pub(crate) fn new(period: Duration) -> Self {
         WarnLimiter { period, last: None, held_back: 0 }
     }
 
     /// `Some(warnings held back since the last one)` when a warning may be logged at `now`.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
         match self.last {
             Some(t) if now < t + self.period => {
                 self.held_back += 1;
@@ -128,7 +141,10 @@ mod tests {
         let t0 = Instant::now();
         let mut b = RejectionBackoff::new(Duration::from_secs(60), Duration::from_secs(300));
         assert!(b.may_attempt(t0));
-        assert_eq!(b.on_rejected(t0, 1, "authentication-failure"), Some(AssociationChange::Rejected("authentication-failure".into())));
+        assert_eq!(
+            b.on_rejected(t0, 1, "authentication-failure"),
+            Some(AssociationChange::Rejected("authentication-failure".into()))
+        );
         assert!(!b.may_attempt(t0 + Duration::from_secs(59)));
         assert!(b.may_attempt(t0 + Duration::from_secs(60)));
         let mut t = t0;
@@ -137,12 +153,12 @@ mod tests {
             assert_eq!(b.on_rejected(t, 2, "authentication-failure"), None, "one event per change of state");
         }
         assert_eq!(b.delay(), Duration::from_secs(300));
-        assert_eq!(b.to_json(t)["association"], "rejected");
-        assert_eq!(b.to_json(t)["rejections"], 6);
+        assert_eq!(b.status(t, 0).unwrap()["association"], "rejected");
+        assert_eq!(b.status(t, 0).unwrap()["rejections"], 6);
         assert_eq!(b.on_associated(), Some(AssociationChange::Restored { rejections: 6 }));
         assert_eq!(b.on_associated(), None);
         assert!(b.may_attempt(t));
-        assert_eq!(b.to_json(t)["association"], "ok");
+        assert_eq!(b.status(t, 0), None);
     }
 
     #[test]

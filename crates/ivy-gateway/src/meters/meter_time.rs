@@ -7,7 +7,7 @@ use ivy_protocol::dlms::{CosemDateTime, MeterZone};
 
 /// The zone of `meter`'s clock. Precedence: the meter's `timezone`, `meters.timezone`, the meter's
 /// `clock_utc_offset_minutes`, `meters.clock_utc_offset_minutes`. Names were validated at start-up.
-pub fn zone_for(cfg: &MetersConfig, meter: &str) -> MeterZone {
+pub(crate) fn zone_for(cfg: &MetersConfig, meter: &str) -> MeterZone {
     let o = cfg.meter_overrides.get(meter);
     let named = o.and_then(|o| o.timezone.as_deref()).or(cfg.timezone.as_deref());
     if let Some(zone) = named.and_then(|name| MeterZone::iana(name).ok()) {
@@ -18,15 +18,23 @@ pub fn zone_for(cfg: &MetersConfig, meter: &str) -> MeterZone {
 
 /// `ts` and provenance of the readings of one push: the capture time resolved in `zone` when the meter gave one
 /// (flagged when further than `tolerance_ms` from `received_at`), else the arrival time.
-pub fn stamp(capture: Option<&CosemDateTime>, zone: &MeterZone, received_at: u64, tolerance_ms: u64) -> (u64, ReadingMeta) {
+pub(crate) fn stamp(
+    capture: Option<&CosemDateTime>,
+    zone: &MeterZone,
+    received_at: u64,
+    tolerance_ms: u64,
+) -> (u64, ReadingMeta) {
     let resolved = capture.and_then(|t| zone.resolve(t)).and_then(|z| u64::try_from(z.unix_ms).ok());
     match resolved {
-        Some(ts) => (ts, ReadingMeta {
-            received_at: Some(received_at),
-            ts_source: TsSource::Meter,
-            ts_skewed: ts.abs_diff(received_at) > tolerance_ms,
-            scaler_known: None,
-        }),
+        Some(ts) => (
+            ts,
+            ReadingMeta {
+                received_at: Some(received_at),
+                ts_source: TsSource::Meter,
+                ts_skewed: ts.abs_diff(received_at) > tolerance_ms,
+                scaler_known: None,
+            },
+        ),
         None => (received_at, ReadingMeta::default()),
     }
 }
@@ -40,12 +48,14 @@ mod tests {
     fn zone_precedence() {
         let mut c = MetersConfig { clock_utc_offset_minutes: 60, ..MetersConfig::default() };
         assert_eq!(zone_for(&c, "a"), MeterZone::Fixed(60));
-        c.meter_overrides.insert("a".into(), MeterOverride { clock_utc_offset_minutes: Some(-300), ..Default::default() });
+        c.meter_overrides
+            .insert("a".into(), MeterOverride { clock_utc_offset_minutes: Some(-300), ..Default::default() });
         assert_eq!(zone_for(&c, "a"), MeterZone::Fixed(-300));
         c.timezone = Some("Europe/Berlin".into());
         assert_eq!(zone_for(&c, "a").name(), "Europe/Berlin");
         assert_eq!(zone_for(&c, "b").name(), "Europe/Berlin");
-        c.meter_overrides.insert("a".into(), MeterOverride { timezone: Some("Asia/Shanghai".into()), ..Default::default() });
+        c.meter_overrides
+            .insert("a".into(), MeterOverride { timezone: Some("Asia/Shanghai".into()), ..Default::default() });
         assert_eq!(zone_for(&c, "a").name(), "Asia/Shanghai");
     }
 

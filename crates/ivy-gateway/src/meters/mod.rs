@@ -8,6 +8,7 @@ pub(crate) mod conn;
 pub mod context;
 pub(crate) mod dlms;
 pub(crate) mod dlms_health;
+pub(crate) mod dlms_values;
 pub(crate) mod dlt645;
 pub(crate) mod driver;
 pub(crate) mod listener;

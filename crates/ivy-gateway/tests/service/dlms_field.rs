@@ -220,7 +220,12 @@ async fn meter_local_clocks_follow_the_zone_across_dst_changes() {
         );
     })
     .await;
-    let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/meters/+/telemetry", "ivy/v1/meters/+/status"]).await;
+    let mut c = client(
+        gw.mqtt(),
+        ADMIN,
+        &["ivy/v1/meters/+/telemetry", "ivy/v1/meters/+/status", "ivy/v1/meters/+/command/response"],
+    )
+    .await;
     let sim = pushing_meter(&gw, &mut c, "BERLIN000001").await;
     // Header date-time 2025-10-26 02:30:00, deviation not specified; clock status DST (0x80), then standard (0x00):
     // the hour that happens twice, told apart by the meter's DST flag. The value is a CLOCK pushed without deviation.
