@@ -165,7 +165,7 @@ mod tests {
     ) -> HashMap<String, Reading> {
         let registry = ObisRegistry::builtin();
         let scalers = HashMap::new();
-        let ctx = ValueContext { registry: &registry, meter_scalers: &scalers, table, zone };
+        let ctx = ValueContext { registry, meter_scalers: &scalers, table, zone };
         let apdu = Apdu::parse(&hex::decode(hex.replace(' ', "")).unwrap()).unwrap();
         let push = decode_notification(&apdu, &[]).unwrap();
         let meter = MeterId::new("m1").unwrap();
@@ -242,7 +242,7 @@ mod tests {
         let registry = ObisRegistry::builtin();
         let scalers = HashMap::new();
         let zone = MeterZone::iana("Asia/Shanghai").unwrap();
-        let ctx = ValueContext { registry: &registry, meter_scalers: &scalers, table: None, zone: &zone };
+        let ctx = ValueContext { registry, meter_scalers: &scalers, table: None, zone: &zone };
         let clock = Data::OctetString(hex::decode("07ea011e05042213008000ff").unwrap());
         let meter = MeterId::new("m1").unwrap();
         let r = reading(&ctx, &meter, &AttributeDescriptor::new(8, CLOCK, 2), &clock, None, 1, ReadingMeta::default())
