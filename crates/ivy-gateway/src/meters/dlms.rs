@@ -229,6 +229,9 @@ impl DlmsDriver<'_> {
         self.timer = PollTimer::start(ctx, &id, !ctx.config.dlms.passive_only && !self.plan.is_empty());
         self.zone = super::meter_time::zone_for(&ctx.config.meters, id.as_str());
         self.scaler_table = dlms_values::scaler_table(&ctx.config.dlms.scaler_tables, id.as_str());
+        if let Some(status) = ctx.registry.dlms_rejection(&id) {
+            self.backoff.resume(&status, Instant::now(), now_ms());
+        }
         self.meter = Some(id);
         while let Some(apdu) = self.pending_pushes.pop_front() {
             self.on_push(&apdu);

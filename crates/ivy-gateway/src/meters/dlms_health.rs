@@ -42,6 +42,18 @@ impl RejectionBackoff {
         }
     }
 
+    /// Continues a rejection period recorded by an earlier connection of the same meter ([`Self::status`]), so a
+    /// meter that reconnects is not sent an AARQ before its back-off allows one.
+    pub fn resume(&mut self, status: &Value, now: Instant, now_ms: u64) {
+        let Some(rejections) = status.get("rejections").and_then(Value::as_u64).filter(|n| *n > 0) else { return };
+        self.rejections = u32::try_from(rejections).unwrap_or(u32::MAX);
+        self.diagnostic = status.get("diagnostic").and_then(Value::as_str).map(str::to_owned);
+        self.since_ms = status.get("since").and_then(Value::as_u64).unwrap_or(now_ms);
+        let wait_ms = status.get("retryAt").and_then(Value::as_u64).map_or(0, |at| at.saturating_sub(now_ms));
+        // Never longer than the cap, whatever was recorded.
+        self.retry_at = Some(now + Duration::from_millis(wait_ms).min(self.max));
+    }
+
     /// Whether an AARQ may be sent now.
     pub(crate) fn may_attempt(&self, now: Instant) -> bool {
         self.retry_at.is_none_or(|t| now >= t)
@@ -159,6 +171,24 @@ mod tests {
         assert_eq!(b.on_associated(), None);
         assert!(b.may_attempt(t));
         assert_eq!(b.status(t, 0), None);
+    }
+
+    #[test]
+    fn a_reconnected_meter_resumes_its_backoff() {
+        let t0 = Instant::now();
+        let mut a = RejectionBackoff::new(Duration::from_secs(60), Duration::from_secs(300));
+        a.on_rejected(t0, 1_000, "authentication-failure");
+        let status = a.status(t0, 1_000).unwrap();
+        let mut b = RejectionBackoff::new(Duration::from_secs(60), Duration::from_secs(300));
+        b.resume(&status, t0 + Duration::from_secs(10), 11_000);
+        assert!(!b.may_attempt(t0 + Duration::from_secs(10)));
+        assert!(b.may_attempt(t0 + Duration::from_secs(60)));
+        // Already a rejection period: the next rejection is not a new event; success ends it with one.
+        assert_eq!(b.on_rejected(t0 + Duration::from_secs(60), 61_000, "authentication-failure"), None);
+        assert_eq!(b.on_associated(), Some(AssociationChange::Restored { rejections: 2 }));
+        let mut c = RejectionBackoff::new(Duration::from_secs(60), Duration::from_secs(300));
+        c.resume(&json!({"association": "ok"}), t0, 0);
+        assert!(c.may_attempt(t0));
     }
 
     #[test]

@@ -398,3 +398,25 @@ async fn silent_dlms_meter_is_identified_by_an_association_probe() {
     assert!(meter.association_requests.load(Ordering::Relaxed) >= 1);
     assert!(!sim.is_finished());
 }
+
+#[tokio::test]
+async fn a_rejecting_meter_that_reconnects_keeps_its_backoff() {
+    let gw = start(|c| {
+        c.polling.enabled = true;
+        c.polling.interval_ms = 200;
+        c.polling.first_poll_delay_ms = 50;
+        c.dlms.passive_only = false;
+        c.dlms.rejection_backoff_initial_ms = 10_000;
+    })
+    .await;
+    let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/meters/+/status", "ivy/v1/meters/+/events"]).await;
+    let meter = Arc::new(DlmsMeter::em114070("LOCKOUT00001"));
+    meter.reject_association.store(true, Ordering::Relaxed);
+    let sim = DlmsSim::connect(gw.meters(), em(meter.clone(), true)).await.unwrap();
+    c.wait("first rejection", 10, |m| m.json["event"] == "dlms-error").await;
+    sim.close().await;
+    let _again = DlmsSim::connect(gw.meters(), em(meter.clone(), true)).await.unwrap();
+    let events = c.collect(1500).await;
+    assert_eq!(meter.association_requests.load(Ordering::Relaxed), 1, "no AARQ before the back-off allows one");
+    assert!(!events.iter().any(|m| m.json["event"] == "dlms-error"), "no new event for the same state: {events:?}");
+}
