@@ -44,7 +44,7 @@ impl RejectionBackoff {
 
     /// Continues a rejection period recorded by an earlier connection of the same meter ([`Self::status`]), so a
     /// meter that reconnects is not sent an AARQ before its back-off allows one.
-    pub fn resume(&mut self, status: &Value, now: Instant, now_ms: u64) {
+    pub(crate) fn resume(&mut self, status: &Value, now: Instant, now_ms: u64) {
         let Some(rejections) = status.get("rejections").and_then(Value::as_u64).filter(|n| *n > 0) else { return };
         self.rejections = u32::try_from(rejections).unwrap_or(u32::MAX);
         self.diagnostic = status.get("diagnostic").and_then(Value::as_str).map(str::to_owned);

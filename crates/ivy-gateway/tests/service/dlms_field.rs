@@ -179,7 +179,8 @@ async fn example_c_capture_time_and_unknown_scaler_never_raises_an_alarm() {
 
 #[tokio::test]
 async fn every_simulator_push_layout_publishes_the_same_scaled_values() {
-    let objects: Vec<String> = DlmsMeter::em114070("0").push_object_list().iter().map(|(o, _)| o.to_string()).collect();
+    let objects: Vec<ivy_gateway::config::Parsed<ivy_protocol::dlms::Obis>> =
+        DlmsMeter::em114070("0").push_object_list().iter().map(|(o, _)| o.to_string().into()).collect();
     let gw = start(move |c| c.dlms.push_objects = objects).await;
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/meters/+/telemetry", "ivy/v1/meters/+/status"]).await;
     let sim = pushing_meter(&gw, &mut c, "LAYOUT000001").await;
