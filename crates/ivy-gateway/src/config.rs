@@ -95,6 +95,13 @@ impl ConfigText for AesKey {
     }
 }
 
+/// An IANA time zone name (`Europe/Berlin`), looked up in the compiled-in database.
+impl ConfigText for ivy_protocol::dlms::MeterZone {
+    fn from_text(text: &str) -> Result<Self, String> {
+        ivy_protocol::dlms::MeterZone::iana(text).map_err(|e| e.to_string())
+    }
+}
+
 impl ConfigText for ivy_protocol::dlms::Obis {
     fn from_text(text: &str) -> Result<Self, String> {
         text.parse().map_err(|_| "must be an OBIS code like 1-0:12.7.0.255".to_owned())
@@ -261,7 +268,7 @@ pub struct MetersConfig {
     pub max_unidentified_per_penalised_ip: usize,
     /// The IANA time zone meters keep their clocks in (`Europe/Berlin`); date-times without a deviation are read in
     /// it, DST included. Takes precedence over `clock_utc_offset_minutes`.
-    pub timezone: Option<String>,
+    pub timezone: Option<Parsed<ivy_protocol::dlms::MeterZone>>,
     /// A capture time further than this from the gateway clock is kept but flagged (`tsSkewed`) and counted.
     pub capture_time_tolerance_secs: u64,
     /// Per-meter settings (`timezone`, `clock_utc_offset_minutes`), by meter id.
@@ -273,7 +280,7 @@ pub struct MetersConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MeterOverride {
     /// The meter's IANA time zone.
-    pub timezone: Option<String>,
+    pub timezone: Option<Parsed<ivy_protocol::dlms::MeterZone>>,
     /// The meter's fixed offset, minutes east of UTC (used when it has no `timezone`).
     pub clock_utc_offset_minutes: Option<i32>,
 }
@@ -912,7 +919,7 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("IDENTIFY_AFTER_SECS", "meters.identify_after_secs", |c, v| set(&mut c.meters.identify_after_secs, v)),
     ("DETECTION_TIMEOUT_SECS", "meters.detection_timeout_secs", |c, v| set(&mut c.meters.detection_timeout_secs, v)),
     ("METER_TIMEZONE", "meters.timezone", |c, v| {
-        c.meters.timezone = non_empty(v);
+        c.meters.timezone = non_empty(v).map(Parsed::from);
         Ok(())
     }),
 ];
@@ -1138,18 +1145,14 @@ impl Config {
             }
         }
 
-        if let Some(tz) = &m.timezone
-            && let Err(problem) = ivy_protocol::dlms::MeterZone::iana(tz)
-        {
-            e.push(ConfigError::new("meters.timezone", problem.to_string()));
+        if let Some(problem) = m.timezone.as_ref().and_then(Parsed::problem) {
+            e.push(ConfigError::new("meters.timezone", problem));
         }
         check(&mut e, m.capture_time_tolerance_secs >= 1, "meters.capture_time_tolerance_secs", "must be at least 1");
         for (id, o) in &m.meter_overrides {
             let key = |f: &str| format!("meters.meter_overrides.{id}.{f}");
-            if let Some(tz) = &o.timezone
-                && let Err(problem) = ivy_protocol::dlms::MeterZone::iana(tz)
-            {
-                e.push(ConfigError::new(key("timezone"), problem.to_string()));
+            if let Some(problem) = o.timezone.as_ref().and_then(Parsed::problem) {
+                e.push(ConfigError::new(key("timezone"), problem));
             }
             if let Some(off) = o.clock_utc_offset_minutes {
                 check(
@@ -1411,6 +1414,34 @@ mod tests {
         let doc = include_str!("../../../docs/CONFIG.md");
         for (name, key, _) in ENV_VARS {
             assert!(doc.contains(&format!("`{name}`")), "{name} ({key}) is missing from docs/CONFIG.md");
+        }
+    }
+
+    #[test]
+    fn meter_zones_and_scaler_tables_are_checked_under_their_keys() {
+        let c = load_with(
+            Some(
+                "[meters]\ntimezone = \"Europe/Berlin\"\n[meters.meter_overrides.m1]\ntimezone = \"Asia/Shanghai\"\n\
+                 [[dlms.scaler_tables]]\nmeters = [\"AIDON*\"]\nscalers = { \"1-0:32.7.0.255\" = -1 }\n",
+            ),
+            None,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.meters.timezone.as_ref().and_then(|z| z.get()).map(|z| z.name()).as_deref(),
+            Some("Europe/Berlin")
+        );
+        assert!(c.dlms.scaler_tables[0].applies_to("AIDON0001") && !c.dlms.scaler_tables[0].applies_to("KFM1"));
+        let err = load_with(
+            Some("[meters]\ntimezone = \"Mars/Olympus\"\n[[dlms.scaler_tables]]\nmeters = []\nscalers = { \"1.8\" = 40 }\n"),
+            None,
+            &[("METER_TIMEZONE", "Europe/Nowhere")],
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["meters.timezone", "dlms.scaler_tables[0].meters", "dlms.scaler_tables[0].scalers"] {
+            assert!(err.contains(key), "{key} missing from: {err}");
         }
     }
 

@@ -6,12 +6,12 @@ use crate::model::{ReadingMeta, TsSource};
 use ivy_protocol::dlms::{CosemDateTime, MeterZone};
 
 /// The zone of `meter`'s clock. Precedence: the meter's `timezone`, `meters.timezone`, the meter's
-/// `clock_utc_offset_minutes`, `meters.clock_utc_offset_minutes`. Names were validated at start-up.
+/// `clock_utc_offset_minutes`, `meters.clock_utc_offset_minutes`.
 pub(crate) fn zone_for(cfg: &MetersConfig, meter: &str) -> MeterZone {
     let o = cfg.meter_overrides.get(meter);
-    let named = o.and_then(|o| o.timezone.as_deref()).or(cfg.timezone.as_deref());
-    if let Some(zone) = named.and_then(|name| MeterZone::iana(name).ok()) {
-        return zone;
+    let named = o.and_then(|o| o.timezone.as_ref()).or(cfg.timezone.as_ref());
+    if let Some(zone) = named.and_then(|z| z.get()) {
+        return zone.clone();
     }
     MeterZone::Fixed(o.and_then(|o| o.clock_utc_offset_minutes).unwrap_or(cfg.clock_utc_offset_minutes))
 }
