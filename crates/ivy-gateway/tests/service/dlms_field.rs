@@ -255,6 +255,29 @@ async fn meter_local_clocks_follow_the_zone_across_dst_changes() {
 }
 
 #[tokio::test]
+async fn event_notification_time_is_the_capture_time_in_the_meter_zone() {
+    use ivy_protocol::dlms::apdu::{EventForm, EventNotification};
+    use ivy_protocol::dlms::{AttributeDescriptor, CosemDateTime, Data};
+    let gw = start(|c| c.meters.timezone = Some("Europe/Berlin".into())).await;
+    let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/meters/+/telemetry", "ivy/v1/meters/+/status"]).await;
+    let sim = pushing_meter(&gw, &mut c, "EVENT0000001").await;
+    // 2025-05-16 23:45:00 meter-local, deviation not specified, DST flag set: 21:45Z in Europe/Berlin (CEST).
+    let time: [u8; 12] = bytes("07e9051005172d0000800080").try_into().unwrap();
+    let event = Apdu::EventNotification(EventNotification {
+        time: Some(CosemDateTime::from_bytes(&time)),
+        attribute: AttributeDescriptor::new(3, "1-0:1.7.0.255".parse().unwrap(), 2),
+        value: Data::DoubleLong(1234),
+        form: EventForm::Standard,
+    });
+    sim.control(Control::SendRaw(wrapper::wrap(1, 1, &event.encode()).unwrap())).await;
+    let m = telemetry(&mut c, "EVENT0000001", 1).await.remove("1-0:1.7.0.255").unwrap();
+    assert_eq!(m["ts"], 1_747_431_900_000u64, "23:45 CEST = 21:45Z: {m}");
+    assert_eq!(m["tsSource"], "meter", "{m}");
+    assert!(m["receivedAt"].as_u64().unwrap() > m["ts"].as_u64().unwrap(), "{m}");
+    assert_eq!(m["tsSkewed"], true, "a capture time of 2025 is far from the gateway clock: {m}");
+}
+
+#[tokio::test]
 async fn simulator_clock_without_deviation_is_resolved_in_the_meter_zone() {
     let gw = start(|c| c.meters.timezone = Some("America/New_York".into())).await;
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/meters/+/telemetry", "ivy/v1/meters/+/status"]).await;
