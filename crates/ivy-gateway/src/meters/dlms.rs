@@ -350,7 +350,7 @@ impl DlmsDriver<'_> {
         self.malformed_reply = None;
         Some(Failure::Op(
             OpError::new(ErrorCode::MeterError, format!("malformed reply from the meter ({}): {e}", e.kind_name()))
-                .with_details(json!({"parse_error": e.kind_name(), "apdu": e.apdu})),
+                .with_details(ErrorDetails::Malformed { parse_error: e.kind_name(), apdu: e.apdu }),
         ))
     }
 
