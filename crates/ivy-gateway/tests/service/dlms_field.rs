@@ -352,6 +352,7 @@ async fn example_d_malformed_reply_fails_the_request_at_once() {
     assert_eq!(r["success"], false, "{r}");
     assert_eq!(r["code"], "meter_error", "{r}");
     assert!(r["error"].as_str().unwrap().contains("choice"), "the parse reason is named: {r}");
+    assert_eq!(r["result"]["parse_error"], "invalid_choice", "{r}");
     let after = metric(&metrics_text(&gw).await, "ivy_parse_errors_total{kind=\"invalid_choice\"}");
     assert!(after >= before + 1.0, "{before} → {after}");
     meter.abort();
