@@ -172,6 +172,10 @@ impl AlarmEngine {
 
     /// Evaluates one reading; returns the events to publish.
     pub fn on_reading(&mut self, reading: &Reading) -> Vec<MeterEvent> {
+        // A raw value whose scaler nobody knows may be off by powers of ten: never judged.
+        if reading.meta.scaler_known == Some(false) {
+            return Vec::new();
+        }
         if !self.config.enabled {
             return Vec::new();
         }
@@ -497,6 +501,16 @@ mod tests {
 
     fn names(events: &[MeterEvent]) -> Vec<String> {
         events.iter().map(|e| e.event.clone()).collect()
+    }
+
+    #[test]
+    fn unknown_scaler_never_raises_an_alarm() {
+        let mut e = AlarmEngine::new(AlarmsConfig::default());
+        let mut r = reading("VOLTAGE_L1", Quantity::Voltage, 2325.0, "V", 1);
+        r.meta.scaler_known = Some(false);
+        assert!(e.on_reading(&r).is_empty());
+        r.meta.scaler_known = Some(true);
+        assert_eq!(names(&e.on_reading(&r)), ["alarm:overvoltage"]);
     }
 
     #[test]

@@ -95,6 +95,13 @@ impl ConfigText for AesKey {
     }
 }
 
+/// An IANA time zone name (`Europe/Berlin`), looked up in the compiled-in database.
+impl ConfigText for ivy_protocol::dlms::MeterZone {
+    fn from_text(text: &str) -> Result<Self, String> {
+        ivy_protocol::dlms::MeterZone::iana(text).map_err(|e| e.to_string())
+    }
+}
+
 impl ConfigText for ivy_protocol::dlms::Obis {
     fn from_text(text: &str) -> Result<Self, String> {
         text.parse().map_err(|_| "must be an OBIS code like 1-0:12.7.0.255".to_owned())
@@ -276,7 +283,8 @@ pub struct MetersConfig {
     pub heartbeat_ack: Option<Parsed<HexBytes>>,
     /// Extra registration rules, tried after the built-in EM114070 heartbeat.
     pub registration_rules: Vec<RegistrationRuleConfig>,
-    /// Meters keep local time: minutes east of UTC used when setting their clocks and relay deadlines.
+    /// Meters keep local time: minutes east of UTC used when setting their clocks and relay deadlines, and to
+    /// read date-times without a deviation when no `timezone` is set.
     pub clock_utc_offset_minutes: i32,
     /// Who keeps a meter id that is online when another connection claims it (docs/SECURITY-identity.md).
     pub duplicate_identity: DuplicateIdentity,
@@ -297,6 +305,23 @@ pub struct MetersConfig {
     pub max_new_ids_per_ip_per_minute: u32,
     /// Unidentified connections an IP that misbehaved may hold at once; a newer one closes the oldest.
     pub max_unidentified_per_penalised_ip: usize,
+    /// The IANA time zone meters keep their clocks in (`Europe/Berlin`); date-times without a deviation are read in
+    /// it, DST included. Takes precedence over `clock_utc_offset_minutes`.
+    pub timezone: Option<Parsed<ivy_protocol::dlms::MeterZone>>,
+    /// A capture time further than this from the gateway clock is kept but flagged (`tsSkewed`) and counted.
+    pub capture_time_tolerance_secs: u64,
+    /// Per-meter settings (`timezone`, `clock_utc_offset_minutes`), by meter id.
+    pub meter_overrides: BTreeMap<String, MeterOverride>,
+}
+
+/// One `[meters.meter_overrides.<id>]` entry.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeterOverride {
+    /// The meter's IANA time zone.
+    pub timezone: Option<Parsed<ivy_protocol::dlms::MeterZone>>,
+    /// The meter's fixed offset, minutes east of UTC (used when it has no `timezone`).
+    pub clock_utc_offset_minutes: Option<i32>,
 }
 
 impl Default for MetersConfig {
@@ -328,6 +353,9 @@ impl Default for MetersConfig {
             max_ids_per_connection: 32,
             max_new_ids_per_ip_per_minute: 1200,
             max_unidentified_per_penalised_ip: 4,
+            timezone: None,
+            capture_time_tolerance_secs: 86_400,
+            meter_overrides: BTreeMap::new(),
         }
     }
 }
@@ -508,6 +536,33 @@ pub struct DlmsConfig {
     /// OBIS codes of the values of a positional DataNotification body, in order (self-describing bodies of
     /// `(OBIS, value)` pairs need none).
     pub push_objects: Vec<Parsed<ivy_protocol::dlms::Obis>>,
+    /// Scalers for meters that push values without them (and have none read or registered), by meter id pattern.
+    pub scaler_tables: Vec<ScalerTable>,
+    /// First wait after a permanent association rejection before the next AARQ, in milliseconds; doubled after each
+    /// further rejection.
+    pub rejection_backoff_initial_ms: u64,
+    /// Longest wait between AARQs to a meter that keeps rejecting the association, in milliseconds.
+    pub rejection_backoff_max_ms: u64,
+}
+
+/// One `[[dlms.scaler_tables]]` entry: the scalers of one meter model (or one meter).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScalerTable {
+    /// Meter ids it applies to: exact ids, or prefixes ending in `*` (`"AIDON*"`); the first matching table wins.
+    pub meters: Vec<String>,
+    /// OBIS code → power of ten applied to raw values (`"1-0:32.7.0.255" = -1`).
+    pub scalers: BTreeMap<String, i8>,
+}
+
+impl ScalerTable {
+    /// Whether the table applies to `meter`.
+    pub fn applies_to(&self, meter: &str) -> bool {
+        self.meters.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => meter.starts_with(prefix),
+            None => p == meter,
+        })
+    }
 }
 
 impl Default for DlmsConfig {
@@ -528,6 +583,9 @@ impl Default for DlmsConfig {
             disconnect_integer_parameter: true,
             obis_file: None,
             push_objects: Vec::new(),
+            scaler_tables: Vec::new(),
+            rejection_backoff_initial_ms: 60_000,
+            rejection_backoff_max_ms: 3_600_000,
         }
     }
 }
@@ -924,6 +982,10 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("POLLING_ALIGN", "polling.align", |c, v| set(&mut c.polling.align, v)),
     ("IDENTIFY_AFTER_SECS", "meters.identify_after_secs", |c, v| set(&mut c.meters.identify_after_secs, v)),
     ("DETECTION_TIMEOUT_SECS", "meters.detection_timeout_secs", |c, v| set(&mut c.meters.detection_timeout_secs, v)),
+    ("METER_TIMEZONE", "meters.timezone", |c, v| {
+        c.meters.timezone = non_empty(v).map(Parsed::from);
+        Ok(())
+    }),
 ];
 
 fn non_empty(v: &str) -> Option<String> {
@@ -1150,6 +1212,55 @@ impl Config {
         for (i, code) in l.push_objects.iter().enumerate() {
             if let Some(problem) = code.problem() {
                 check(&mut e, false, &format!("dlms.push_objects[{i}]"), problem);
+            }
+        }
+
+        if let Some(problem) = m.timezone.as_ref().and_then(Parsed::problem) {
+            e.push(ConfigError::new("meters.timezone", problem));
+        }
+        check(&mut e, m.capture_time_tolerance_secs >= 1, "meters.capture_time_tolerance_secs", "must be at least 1");
+        for (id, o) in &m.meter_overrides {
+            let key = |f: &str| format!("meters.meter_overrides.{id}.{f}");
+            if let Some(problem) = o.timezone.as_ref().and_then(Parsed::problem) {
+                e.push(ConfigError::new(key("timezone"), problem));
+            }
+            if let Some(off) = o.clock_utc_offset_minutes {
+                check(
+                    &mut e,
+                    (-14 * 60..=14 * 60).contains(&off),
+                    &key("clock_utc_offset_minutes"),
+                    "must be within ±840",
+                );
+            }
+        }
+        check(
+            &mut e,
+            l.rejection_backoff_initial_ms >= 100,
+            "dlms.rejection_backoff_initial_ms",
+            "must be at least 100",
+        );
+        check(
+            &mut e,
+            l.rejection_backoff_max_ms >= l.rejection_backoff_initial_ms,
+            "dlms.rejection_backoff_max_ms",
+            "must be at least dlms.rejection_backoff_initial_ms",
+        );
+        for (i, t) in l.scaler_tables.iter().enumerate() {
+            check(
+                &mut e,
+                !t.meters.is_empty(),
+                &format!("dlms.scaler_tables[{i}].meters"),
+                "must name at least one meter id or prefix*",
+            );
+            for (code, scaler) in &t.scalers {
+                let key = format!("dlms.scaler_tables[{i}].scalers.\"{code}\"");
+                check(
+                    &mut e,
+                    code.parse::<ivy_protocol::dlms::Obis>().is_ok(),
+                    &key,
+                    "must be keyed by an OBIS code like 1-0:32.7.0.255",
+                );
+                check(&mut e, (-12..=12).contains(scaler), &key, "scaler must be within -12..=12");
             }
         }
 
@@ -1389,6 +1500,34 @@ mod tests {
         let doc = include_str!("../../../docs/CONFIG.md");
         for (name, key, _) in ENV_VARS {
             assert!(doc.contains(&format!("`{name}`")), "{name} ({key}) is missing from docs/CONFIG.md");
+        }
+    }
+
+    #[test]
+    fn meter_zones_and_scaler_tables_are_checked_under_their_keys() {
+        let c = load_with(
+            Some(
+                "[meters]\ntimezone = \"Europe/Berlin\"\n[meters.meter_overrides.m1]\ntimezone = \"Asia/Shanghai\"\n\
+                 [[dlms.scaler_tables]]\nmeters = [\"AIDON*\"]\nscalers = { \"1-0:32.7.0.255\" = -1 }\n",
+            ),
+            None,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.meters.timezone.as_ref().and_then(|z| z.get()).map(|z| z.name()).as_deref(),
+            Some("Europe/Berlin")
+        );
+        assert!(c.dlms.scaler_tables[0].applies_to("AIDON0001") && !c.dlms.scaler_tables[0].applies_to("KFM1"));
+        let err = load_with(
+            Some("[meters]\ntimezone = \"Mars/Olympus\"\n[[dlms.scaler_tables]]\nmeters = []\nscalers = { \"1.8\" = 40 }\n"),
+            None,
+            &[("METER_TIMEZONE", "Europe/Nowhere")],
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["meters.timezone", "dlms.scaler_tables[0].meters", "dlms.scaler_tables[0].scalers"] {
+            assert!(err.contains(key), "{key} missing from: {err}");
         }
     }
 

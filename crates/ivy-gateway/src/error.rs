@@ -97,6 +97,14 @@ pub enum ErrorDetails {
         /// Its name.
         name: String,
     },
+    /// A reply that could not be parsed: the parse error's kind (`invalid_choice`, `truncated`...) and the APDU it
+    /// was meant to be (`get-response`).
+    Malformed {
+        /// The parse error's kind, as counted in `ivy_parse_errors_total`.
+        parse_error: &'static str,
+        /// The APDU's name.
+        apdu: &'static str,
+    },
 }
 
 impl OpError {

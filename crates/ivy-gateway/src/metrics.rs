@@ -216,6 +216,8 @@ pub struct Metrics {
     pub frames: Family<ProtocolLabel, Counter>,
     /// Readings decoded.
     pub readings: Counter,
+    /// DLMS pushes whose capture time was further from the gateway clock than the tolerance (wrong meter clock).
+    pub dlms_capture_time_skewed: Counter,
     /// Parse errors and discarded bytes, by kind.
     pub parse_errors: Family<KindLabel, Counter>,
     /// Commands by method and outcome.
@@ -335,6 +337,7 @@ impl Metrics {
             bytes_sent: Counter::default(),
             frames: Family::default(),
             readings: Counter::default(),
+            dlms_capture_time_skewed: Counter::default(),
             parse_errors: Family::default(),
             commands: Family::default(),
             command_duration: Family::new_with_constructor(latency_histogram),
@@ -456,6 +459,11 @@ impl Metrics {
         r.register("bytes_sent", "Bytes sent to meters", m.bytes_sent.clone());
         r.register("frames", "Frames and APDUs received, by protocol", m.frames.clone());
         r.register("readings", "Readings decoded", m.readings.clone());
+        r.register(
+            "dlms_capture_time_skewed",
+            "DLMS pushes whose capture time was far from the gateway clock",
+            m.dlms_capture_time_skewed.clone(),
+        );
         r.register("parse_errors", "Parse errors and discarded bytes, by kind", m.parse_errors.clone());
         r.register("commands", "Commands by method and outcome", m.commands.clone());
         r.register("command_duration_seconds", "Command latency", m.command_duration.clone());

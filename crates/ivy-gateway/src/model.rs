@@ -85,8 +85,35 @@ pub struct Reading {
     pub unit: Option<String>,
     /// What it measures.
     pub quantity: Quantity,
-    /// When it was read (ms since epoch).
+    /// When it was measured (ms since epoch): the meter's capture time when it gave one, else the arrival time.
     pub ts: u64,
+    /// How `ts` was found, and what else is known about the value.
+    pub meta: ReadingMeta,
+}
+
+/// Who set a reading's `ts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TsSource {
+    /// The gateway, on arrival.
+    #[default]
+    Gateway,
+    /// The meter: the capture time of a DataNotification/EventNotification.
+    Meter,
+}
+
+/// Provenance of a reading (additive telemetry fields: `receivedAt`, `tsSource`, `tsSkewed`, `scalerKnown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadingMeta {
+    /// Arrival time (ms since epoch) when `ts` is the meter's capture time; `None` = `ts`.
+    pub received_at: Option<u64>,
+    /// Who set `ts`.
+    pub ts_source: TsSource,
+    /// The capture time is further from the gateway clock than `meters.capture_time_tolerance_secs`.
+    pub ts_skewed: bool,
+    /// For scaled integers: whether the scaler was known (pushed, read, configured or registered). A value with an
+    /// unknown scaler is published raw and never reaches the alarm engine.
+    pub scaler_known: Option<bool>,
 }
 
 /// A meter's connection state changed.
@@ -148,5 +175,6 @@ pub(crate) fn test_reading(register: &str, quantity: Quantity, value: f64, unit:
         unit: Some(unit.into()),
         quantity,
         ts,
+        meta: ReadingMeta::default(),
     }
 }

@@ -28,6 +28,119 @@ pub enum PushForm {
     EventEm114070,
     /// DataNotification with `{OBIS, value}` pairs.
     DataNotification,
+    /// DataNotification with `{OBIS, value, {scaler, unit}}` triples.
+    DataTriples,
+    /// DataNotification with a flat `OBIS, value, OBIS, value, ...` structure.
+    DataFlat,
+    /// DataNotification with a list identifier string, then flat pairs.
+    DataListFlat,
+    /// DataNotification whose first element is the push object list, then the values in that order.
+    DataSelfDescribing,
+    /// DataNotification with values only, in [`DlmsMeter::push_object_list`] order (the gateway needs
+    /// `dlms.push_objects`).
+    DataPositional,
+}
+
+impl PushForm {
+    /// Every form, for tests and `--help`.
+    pub const ALL: [PushForm; 8] = [
+        PushForm::EventStandard,
+        PushForm::EventEm114070,
+        PushForm::DataNotification,
+        PushForm::DataTriples,
+        PushForm::DataFlat,
+        PushForm::DataListFlat,
+        PushForm::DataSelfDescribing,
+        PushForm::DataPositional,
+    ];
+
+    /// Whether it is a DataNotification (all values at once) rather than an EventNotification (one value).
+    pub fn is_data(&self) -> bool {
+        !matches!(self, PushForm::EventStandard | PushForm::EventEm114070)
+    }
+}
+
+/// One value of a push: the object, its class, its value and (for registers) its scaler_unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushEntry {
+    /// Logical name.
+    pub obis: Obis,
+    /// Interface class.
+    pub class_id: u16,
+    /// Attribute 2.
+    pub value: Data,
+    /// Attribute 3 (scaler, unit code), when it has one.
+    pub scaler_unit: Option<(i8, u8)>,
+}
+
+/// The push setup object whose list describes a self-describing push (IEC 62056-6-2 class 40).
+pub const PUSH_SETUP: Obis = Obis([0, 0, 25, 9, 0, 255]);
+
+/// The DataNotification body of `entries` in `form` (`None` for the EventNotification forms). `list_id` is the
+/// leading string of [`PushForm::DataListFlat`].
+pub fn encode_push_body(form: PushForm, entries: &[PushEntry], list_id: &str) -> Option<Data> {
+    let name = |e: &PushEntry| Data::OctetString(e.obis.bytes().to_vec());
+    let flat = || entries.iter().flat_map(|e| [name(e), e.value.clone()]);
+    Some(match form {
+        PushForm::EventStandard | PushForm::EventEm114070 => return None,
+        PushForm::DataNotification => {
+            Data::Array(entries.iter().map(|e| Data::Structure(vec![name(e), e.value.clone()])).collect())
+        }
+        PushForm::DataTriples => Data::Array(
+            entries
+                .iter()
+                .map(|e| {
+                    let mut s = vec![name(e), e.value.clone()];
+                    if let Some((scaler, unit)) = e.scaler_unit {
+                        s.push(Data::Structure(vec![Data::Integer(scaler), Data::Enum(unit)]));
+                    }
+                    Data::Structure(s)
+                })
+                .collect(),
+        ),
+        PushForm::DataFlat => Data::Structure(flat().collect()),
+        PushForm::DataListFlat => {
+            Data::Structure(std::iter::once(Data::VisibleString(list_id.as_bytes().to_vec())).chain(flat()).collect())
+        }
+        PushForm::DataSelfDescribing => {
+            let describe = |class_id: u16, obis: Obis, attribute: i8| {
+                Data::Structure(vec![
+                    Data::LongUnsigned(class_id),
+                    Data::OctetString(obis.bytes().to_vec()),
+                    Data::Integer(attribute),
+                    Data::LongUnsigned(0),
+                ])
+            };
+            // The list describes itself first (its own attribute 2 is the first value: the list).
+            let list = Data::Array(
+                std::iter::once(describe(40, PUSH_SETUP, 2))
+                    .chain(entries.iter().map(|e| describe(e.class_id, e.obis, 2)))
+                    .collect(),
+            );
+            Data::Structure(std::iter::once(list).chain(entries.iter().map(|e| e.value.clone())).collect())
+        }
+        PushForm::DataPositional => Data::Structure(entries.iter().map(|e| e.value.clone()).collect()),
+    })
+}
+
+/// The meter clock a push carries as its capture time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushClock {
+    /// The meter's local time is UTC + this many minutes.
+    pub offset_minutes: i32,
+    /// Send the deviation (else `0x8000`, not specified, as the EM114070 does).
+    pub deviation: bool,
+}
+
+impl PushClock {
+    /// The meter's clock at `unix_ms`.
+    pub fn at(&self, unix_ms: i64) -> CosemDateTime {
+        let mut t = CosemDateTime::from_unix_utc(unix_ms.div_euclid(1000) + i64::from(self.offset_minutes) * 60);
+        t.hundredths = Some((unix_ms.rem_euclid(1000) / 10) as u8);
+        t.deviation = self.deviation.then(|| i16::try_from(-self.offset_minutes).unwrap_or(0));
+        t.clock_status = if self.deviation { 0x00 } else { 0xFF };
+        t
+    }
 }
 
 /// One object of the meter: its class and the value of attribute 2 (and its scaler_unit for registers).
@@ -58,12 +171,19 @@ pub struct DlmsMeter {
     pub control_state: AtomicU8,
     /// Conformance offered in the AARE.
     pub conformance: Conformance,
-    /// Refuse associations (application-context-name-not-supported).
-    pub reject_association: bool,
+    /// Refuse associations permanently (AARE result 1, authentication-failure), e.g. a wrong LLS password; can be
+    /// changed while connected.
+    pub reject_association: AtomicBool,
+    /// AARQs received (accepted or not).
+    pub association_requests: std::sync::atomic::AtomicU64,
     /// Last clock set by the gateway.
     pub clock_set: Mutex<Option<CosemDateTime>>,
     /// Vary the register values over time.
     pub dynamic: bool,
+    /// Stamp pushes with the meter clock (DataNotification date-time, EventNotification time).
+    pub push_clock: Option<PushClock>,
+    /// The list identifier of [`PushForm::DataListFlat`] pushes.
+    pub list_id: String,
 }
 
 impl DlmsMeter {
@@ -105,20 +225,28 @@ impl DlmsMeter {
             output_state: AtomicBool::new(true),
             control_state: AtomicU8::new(1),
             conformance: Conformance::DEFAULT,
-            reject_association: false,
+            reject_association: AtomicBool::new(false),
+            association_requests: Default::default(),
             clock_set: Mutex::new(None),
             dynamic: false,
+            push_clock: None,
+            list_id: "LIST_V001".into(),
         }
     }
 
     /// How many values one push of `form` carries (without the stamp).
     pub fn push_values(&self, form: PushForm) -> usize {
-        match form {
-            PushForm::DataNotification => {
-                self.objects.lock().map(|o| o.values().filter(|obj| obj.scaler_unit.is_some()).count()).unwrap_or(0)
-            }
-            PushForm::EventStandard | PushForm::EventEm114070 => 1,
-        }
+        if form.is_data() { self.push_object_list().len() } else { 1 }
+    }
+
+    /// The objects a DataNotification carries, in order (the positional form's `dlms.push_objects`): the
+    /// registers, by OBIS code.
+    pub fn push_object_list(&self) -> Vec<(Obis, u16)> {
+        let Ok(o) = self.objects.lock() else { return Vec::new() };
+        let mut v: Vec<(Obis, u16)> =
+            o.iter().filter(|(_, obj)| obj.scaler_unit.is_some()).map(|(k, obj)| (*k, obj.class_id)).collect();
+        v.sort();
+        v
     }
 
     /// Sets the raw value of an object.
@@ -369,13 +497,10 @@ async fn send_push(
     stats: &SimStats,
 ) -> std::io::Result<()> {
     state.tick += 1;
-    let objects: Vec<(Obis, u16)> = {
-        let Ok(o) = cfg.meter.objects.lock() else { return Ok(()) };
-        let mut v: Vec<(Obis, u16)> =
-            o.iter().filter(|(_, obj)| obj.scaler_unit.is_some()).map(|(k, obj)| (*k, obj.class_id)).collect();
-        v.sort();
-        v
-    };
+    let objects = cfg.meter.push_object_list();
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let capture_time = cfg.meter.push_clock.map(|c| c.at(now_ms));
     let apdu = match form {
         PushForm::EventStandard | PushForm::EventEm114070 => {
             let Some((obis, class_id)) = objects.get(state.push_index % objects.len().max(1)).copied() else {
@@ -384,18 +509,19 @@ async fn send_push(
             state.push_index += 1;
             let Some(Object { value, .. }) = cfg.meter.value(&obis, state.tick) else { return Ok(()) };
             Apdu::EventNotification(EventNotification {
-                time: None,
+                // The EM114070 layout has no place for a time.
+                time: capture_time.filter(|_| form == PushForm::EventStandard),
                 attribute: AttributeDescriptor::new(class_id, obis, 2),
                 value,
                 form: if form == PushForm::EventStandard { EventForm::Standard } else { EventForm::Em114070 },
             })
         }
-        PushForm::DataNotification => {
-            let mut pairs: Vec<Data> = objects
+        data_form => {
+            let mut entries: Vec<PushEntry> = objects
                 .iter()
-                .filter_map(|(obis, _)| {
+                .filter_map(|(obis, class_id)| {
                     let o = cfg.meter.value(obis, state.tick)?;
-                    Some(Data::Structure(vec![Data::OctetString(obis.bytes().to_vec()), o.value]))
+                    Some(PushEntry { obis: *obis, class_id: *class_id, value: o.value, scaler_unit: o.scaler_unit })
                 })
                 .collect();
             if cfg.stamp {
@@ -403,15 +529,18 @@ async fn send_push(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_micros() as u64)
                     .unwrap_or(0);
-                pairs.push(Data::Structure(vec![
-                    Data::OctetString(STAMP_OBIS.bytes().to_vec()),
-                    Data::Long64Unsigned(micros),
-                ]));
+                entries.push(PushEntry {
+                    obis: STAMP_OBIS,
+                    class_id: 1,
+                    value: Data::Long64Unsigned(micros),
+                    scaler_unit: None,
+                });
             }
+            let Some(body) = encode_push_body(data_form, &entries, &cfg.meter.list_id) else { return Ok(()) };
             Apdu::DataNotification(DataNotification {
                 long_invoke_id: state.tick as u32,
-                date_time: None,
-                body: Data::Array(pairs),
+                date_time: capture_time,
+                body,
             })
         }
     };
@@ -472,8 +601,11 @@ fn answer(cfg: &DlmsConfig, state: &mut State, payload: &[u8], stats: &SimStats)
     let apdu = Apdu::parse_prefix(payload).ok()?.0;
     let reply = match apdu {
         Apdu::Aarq(_) => {
-            if meter.reject_association {
-                Apdu::Aare(Aare::rejected(2))
+            meter.association_requests.fetch_add(1, Ordering::Relaxed);
+            if meter.reject_association.load(Ordering::Relaxed) {
+                state.associated = false;
+                // authentication-failure
+                Apdu::Aare(Aare::rejected(13))
             } else {
                 state.associated = true;
                 stats.associations.fetch_add(1, Ordering::Relaxed);

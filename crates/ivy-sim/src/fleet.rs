@@ -77,6 +77,8 @@ pub struct FleetConfig {
     pub push: Option<(Duration, PushForm)>,
     /// Stamp DataNotifications with their send time.
     pub stamp: bool,
+    /// Pushes carry the meter clock as their capture time.
+    pub push_clock: Option<crate::dlms::PushClock>,
     /// Values change over time (else fixed).
     pub dynamic: bool,
     /// Relay credentials the DL/T 645 meters check (`None` accepts any).
@@ -107,6 +109,7 @@ impl Default for FleetConfig {
             latency: ReplyLatency::None,
             push: None,
             stamp: false,
+            push_clock: None,
             dynamic: true,
             relay_auth: None,
             sources: Vec::new(),
@@ -422,11 +425,12 @@ impl Fleet {
             }
             let mut meter = DlmsMeter::em114070(&dlms_id(&cfg.dlms_id_prefix, cfg.first_dlms_number + n as u64));
             meter.dynamic = cfg.dynamic;
+            meter.push_clock = cfg.push_clock;
             meter.logical_device_name = format!("IVY{}", meter.id);
             let meter = Arc::new(meter);
             values_per_push = meter.push_values(PushForm::DataNotification) as u64 + u64::from(cfg.stamp);
             if let Some((_, form)) = cfg.push
-                && form != PushForm::DataNotification
+                && !form.is_data()
             {
                 values_per_push = 1;
             }

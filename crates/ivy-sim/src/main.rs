@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use ivy_protocol::dlt645::RelayAuth;
 use ivy_sim::ReplyLatency;
-use ivy_sim::dlms::PushForm;
+use ivy_sim::dlms::{DlmsMeter, PushClock, PushForm};
 use ivy_sim::fleet::{FaultPlan, Fleet, FleetConfig, FleetSummary, IdentifyMode};
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -68,6 +68,20 @@ struct Args {
     /// DLMS push form.
     #[arg(long, value_enum, default_value_t = PushArg::Data)]
     push_form: PushArg,
+
+    /// Stamp pushes with the meter clock (DataNotification date-time, standard EventNotification time): the
+    /// meter's local time is UTC + this many minutes.
+    #[arg(long, allow_hyphen_values = true)]
+    push_time_offset_min: Option<i32>,
+
+    /// With --push-time-offset-min: send the clock without its deviation (0x8000, as the EM114070 does), so the
+    /// gateway must apply meters.timezone.
+    #[arg(long, requires = "push_time_offset_min")]
+    push_time_no_deviation: bool,
+
+    /// Print the OBIS codes of the positional push form (for dlms.push_objects) and exit.
+    #[arg(long)]
+    print_push_objects: bool,
 
     /// Add the send time (µs) to every DataNotification as object 0-0:96.240.0.255, for latency measurements.
     #[arg(long)]
@@ -161,7 +175,18 @@ enum IdentifyArg {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum PushArg {
     /// DataNotification with {OBIS, value} pairs.
+    #[value(alias = "pairs")]
     Data,
+    /// DataNotification with {OBIS, value, {scaler, unit}} triples.
+    Triples,
+    /// DataNotification with a flat OBIS, value, OBIS, value... structure.
+    Flat,
+    /// DataNotification with a list identifier ("LIST_V001"), then flat pairs.
+    ListFlat,
+    /// DataNotification whose first element is the push object list, then the values.
+    SelfDescribing,
+    /// DataNotification with values only (the gateway needs dlms.push_objects; see --print-push-objects).
+    Positional,
     /// EventNotification, standard layout.
     Event,
     /// EventNotification, EM114070 layout.
@@ -249,12 +274,20 @@ fn fleet_config(a: &Args) -> anyhow::Result<FleetConfig> {
         push: (a.push_interval_ms > 0).then(|| {
             let form = match a.push_form {
                 PushArg::Data => PushForm::DataNotification,
+                PushArg::Triples => PushForm::DataTriples,
+                PushArg::Flat => PushForm::DataFlat,
+                PushArg::ListFlat => PushForm::DataListFlat,
+                PushArg::SelfDescribing => PushForm::DataSelfDescribing,
+                PushArg::Positional => PushForm::DataPositional,
                 PushArg::Event => PushForm::EventStandard,
                 PushArg::EventEm114070 => PushForm::EventEm114070,
             };
             (Duration::from_millis(a.push_interval_ms), form)
         }),
         stamp: a.stamp,
+        push_clock: a
+            .push_time_offset_min
+            .map(|offset_minutes| PushClock { offset_minutes, deviation: !a.push_time_no_deviation }),
         dynamic: !a.static_values,
         relay_auth,
         sources: a.sources.as_deref().map(parse_sources).transpose()?.unwrap_or_default(),
@@ -416,6 +449,12 @@ fn run_sharded(args: &Args, total: u64) -> anyhow::Result<FleetSummary> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.print_push_objects {
+        let objects: Vec<String> =
+            DlmsMeter::em114070("0").push_object_list().iter().map(|(o, _)| format!("\"{o}\"")).collect();
+        println!("push_objects = [{}]", objects.join(", "));
+        return Ok(());
+    }
     let cfg = fleet_config(&args)?;
     let connections = cfg.dlt645_meters.div_ceil(cfg.addresses_per_connection.max(1)) + cfg.dlms_meters;
     let summary = if args.processes > 1 && args.shard.is_none() {

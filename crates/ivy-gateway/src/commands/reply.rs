@@ -76,6 +76,7 @@ fn details_json(details: &ErrorDetails) -> Map<String, Value> {
         ErrorDetails::Dlt645 { code, flags } => json!({"error_flags": flags, "error_code": code}),
         ErrorDetails::DataAccess { code, name } => json!({"data_access_result": code, "data_access_result_name": name}),
         ErrorDetails::Action { code, name } => json!({"action_result": code, "action_result_name": name}),
+        ErrorDetails::Malformed { parse_error, apdu } => json!({"parse_error": parse_error, "apdu": apdu}),
     };
     match value {
         Value::Object(m) => m,

@@ -238,6 +238,16 @@ pub(crate) async fn meter(
     if let Some(info) = &online {
         m.insert("port".into(), json!(info.port));
     }
+    // DLMS association state: rejected (with the back-off) or ok.
+    let rejection = s.registry.dlms_rejection(&id);
+    let dlms_online = online.as_ref().is_some_and(|i| i.protocol == crate::model::Source::Dlms);
+    if rejection.is_some() || dlms_online {
+        let mut state = rejection.unwrap_or_else(|| json!({"association": "ok"}));
+        if let Some(retry_at) = state.get("retryAt").and_then(Value::as_u64) {
+            state["retryInMs"] = json!(retry_at.saturating_sub(crate::model::now_ms()));
+        }
+        m.insert("dlms".into(), state);
+    }
     m.insert("readings".into(), json!(view.latest()));
     m.insert("alarms".into(), json!(alarms));
     Ok(Json(Value::Object(m)))

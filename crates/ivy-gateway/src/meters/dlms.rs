@@ -4,28 +4,29 @@
 //! [`Association`]; this module only moves bytes and time.
 
 use super::conn::{Conn, EndReason, ReadOutcome};
+use super::dlms_health::{AssociationChange, RejectionBackoff, WarnLimiter};
+use super::dlms_values::{self, ValueContext};
 use super::driver::{self, Driver, Failure, Reads};
 use super::poll::{self, PollTimer};
 use super::{RelayConfirmation, RelayDetail, RelayMode, RelayState, TimeSet};
 use crate::error::{ErrorCode, ErrorDetails, OpError};
 use crate::hub::HubEvent;
 use crate::metrics::PollOutcome;
-use crate::model::{MeterEvent, Reading, ReadingValue, Severity, Source, now_ms};
+use crate::model::{MeterEvent, Reading, Severity, Source, now_ms};
 use crate::registers::{ObisTarget, Target};
 use ivy_protocol::dlms::apdu::{
-    Apdu, AttributeDescriptor, Conformance, DataAccessResult, GetDataResult, MethodDescriptor,
+    Apdu, ApduError, AttributeDescriptor, Conformance, DataAccessResult, GetDataResult, MethodDescriptor,
 };
 use ivy_protocol::dlms::association::{
     Association, AssociationFailure, ClientConfig, Event, Request, RequestError, RequestId, Response,
 };
-use ivy_protocol::dlms::json::{data_json, json_int};
-use ivy_protocol::dlms::registry::{CLOCK, DISCONNECT_CONTROL, LOGICAL_DEVICE_NAME, SERIAL_NUMBER, apply_scaler};
-use ivy_protocol::dlms::units::unit_symbol;
-use ivy_protocol::dlms::{CosemDateTime, Data, Obis};
+use ivy_protocol::dlms::push::decode_notification;
+use ivy_protocol::dlms::registry::{CLOCK, DISCONNECT_CONTROL, LOGICAL_DEVICE_NAME, SERIAL_NUMBER};
+use ivy_protocol::dlms::{CosemDateTime, Data, MeterZone, Obis, ObisRegistry};
 use ivy_protocol::registration::{MeterId, RuleMatch, match_any};
 use ivy_protocol::wrapper::{Framer, FramerEvent, Packet, Ports};
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -34,6 +35,8 @@ use tokio::time::Instant;
 const FLUSH_AFTER: Duration = Duration::from_millis(200);
 /// Pushes kept while the meter is not identified yet.
 const MAX_PENDING_PUSHES: usize = 32;
+/// At most one warning of a kind per meter per this period.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 struct DlmsDriver<'a> {
     conn: &'a mut Conn,
@@ -54,17 +57,26 @@ struct DlmsDriver<'a> {
     /// Events for requests other than the one being awaited (cannot happen with one request at a time, kept for
     /// safety) and pushes before identification.
     pending_pushes: VecDeque<Apdu>,
+    /// The zone of the meter's clock (from the configuration, once identified).
+    zone: MeterZone,
+    /// The meter's configured scaler table.
+    scaler_table: Option<BTreeMap<Obis, i8>>,
+    /// `dlms.push_objects`, parsed.
+    positional: Vec<Obis>,
+    /// Back-off after association rejections.
+    backoff: RejectionBackoff,
+    /// Warnings at most once a minute: unplaceable push elements, skewed capture times, malformed replies.
+    push_warn: WarnLimiter,
+    clock_warn: WarnLimiter,
+    parse_warn: WarnLimiter,
+    /// A malformed reply to the request being awaited.
+    malformed_reply: Option<ApduError>,
 }
 
 enum Never {}
 
-/// Runs the DLMS conversation until the connection ends.
-pub(crate) async fn run(
-    conn: &mut Conn,
-    requests: &mut mpsc::Receiver<super::QueuedRequest>,
-    leftover: Vec<u8>,
-) -> EndReason {
-    let cfg = &conn.ctx.config.dlms;
+/// The client settings (AARQ, invoke-id bits) from `[dlms]`.
+pub(crate) fn client_config(cfg: &crate::config::DlmsConfig) -> ClientConfig {
     let mut aarq = ivy_protocol::dlms::apdu::Aarq {
         conformance: Conformance(cfg.conformance),
         max_pdu: cfg.max_pdu_size,
@@ -73,14 +85,31 @@ pub(crate) async fn run(
     if let Some(pw) = &cfg.lls_password {
         aarq = aarq.with_lls(pw.as_bytes());
     }
-    let client = ClientConfig {
+    ClientConfig {
         aarq,
         priority_high: cfg.priority_high,
         confirmed: cfg.service_class_confirmed,
         association_timeout: Duration::from_millis(cfg.association_timeout_ms),
         response_timeout: Duration::from_millis(cfg.response_timeout_ms),
         ..ClientConfig::default()
-    };
+    }
+}
+
+/// The wrapped AARQ that probes a silent connection for a DLMS meter (its AARE makes the connection DLMS; the
+/// driver then reads the logical device name).
+pub(crate) fn association_probe(cfg: &crate::config::DlmsConfig) -> Option<Vec<u8>> {
+    let aarq = Apdu::Aarq(client_config(cfg).aarq).encode();
+    Ports { source: cfg.client_wport, destination: cfg.server_wport }.wrap(&aarq).ok()
+}
+
+/// Runs the DLMS conversation until the connection ends.
+pub(crate) async fn run(
+    conn: &mut Conn,
+    requests: &mut mpsc::Receiver<super::QueuedRequest>,
+    leftover: Vec<u8>,
+) -> EndReason {
+    let cfg = &conn.ctx.config.dlms;
+    let client = client_config(cfg);
     let identify_after = Duration::from_secs(conn.ctx.config.meters.identify_after_secs);
     let meter = conn.meters.first().cloned();
     let mut s = DlmsDriver {
@@ -96,6 +125,17 @@ pub(crate) async fn run(
         undefined: HashSet::new(),
         scalers: HashMap::new(),
         pending_pushes: VecDeque::new(),
+        zone: MeterZone::Fixed(conn.ctx.config.meters.clock_utc_offset_minutes),
+        scaler_table: None,
+        positional: cfg.push_objects.iter().filter_map(|c| c.get().copied()).collect(),
+        backoff: RejectionBackoff::new(
+            Duration::from_millis(cfg.rejection_backoff_initial_ms),
+            Duration::from_millis(cfg.rejection_backoff_max_ms),
+        ),
+        push_warn: WarnLimiter::new(WARN_EVERY),
+        clock_warn: WarnLimiter::new(WARN_EVERY),
+        parse_warn: WarnLimiter::new(WARN_EVERY),
+        malformed_reply: None,
         conn,
     };
     if let Some(id) = meter {
@@ -187,6 +227,11 @@ impl DlmsDriver<'_> {
         let ctx = &self.conn.ctx;
         self.plan = ctx.resolver.get().dlms_poll_plan(&id);
         self.timer = PollTimer::start(ctx, &id, !ctx.config.dlms.passive_only && !self.plan.is_empty());
+        self.zone = super::meter_time::zone_for(&ctx.config.meters, id.as_str());
+        self.scaler_table = dlms_values::scaler_table(&ctx.config.dlms.scaler_tables, id.as_str());
+        if let Some(status) = ctx.registry.dlms_rejection(&id) {
+            self.backoff.resume(&status, Instant::now(), now_ms());
+        }
         self.meter = Some(id);
         while let Some(apdu) = self.pending_pushes.pop_front() {
             self.on_push(&apdu);
@@ -207,24 +252,106 @@ impl DlmsDriver<'_> {
                 }
                 Event::Malformed(e) => {
                     self.conn.ctx.metrics.parse_error(e.kind_name());
-                    tracing::debug!(peer = %self.conn.peer, error = %e, "malformed DLMS APDU");
-                }
-                Event::AssociationFailed(f) => {
-                    tracing::warn!(peer = %self.conn.peer, failure = %f, "DLMS association failed");
-                    if let Some(m) = &self.meter {
-                        self.conn.ctx.hub.publish(HubEvent::Event(MeterEvent {
-                            meter_id: m.clone(),
-                            event: "dlms-error".into(),
-                            severity: Some(Severity::Warning),
-                            data: json!({"error": f.to_string()}),
-                            ts: now_ms(),
-                        }));
+                    if let Some(held_back) = self.parse_warn.allow(Instant::now()) {
+                        tracing::warn!(peer = %self.conn.peer, meter = ?self.meter.as_ref().map(MeterId::as_str),
+                            error = %e, kind = e.kind_name(), held_back, "malformed DLMS APDU");
+                    }
+                    // With one request on the wire, a malformed reply is its answer: fail it now, not at the timeout.
+                    if awaited.is_some() && is_reply_tag(e.tag) && self.assoc.awaiting_reply() {
+                        self.malformed_reply = Some(e);
                     }
                 }
-                Event::Associated(_) | Event::Released => {}
+                Event::AssociationFailed(f) => self.on_association_failed(&f),
+                Event::Associated(_) => {
+                    if let Some(AssociationChange::Restored { rejections }) = self.backoff.on_associated() {
+                        self.publish_rejection_state();
+                        self.publish_event(
+                            "dlms-association-restored",
+                            Severity::Info,
+                            json!({"rejections": rejections}),
+                        );
+                    }
+                }
+                Event::Released => {}
             }
         }
         found
+    }
+
+    /// An association failed: rejections enter (or continue) the back-off, with one event when it starts; other
+    /// failures (no AARE, a refusal) are reported each time.
+    fn on_association_failed(&mut self, f: &AssociationFailure) {
+        match f {
+            AssociationFailure::Rejected { diagnostic, .. } => {
+                let change = self.backoff.on_rejected(Instant::now(), now_ms(), diagnostic);
+                self.publish_rejection_state();
+                let retry_ms = self.backoff.retry_in(Instant::now()).map_or(0, |d| d.as_millis() as u64);
+                if change.is_some() {
+                    tracing::warn!(peer = %self.conn.peer, failure = %f, retry_ms, "DLMS association rejected; backing off");
+                    self.publish_event(
+                        "dlms-error",
+                        Severity::Warning,
+                        json!({"error": f.to_string(), "state": "rejected", "retryInMs": retry_ms}),
+                    );
+                } else {
+                    tracing::debug!(peer = %self.conn.peer, failure = %f, retry_ms, "DLMS association rejected again");
+                }
+            }
+            other => {
+                tracing::warn!(peer = %self.conn.peer, failure = %other, "DLMS association failed");
+                self.publish_event("dlms-error", Severity::Warning, json!({"error": other.to_string()}));
+            }
+        }
+    }
+
+    fn publish_event(&self, event: &str, severity: Severity, data: Value) {
+        if let Some(m) = &self.meter {
+            self.conn.ctx.hub.publish(HubEvent::Event(MeterEvent {
+                meter_id: m.clone(),
+                event: event.into(),
+                severity: Some(severity),
+                data,
+                ts: now_ms(),
+            }));
+        }
+    }
+
+    /// Shows the back-off state in `/api/meters/{id}`.
+    fn publish_rejection_state(&self) {
+        if let Some(m) = &self.meter {
+            self.conn.ctx.registry.set_dlms_rejection(m, self.backoff.status(Instant::now(), now_ms()));
+        }
+    }
+
+    /// While the meter rejects associations, no AARQ before the back-off allows one.
+    fn backoff_refusal(&self) -> Option<OpError> {
+        if self.assoc.is_associated() || self.backoff.may_attempt(Instant::now()) {
+            return None;
+        }
+        let wait = self.backoff.retry_in(Instant::now()).unwrap_or_default();
+        Some(OpError::new(
+            ErrorCode::AssociationRejected,
+            format!(
+                "the meter rejects associations ({}); next attempt in {} s",
+                self.backoff.diagnostic().unwrap_or("rejected"),
+                wait.as_secs_f64().ceil()
+            ),
+        ))
+    }
+
+    /// When a malformed reply arrived for request `id`: ends the exchange (as its timeout would) and names the
+    /// parse error, so the caller hears at once why instead of a timeout later.
+    fn fail_on_malformed(&mut self, id: RequestId) -> Option<Failure> {
+        let e = self.malformed_reply.take()?;
+        // Fire the exchange's own timer now.
+        let due = self.assoc.poll_timeout().unwrap_or_else(|| Instant::now().into_std());
+        self.assoc.handle_timeout(due);
+        let _ = self.drain_events(Some(id));
+        self.malformed_reply = None;
+        Some(Failure::Op(
+            OpError::new(ErrorCode::MeterError, format!("malformed reply from the meter ({}): {e}", e.kind_name()))
+                .with_details(ErrorDetails::Malformed { parse_error: e.kind_name(), apdu: e.apdu }),
+        ))
     }
 
     /// Sends what the association wants to send.
@@ -245,11 +372,18 @@ impl DlmsDriver<'_> {
         {
             self.conn.secrets_allowed(meter)?;
         }
+        if let Some(refusal) = self.backoff_refusal() {
+            return Err(Failure::Op(refusal));
+        }
+        self.malformed_reply = None;
         let id = self.assoc.request_until(request, deadline.into_std());
         loop {
             self.transmit().await?;
             if let Some(result) = self.drain_events(Some(id)) {
                 return result.map_err(|e| Failure::Op(op_error(e)));
+            }
+            if let Some(failure) = self.fail_on_malformed(id) {
+                return Err(failure);
             }
             // The association's next timer: its association or response timeout, or the request's deadline.
             let wake = self.assoc.poll_timeout().map_or(deadline, Instant::from_std);
@@ -335,7 +469,8 @@ impl DlmsDriver<'_> {
         self.finish_association().await
     }
 
-    /// A pushed EventNotification or DataNotification: one reading per value.
+    /// A pushed EventNotification or DataNotification: one reading per value the push names, stamped with its
+    /// capture time when it has one; elements that cannot be placed are counted and warned about (rate-limited).
     fn on_push(&mut self, apdu: &Apdu) {
         let Some(meter) = self.meter.clone() else {
             if self.pending_pushes.len() < MAX_PENDING_PUSHES {
@@ -345,129 +480,51 @@ impl DlmsDriver<'_> {
             }
             return;
         };
-        let mut readings = Vec::new();
-        match apdu {
-            Apdu::EventNotification(e) => {
-                readings.extend(self.reading(&meter, &e.attribute, &e.value));
+        let Some(push) = decode_notification(apdu, &self.positional) else { return };
+        if let Some(first) = push.skipped.first() {
+            for _ in &push.skipped {
+                self.conn.ctx.metrics.parse_error("push_element_skipped");
             }
-            Apdu::DataNotification(d) => {
-                for (attribute, value) in self.push_items(&d.body) {
-                    readings.extend(self.reading(&meter, &attribute, &value));
-                }
+            if let Some(held_back) = self.push_warn.allow(Instant::now()) {
+                tracing::warn!(meter = %meter, skipped = push.skipped.len(), element = first.index, reason = %first.reason,
+                    value = %first.value, held_back, "push elements that cannot be placed were skipped");
             }
-            _ => {}
         }
+        let tolerance_ms = self.conn.ctx.config.meters.capture_time_tolerance_secs.saturating_mul(1000);
+        let resolver = self.conn.ctx.resolver.get();
+        let readings = dlms_values::push_readings(&self.values(&resolver.obis), &meter, &push, now_ms(), tolerance_ms);
+        if readings.first().is_some_and(|r| r.meta.ts_skewed) {
+            self.conn.ctx.metrics.dlms_capture_time_skewed.inc();
+            if let Some(held_back) = self.clock_warn.allow(Instant::now()) {
+                tracing::warn!(meter = %meter, capture_ts = readings.first().map_or(0, |r| r.ts), held_back,
+                    "capture time far from the gateway clock: the meter's clock or zone is wrong");
+            }
+        }
+        self.conn.ctx.metrics.readings.inc_by(readings.len() as u64);
         driver::publish(self.conn, &meter, Source::Dlms, readings);
     }
 
-    /// The values of a DataNotification body: `(OBIS octet-string, value)` pairs (flat or as 2-element structures)
-    /// are self-describing; anything else is mapped by position to `dlms.push_objects`, or named `PUSH_<n>`.
-    fn push_items(&self, body: &Data) -> Vec<(AttributeDescriptor, Data)> {
-        let items: Vec<Data> = match body {
-            Data::Structure(v) | Data::Array(v) => v.clone(),
-            other => vec![other.clone()],
-        };
-        let obis_of = |d: &Data| match d {
-            Data::OctetString(b) => Obis::from_slice(b),
-            _ => None,
-        };
-        let resolver = self.conn.ctx.resolver.get();
-        let class_of = |o: &Obis| resolver.obis.get(o).map(|d| d.class_id).unwrap_or(3);
-        // Nested pairs: [{obis, value}, ...].
-        let nested: Option<Vec<_>> = items
-            .iter()
-            .map(|i| match i {
-                Data::Structure(p) => match p.as_slice() {
-                    [o, v] => obis_of(o).map(|o| (AttributeDescriptor::new(class_of(&o), o, 2), v.clone())),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect();
-        if let Some(pairs) = nested.filter(|p| !p.is_empty()) {
-            return pairs;
-        }
-        // Flat pairs: [obis, value, obis, value, ...].
-        if items.len().is_multiple_of(2) && !items.is_empty() {
-            let flat: Option<Vec<_>> = items
-                .chunks(2)
-                .map(|c| match c {
-                    [o, v] => obis_of(o).map(|o| (AttributeDescriptor::new(class_of(&o), o, 2), v.clone())),
-                    _ => None,
-                })
-                .collect();
-            if let Some(pairs) = flat {
-                return pairs;
-            }
-        }
-        let configured = &self.conn.ctx.config.dlms.push_objects;
-        items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let obis = configured
-                    .get(i)
-                    .and_then(|c| c.get().copied())
-                    // Unnamed values get a private OBIS code (A=0, B=128, C=128 + position) so they stay distinct.
-                    .unwrap_or(Obis::new(0, 128, 128, 0, i as u8, 255));
-                (AttributeDescriptor::new(class_of(&obis), obis, 2), v)
-            })
-            .collect()
+    /// What the normaliser needs to know about this meter.
+    fn values<'a>(&'a self, registry: &'a ObisRegistry) -> ValueContext<'a> {
+        ValueContext { registry, meter_scalers: &self.scalers, table: self.scaler_table.as_ref(), zone: &self.zone }
     }
 
-    /// A normalised reading for `value` of `attribute` (scaled by the meter's scaler_unit, else the registry's).
+    /// A normalised reading, stamped now, of a value read from the meter.
     fn reading(&self, meter: &MeterId, attribute: &AttributeDescriptor, value: &Data) -> Option<Reading> {
         let resolver = self.conn.ctx.resolver.get();
-        let registry = &resolver.obis;
-        let def = registry.get(&attribute.obis);
-        let base_key = def.map(|d| d.key.clone()).unwrap_or_else(|| obis_key(&attribute.obis));
-        let key = if attribute.attribute == 2 { base_key } else { format!("{base_key}_ATTR{}", attribute.attribute) };
-        let quantity = def.map(|d| d.quantity).unwrap_or(ivy_protocol::Quantity::Other);
-        let meter_scaler = self.scalers.get(&attribute.obis).copied();
-        let registry_unit = def.map(|d| d.unit.clone()).filter(|u| !u.is_empty());
-        let (reading_value, raw_value, unit) = match value {
-            Data::Float32(_) | Data::Float64(_) => {
-                (ReadingValue::Number(value.as_f64()?), json!(value.as_f64()), registry_unit)
-            }
-            v if v.as_i128().is_some() && !matches!(v, Data::Boolean(_) | Data::Enum(_)) => {
-                let raw = v.as_i128()?;
-                let (scaler, unit) = match meter_scaler {
-                    Some((s, code)) => {
-                        let meter_unit = unit_symbol(code).filter(|u| !u.is_empty()).map(str::to_owned);
-                        normalise_unit(s, meter_unit, registry_unit)
-                    }
-                    None => (def.and_then(|d| d.default_scaler).unwrap_or(0), registry_unit),
-                };
-                (ReadingValue::Number(apply_scaler(raw, scaler)), json_int(raw), unit)
-            }
-            Data::Boolean(b) => (ReadingValue::Number(f64::from(u8::from(*b))), json!(b), None),
-            Data::Enum(e) => (ReadingValue::Number(f64::from(*e)), json!(e), None),
-            Data::OctetString(b) if b.len() == 12 && attribute.obis == CLOCK || matches!(value, Data::DateTime(_)) => {
-                let bytes: [u8; 12] = match value {
-                    Data::DateTime(b) => *b,
-                    Data::OctetString(b) => b.as_slice().try_into().ok()?,
-                    _ => return None,
-                };
-                let t = CosemDateTime::from_bytes(&bytes);
-                (ReadingValue::Text(t.iso().unwrap_or_default()), json!(hex::encode(bytes)), None)
-            }
-            other => match other.as_text() {
-                Some(text) => (ReadingValue::Text(text), json!(other.as_bytes().map(hex::encode)), None),
-                None => (ReadingValue::Json(Value::Object(data_json(other))), Value::Null, None),
-            },
-        };
-        self.conn.ctx.metrics.readings.inc();
-        Some(Reading {
-            meter_id: meter.clone(),
-            source: Source::Dlms,
-            register: key,
-            data_id: attribute.obis.to_string(),
-            value: reading_value,
-            raw_value,
-            unit,
-            quantity,
-            ts: now_ms(),
-        })
+        let r = dlms_values::reading(
+            &self.values(&resolver.obis),
+            meter,
+            attribute,
+            value,
+            None,
+            now_ms(),
+            Default::default(),
+        );
+        if r.is_some() {
+            self.conn.ctx.metrics.readings.inc();
+        }
+        r
     }
 
     /// One active poll cycle: the plan's values (and the scaler_units not known yet), then release.
@@ -483,6 +540,11 @@ impl DlmsDriver<'_> {
             return Ok(());
         }
         let started = Instant::now();
+        // A meter that rejects associations is left alone until its back-off allows the next AARQ.
+        if self.backoff_refusal().is_some() {
+            self.timer.schedule_next(&self.conn.ctx.config.polling, started);
+            return Ok(());
+        }
         let targets: Vec<ObisTarget> =
             self.plan.iter().filter(|t| !self.undefined.contains(&t.attribute.obis)).cloned().collect();
         let deadline = started + Duration::from_millis(self.conn.ctx.config.commands.timeout_ms);
@@ -559,7 +621,14 @@ impl DlmsDriver<'_> {
 
     /// The key of a register in a `read_all` answer: the registry's, else one made of the code.
     fn register_key(&self, obis: &Obis) -> String {
-        self.conn.ctx.resolver.get().obis.get(obis).map(|d| d.key.clone()).unwrap_or_else(|| obis_key(obis))
+        self.conn
+            .ctx
+            .resolver
+            .get()
+            .obis
+            .get_any_channel(obis)
+            .map(|d| d.key.clone())
+            .unwrap_or_else(|| dlms_values::obis_key(obis))
     }
 }
 
@@ -643,7 +712,8 @@ impl Driver for DlmsDriver<'_> {
     }
 
     async fn sync_time(&mut self, _meter: &MeterId, unix_ms: i64, deadline: Instant) -> Result<TimeSet, Failure> {
-        let offset_min = self.conn.ctx.config.meters.clock_utc_offset_minutes;
+        // The offset the meter's zone has at that instant (DST included).
+        let offset_min = self.zone.offset_at(unix_ms);
         let mut t = CosemDateTime::from_unix_utc(unix_ms.div_euclid(1000) + i64::from(offset_min) * 60);
         // Blue Book sign: UTC = local + deviation.
         t.deviation = Some(i16::try_from(-offset_min).unwrap_or(0));
@@ -687,22 +757,6 @@ impl Driver for DlmsDriver<'_> {
     }
 }
 
-/// `OBIS_1_0_12_7_0_255` for codes the registry does not name.
-fn obis_key(o: &Obis) -> String {
-    let [a, b, c, d, e, f] = o.bytes();
-    format!("OBIS_{a}_{b}_{c}_{d}_{e}_{f}")
-}
-
-/// The meter's scaler and unit, converted to the registry's unit when it is the same unit with a `k` prefix
-/// (Wh → kWh): the published unit stays the one clients expect.
-fn normalise_unit(scaler: i8, meter_unit: Option<String>, registry_unit: Option<String>) -> (i8, Option<String>) {
-    match (meter_unit, registry_unit) {
-        (Some(m), Some(r)) if r == format!("k{m}") => (scaler.saturating_sub(3), Some(r)),
-        (Some(m), _) => (scaler, Some(m)),
-        (None, r) => (scaler, r),
-    }
-}
-
 fn dar_error(dar: DataAccessResult) -> OpError {
     OpError::new(ErrorCode::MeterError, format!("meter error: {dar}"))
         .with_details(ErrorDetails::DataAccess { code: dar.0, name: dar.name() })
@@ -723,15 +777,8 @@ fn op_error(e: RequestError) -> OpError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn units_are_normalised_to_the_registry() {
-        assert_eq!(normalise_unit(0, Some("Wh".into()), Some("kWh".into())), (-3, Some("kWh".into())));
-        assert_eq!(normalise_unit(-2, Some("V".into()), Some("V".into())), (-2, Some("V".into())));
-        assert_eq!(normalise_unit(1, None, Some("W".into())), (1, Some("W".into())));
-        assert_eq!(obis_key(&Obis::new(1, 0, 99, 1, 0, 255)), "OBIS_1_0_99_1_0_255");
-    }
+/// Tags of the APDUs a meter sends in answer to a request (AARE, RLRE, GET/SET/ACTION.response, ExceptionResponse,
+/// ConfirmedServiceError).
+fn is_reply_tag(tag: u8) -> bool {
+    matches!(tag, 0x61 | 0x63 | 0xC4 | 0xC5 | 0xC7 | 0xD8 | 0x0E)
 }

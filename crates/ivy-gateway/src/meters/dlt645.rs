@@ -290,6 +290,7 @@ impl Dlt645Driver<'_> {
             unit: def.map(|d| d.unit.clone()).filter(|u| !u.is_empty()),
             quantity: def.map(|d| d.quantity).unwrap_or(ivy_protocol::Quantity::Other),
             ts: now_ms(),
+            meta: Default::default(),
         })
     }
 

@@ -8,6 +8,7 @@ use super::SessionHandle;
 use crate::lock::lock;
 use crate::model::Source;
 use ivy_protocol::registration::MeterId;
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -62,6 +63,8 @@ pub struct Registry {
     meters: Mutex<HashMap<MeterId, Entry>>,
     /// Every meter id registered since start (the "meters total" figure).
     seen: Mutex<HashSet<MeterId>>,
+    /// DLMS meters whose associations are being rejected: their back-off state (for `/api/meters/{id}`).
+    dlms_rejections: Mutex<HashMap<MeterId, Value>>,
 }
 
 impl Registry {
@@ -72,6 +75,27 @@ impl Registry {
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<MeterId, Entry>> {
         lock(&self.meters)
+    }
+
+    /// Records (or, with `None`, clears) the association back-off state of a DLMS meter.
+    pub fn set_dlms_rejection(&self, meter_id: &MeterId, state: Option<Value>) {
+        let mut map = lock(&self.dlms_rejections);
+        match state {
+            Some(v) => {
+                // Bounded like the seen set: one entry per rejecting meter.
+                if map.len() < MAX_SEEN || map.contains_key(meter_id) {
+                    map.insert(meter_id.clone(), v);
+                }
+            }
+            None => {
+                map.remove(meter_id);
+            }
+        }
+    }
+
+    /// The association back-off state of a DLMS meter that is rejecting associations.
+    pub fn dlms_rejection(&self, meter_id: &MeterId) -> Option<Value> {
+        lock(&self.dlms_rejections).get(meter_id).cloned()
     }
 
     /// Meters registered since start (online or not).

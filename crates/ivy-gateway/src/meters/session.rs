@@ -42,6 +42,7 @@ async fn detect(conn: &mut Conn) -> Result<(Protocol, Vec<u8>), EndReason> {
     let deadline = Instant::now() + Duration::from_secs(conn.ctx.config.meters.detection_timeout_secs);
     let probe_every = Duration::from_secs(conn.ctx.config.meters.identify_after_secs);
     let mut probe_at = Instant::now() + probe_every;
+    let mut probes = 0u32;
     let mut unknown_logged = false;
     loop {
         match detector.poll() {
@@ -73,12 +74,21 @@ async fn detect(conn: &mut Conn) -> Result<(Protocol, Vec<u8>), EndReason> {
                 }
                 ReadOutcome::End(reason) => return Err(reason),
             },
-            // A connection that says nothing: DL/T 645 meters answer a read-address request to the wildcard address
-            // (DLMS meters ignore it, and the EM114070 announces itself with its heartbeat anyway).
+            // A connection that says nothing: DL/T 645 meters answer a read-address request to the wildcard address,
+            // DLMS meters an AARQ (each ignores the other's frame). The probes alternate, read-address first; the
+            // EM114070 announces itself with its heartbeat anyway.
             _ = tokio::time::sleep_until(probe_at), if detector.skipped() == 0 && !unknown_logged => {
                 probe_at = Instant::now() + probe_every;
-                let frame = ivy_protocol::dlt645::Frame::read_address();
-                conn.send(&frame.encode_with_preamble(conn.ctx.config.dlt645.wakeup_preamble)).await?;
+                probes += 1;
+                let probe = if probes % 2 == 1 {
+                    ivy_protocol::dlt645::Frame::read_address().encode_with_preamble(conn.ctx.config.dlt645.wakeup_preamble)
+                } else {
+                    match super::dlms::association_probe(&conn.ctx.config.dlms) {
+                        Some(bytes) => bytes,
+                        None => continue,
+                    }
+                };
+                conn.send(&probe).await?;
             }
             _ = tokio::time::sleep_until(deadline) => {
                 if !unknown_logged {

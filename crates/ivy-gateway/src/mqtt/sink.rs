@@ -4,7 +4,7 @@
 use super::topics::TopicPrefix;
 use super::{OutboundMessage, Publisher, Qos};
 use crate::hub::HubEvent;
-use crate::model::{MeterEvent, Reading, Source, StatusChange};
+use crate::model::{MeterEvent, Reading, Source, StatusChange, TsSource};
 use ivy_protocol::registration::MeterId;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -26,11 +26,23 @@ pub(crate) struct TelemetryPayload<'a> {
     #[serde(rename = "rawValue")]
     raw_value: &'a Value,
     unit: Option<&'a str>,
+    #[serde(rename = "receivedAt")]
+    received_at: u64,
+    #[serde(rename = "tsSource")]
+    ts_source: TsSource,
+    #[serde(rename = "tsSkewed", skip_serializing_if = "std::ops::Not::not")]
+    ts_skewed: bool,
+    #[serde(rename = "scalerKnown", skip_serializing_if = "Option::is_none")]
+    scaler_known: Option<bool>,
 }
 
 /// The telemetry payload of one reading.
 pub(crate) fn telemetry_payload(r: &Reading) -> TelemetryPayload<'_> {
     TelemetryPayload {
+        received_at: r.meta.received_at.unwrap_or(r.ts),
+        ts_source: r.meta.ts_source,
+        ts_skewed: r.meta.ts_skewed,
+        scaler_known: r.meta.scaler_known,
         ts: r.ts,
         meter_id: r.meter_id.as_str(),
         source: r.source.as_str(),

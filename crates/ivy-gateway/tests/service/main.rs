@@ -2,6 +2,7 @@
 //! TCP, and real MQTT clients.
 
 mod commands;
+mod dlms_field;
 mod fleet;
 mod harness;
 mod http;

@@ -10,7 +10,9 @@ pub mod extent;
 #[cfg(feature = "json")]
 pub mod json;
 pub mod obis;
+pub mod push;
 pub mod registry;
+pub mod timezone;
 pub mod units;
 
 pub use apdu::{Apdu, ApduError, AttributeDescriptor, Conformance, DataAccessResult, InvokeIdAndPriority};
@@ -18,4 +20,6 @@ pub use axdr::{AxdrError, Data};
 pub use datetime::CosemDateTime;
 pub use extent::{ApduExtent, apdu_extent, is_apdu_tag};
 pub use obis::Obis;
+pub use push::{Push, PushedValue, decode_notification};
 pub use registry::{ObisDef, ObisRegistry};
+pub use timezone::{MeterZone, ZonedTime};

@@ -355,6 +355,16 @@ impl ObisRegistry {
         self.by_obis.get(obis).and_then(|i| self.defs.get(*i))
     }
 
+    /// By code; a code of channel B = 1..=64 that is not registered itself takes the channel-0 definition
+    /// (IEC 62056-61: B is the measurement channel; single-channel meters use 0 or 1, e.g. `1-1:32.7.0.255` is
+    /// the L1 voltage like `1-0:32.7.0.255`).
+    pub fn get_any_channel(&self, obis: &Obis) -> Option<&ObisDef> {
+        self.get(obis).or_else(|| {
+            let [a, b, c, d, e, f] = obis.bytes();
+            (1..=64).contains(&b).then(|| self.get(&Obis::new(a, 0, c, d, e, f))).flatten()
+        })
+    }
+
     /// By key (case-insensitive; `_`, `-` ignored) or by OBIS text.
     pub fn lookup(&self, name: &str) -> Option<&ObisDef> {
         if let Ok(obis) = name.parse::<Obis>() {
@@ -374,6 +384,16 @@ pub fn apply_scaler(raw: i128, scaler: i8) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_codes_fall_back_to_channel_zero() {
+        let r = ObisRegistry::builtin();
+        let l1 = Obis::new(1, 1, 32, 7, 0, 255);
+        assert_eq!(r.get(&l1), None);
+        assert_eq!(r.get_any_channel(&l1).map(|d| d.key.as_str()), Some("VOLTAGE_L1"));
+        assert_eq!(r.get_any_channel(&Obis::new(1, 1, 0, 2, 129, 255)), None);
+        assert_eq!(r.get_any_channel(&Obis::new(1, 65, 32, 7, 0, 255)), None);
+    }
 
     #[test]
     fn builtin_and_scaling() {
