@@ -24,3 +24,4 @@ pub mod reload;
 pub mod stats;
 pub mod tls;
 pub mod systemd;
+pub mod store;

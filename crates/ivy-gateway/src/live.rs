@@ -34,7 +34,7 @@ impl Default for LiveLimits {
 }
 
 /// The latest value of one register.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct LatestReading {
     /// Normalised value.
@@ -378,6 +378,29 @@ impl LiveView {
             }
             v
         });
+    }
+
+    /// Seeds the view with a meter remembered from before a restart (offline until it reconnects), with its last
+    /// known values.
+    pub(crate) fn restore(&self, m: &crate::store::query::StoredMeter) {
+        let mut inner = self.lock();
+        let limits = self.limits;
+        let Some(view) = Self::meter(&mut inner, &limits, &m.meter_id) else { return };
+        view.online = false;
+        view.protocol = match m.protocol.as_deref() {
+            Some("dlt645") => Some(Source::Dlt645),
+            Some("dlms") => Some(Source::Dlms),
+            _ => view.protocol,
+        };
+        view.ip.clone_from(&m.ip);
+        view.last_seen = view.last_seen.max(m.last_seen);
+        view.offline_reason = Some("not connected since the gateway started".into());
+        for (register, value) in &m.snapshot {
+            if let Ok(latest) = serde_json::from_value::<LatestReading>(value.clone()) {
+                view.last_reading_at = Some(view.last_reading_at.unwrap_or(0).max(latest.ts));
+                view.latest.insert(register.clone(), latest);
+            }
+        }
     }
 
     /// Every known meter (without readings), sorted by id.

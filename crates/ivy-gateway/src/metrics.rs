@@ -248,6 +248,14 @@ pub struct Metrics {
     pub http_sessions: Gauge,
     /// Live-stream (SSE) clients connected now.
     pub http_stream_clients: Gauge,
+    /// Readings the store did not write: its queue was full (the writer fell behind) or the batch failed.
+    pub store_dropped: Counter,
+    /// Readings written to the store.
+    pub store_written: Counter,
+    /// Hub events waiting for the store writer.
+    pub store_queue: Gauge,
+    /// Bytes of live data in the database.
+    pub store_bytes: Gauge,
 }
 
 /// Label: HTTP status class.
@@ -315,6 +323,10 @@ impl Metrics {
             http_csp_reports: Counter::default(),
             http_sessions: Gauge::default(),
             http_stream_clients: Gauge::default(),
+            store_dropped: Counter::default(),
+            store_written: Counter::default(),
+            store_queue: Gauge::default(),
+            store_bytes: Gauge::default(),
         }
     }
 }
@@ -428,6 +440,10 @@ impl Metrics {
         r.register("http_csp_reports", "CSP violations reported by browsers", m.http_csp_reports.clone());
         r.register("http_sessions", "Dashboard and API sessions open now", m.http_sessions.clone());
         r.register("http_stream_clients", "Live-stream clients connected now", m.http_stream_clients.clone());
+        r.register("store_dropped", "Readings not stored (writer queue full or batch failed)", m.store_dropped.clone());
+        r.register("store_written", "Readings written to the store", m.store_written.clone());
+        r.register("store_queue", "Hub events waiting for the store writer", m.store_queue.clone());
+        r.register("store_bytes", "Bytes of live data in the store", m.store_bytes.clone());
         r
     }
 
