@@ -155,7 +155,7 @@ impl Writer {
                     batch.push(ev);
                     let deadline = tokio::time::Instant::now() + batch_window;
                     while rows < self.config.batch_rows {
-                        match rt.block_on(tokio::time::timeout_at(deadline, rx.recv())) {
+                        match rt.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
                             Ok(Some(ev)) => {
                                 rows += rows_of(&ev);
                                 batch.push(ev);

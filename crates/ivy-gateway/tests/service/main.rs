@@ -10,4 +10,5 @@ mod lifecycle;
 mod limits;
 mod polling;
 mod reload;
+mod store;
 mod tls;
