@@ -196,7 +196,7 @@ impl Gateway {
                 engine.restore_acknowledged(restored.acknowledged);
                 engine.restore_active(restored.active_alarms);
                 for m in &restored.meters {
-                    live.restore(m);
+                    live.restore(&m.meter_id, m.protocol.as_deref(), m.ip.as_deref(), m.last_seen, &m.snapshot);
                     if let Ok(id) = ivy_protocol::registration::MeterId::new(m.meter_id.clone()) {
                         engine.assume_offline(id, now);
                     }

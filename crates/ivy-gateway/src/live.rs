@@ -382,20 +382,27 @@ impl LiveView {
 
     /// Seeds the view with a meter remembered from before a restart (offline until it reconnects), with its last
     /// known values.
-    pub(crate) fn restore(&self, m: &crate::store::query::StoredMeter) {
+    pub(crate) fn restore(
+        &self,
+        meter_id: &str,
+        protocol: Option<&str>,
+        ip: Option<&str>,
+        last_seen: u64,
+        snapshot: &serde_json::Map<String, Value>,
+    ) {
         let mut inner = self.lock();
         let limits = self.limits;
-        let Some(view) = Self::meter(&mut inner, &limits, &m.meter_id) else { return };
+        let Some(view) = Self::meter(&mut inner, &limits, meter_id) else { return };
         view.online = false;
-        view.protocol = match m.protocol.as_deref() {
+        view.protocol = match protocol {
             Some("dlt645") => Some(Source::Dlt645),
             Some("dlms") => Some(Source::Dlms),
             _ => view.protocol,
         };
-        view.ip.clone_from(&m.ip);
-        view.last_seen = view.last_seen.max(m.last_seen);
+        view.ip = ip.map(str::to_owned);
+        view.last_seen = view.last_seen.max(last_seen);
         view.offline_reason = Some("not connected since the gateway started".into());
-        for (register, value) in &m.snapshot {
+        for (register, value) in snapshot {
             if let Ok(latest) = serde_json::from_value::<LatestReading>(value.clone()) {
                 view.last_reading_at = Some(view.last_reading_at.unwrap_or(0).max(latest.ts));
                 view.latest.insert(register.clone(), latest);

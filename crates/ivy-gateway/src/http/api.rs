@@ -558,7 +558,11 @@ pub(crate) async fn acknowledge(
             // Durable before the answer: a 200 means the acknowledgement survives a crash.
             store.acknowledge(alarm_id.clone(), caller.user.clone(), now_ms()).await.map_err(|e| {
                 tracing::error!(error = %e, "could not persist the alarm acknowledgement");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_persisted", "the acknowledgement could not be stored")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_persisted",
+                    "the acknowledgement could not be stored",
+                )
             })?;
             alarm
         }

@@ -1,7 +1,8 @@
 //! Reading the store: known meters, alarms, events, history (raw points or min/avg/max/last per time bucket),
 //! CSV export and the integrity check. Every function takes a reading connection ([`super::open_reader`]).
 
-use super::StoreError;
+use super::db::{StoreError, used_bytes};
+use super::schema;
 use crate::alarms::{ActiveAlarm, AlarmType};
 use crate::model::Severity;
 use rusqlite::{Connection, params};
@@ -511,7 +512,7 @@ pub fn check(conn: &Connection) -> Result<CheckReport, StoreError> {
         conn.query_row("SELECT min(ts), max(ts) FROM readings", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(CheckReport {
         integrity,
-        schema_version: super::schema::version(conn)
+        schema_version: schema::version(conn)
             .map_err(|source| StoreError::Schema { path: std::path::PathBuf::new(), source })?,
         meters: count("SELECT count(*) FROM meters")?,
         series: count("SELECT count(*) FROM series")?,
@@ -524,6 +525,6 @@ pub fn check(conn: &Connection) -> Result<CheckReport, StoreError> {
         alarms: count("SELECT count(*) FROM alarms")?,
         active_alarms: count("SELECT count(*) FROM alarms WHERE cleared_at IS NULL")?,
         outbox_pending: count("SELECT count(*) FROM outbox WHERE sent_at IS NULL")?,
-        used_bytes: super::writer::used_bytes(conn)?,
+        used_bytes: used_bytes(conn)?,
     })
 }

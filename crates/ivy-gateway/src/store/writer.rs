@@ -1,7 +1,7 @@
 //! The one writer: hub events in, batched transactions out, and retention pruned in small chunks between
 //! batches. Runs on its own thread (SQLite calls block), never on the meter or MQTT path.
 
-use super::{DAY_MS, StoreError, StoreStatus};
+use super::db::{DAY_MS, StoreError, StoreStatus, used_bytes};
 use crate::config::StoreConfig;
 use crate::hub::HubEvent;
 use crate::model::{MeterEvent, Reading, Source, StatusChange, now_ms};
@@ -389,14 +389,6 @@ pub fn migrate_acks_file(conn: &Connection, file: &std::path::Path) -> Result<us
     }
     std::fs::rename(file, file.with_extension("json.migrated"))?;
     Ok(ids.len())
-}
-
-/// Bytes of live data: pages in use (not on the free list) × page size.
-pub fn used_bytes(conn: &Connection) -> Result<u64, StoreError> {
-    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
-    let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
-    let size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
-    Ok(((pages - free).max(0) * size) as u64)
 }
 
 /// Deletes up to `chunk` readings of every series older than `cutoff` (ms); with `oldest_first` the chunk takes
