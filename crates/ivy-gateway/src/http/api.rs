@@ -157,6 +157,12 @@ pub(crate) async fn info(State(s): State<HttpState>, _caller: Caller) -> Json<Va
         "mqtt": {"topicPrefix": c.mqtt.topic_prefix, "port": c.mqtt.port, "wsPort": c.mqtt.ws_port, "authEnabled": c.mqtt.auth_enabled},
         "meters": {"port": c.meters.port},
         "polling": {"enabled": c.polling.enabled, "intervalMs": c.polling.interval_ms, "group": c.polling.group},
+        "alarms": {
+            "enabled": c.alarms.enabled, "overvoltageV": c.alarms.overvoltage_v, "undervoltageV": c.alarms.undervoltage_v,
+            "overcurrentA": c.alarms.overcurrent_a, "overloadKw": c.alarms.overload_kw,
+            "lowPowerFactor": c.alarms.low_power_factor,
+        },
+        "store": {"enabled": c.store.enabled, "retentionDays": c.store.retention_days},
         "commandMethods": Method::ALL.map(|m| m.as_str()),
     }))
 }
