@@ -270,6 +270,17 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_is_behind_when_its_queue_is_more_than_half_full() {
+        let status = StoreStatus::default();
+        assert!(!status.behind(), "no queue yet");
+        status.capacity.store(100, std::sync::atomic::Ordering::Relaxed);
+        status.queued.store(50, std::sync::atomic::Ordering::Relaxed);
+        assert!(!status.behind());
+        status.queued.store(51, std::sync::atomic::Ordering::Relaxed);
+        assert!(status.behind());
+    }
+
+    #[test]
     fn csv_rows_quote_and_parse_back() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = writer(dir.path(), StoreConfig::default());
