@@ -22,6 +22,6 @@ pub mod mqtt;
 pub mod registers;
 pub mod reload;
 pub mod stats;
-pub mod tls;
-pub mod systemd;
 pub mod store;
+pub mod systemd;
+pub mod tls;
