@@ -1,7 +1,8 @@
 // Dashboard test in headless Debian Chromium (playwright-core drives the system browser; nothing is downloaded).
 //
 // Starts the real gateway and the real simulator (debug builds from target/debug), then: logs in, sees a meter
-// appear without reload, opens its detail and sees a reading change, sends read_register and sees the answer,
+// appear without reload, opens its detail and sees a reading change, picks history ranges (stored history, time
+// axis, thresholds, hover read-out) and downloads the CSV, sends read_register and sees the answer,
 // acknowledges an alarm, cancels and confirms relay commands in the page's dialog that names the meter (a fresh
 // page starts with a read), checks untrusted text is shown as text, checks the viewer cannot command, sees the
 // "stream lost" banner when the gateway stops and the page recover when it is back, and renders 1000 meters.
@@ -12,7 +13,7 @@
 
 import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync, rmSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -226,6 +227,36 @@ async function main() {
       log(`     VOLTAGE_A ${first} -> ${second}`);
       await page.waitForFunction(() => Number(document.querySelector('.chart[data-register="VOLTAGE_A"]')?.dataset.points || 0) >= 2);
       await shot(page, 'meter-detail');
+    });
+
+    await step('stored history: range picker, time axis with units, thresholds, hover read-out, CSV download', async () => {
+      const chart = '.chart[data-register="VOLTAGE_A"]';
+      await page.click('#range-picker button[data-range="604800000"]');
+      await page.waitForSelector(`${chart}[data-range="604800000"][data-step="15m"]`, { timeout: 10000 });
+      await page.waitForSelector('#range-picker button[data-range="604800000"][aria-pressed="true"]');
+      const seven = await page.$eval(chart, (c) => ({ ...c.dataset }));
+      assert.ok(Number(seven.points) >= 1, `aggregated points: ${JSON.stringify(seven)}`);
+      assert.ok(Number(seven.xTicks) >= 3, `time axis ticks: ${JSON.stringify(seven)}`);
+      assert.equal(seven.unit, 'V');
+      assert.ok(Number(seven.thresholds) >= 1, `alarm thresholds drawn: ${JSON.stringify(seven)}`);
+      assert.match(await page.textContent('#history-source'), /stored history/);
+      const box = await page.$eval(`${chart} canvas`, (c) => { const r = c.getBoundingClientRect(); return { w: r.width, h: r.height }; });
+      await page.hover(`${chart} canvas`, { position: { x: box.w - 8, y: box.h / 2 } });
+      await page.waitForFunction((sel) => document.querySelector(`${sel} .readout`).textContent.length > 0, chart);
+      const readout = await page.textContent(`${chart} .readout`);
+      assert.match(readout, /avg .* V · min .* max /, readout);
+      await shot(page, 'history-7d');
+      await page.click('#range-picker button[data-range="3600000"]');
+      await page.waitForSelector(`${chart}[data-range="3600000"][data-step=""]`, { timeout: 10000 });
+      assert.ok(Number(await page.$eval(chart, (c) => c.dataset.points)) >= 2, 'raw points for one hour');
+      const [download] = await Promise.all([page.waitForEvent('download'), page.click('#csv-download')]);
+      const file = await download.path();
+      const lines = readFileSync(file, 'utf8').trim().split('\n');
+      assert.equal(lines[0], 'meter_id,register,ts,time,value,unit');
+      const voltage = lines.slice(1).filter((l) => l.startsWith(`${ALARM_METER},VOLTAGE_A,`));
+      assert.ok(voltage.length >= 2, `CSV rows of VOLTAGE_A: ${lines.length - 1} lines`);
+      for (const l of voltage) assert.ok(Number.isFinite(Number(l.split(',')[4])), l);
+      log(`     CSV download: ${lines.length - 1} rows, ${voltage.length} of VOLTAGE_A; suggested name ${download.suggestedFilename()}`);
     });
 
     await step('command console: read_register', async () => {

@@ -48,6 +48,7 @@ enum Which {
     Poll,
     Push,
     Hold,
+    Store,
 }
 
 fn output(cmd: &str, args: &[&str]) -> String {
@@ -105,7 +106,7 @@ fn main() -> anyhow::Result<()> {
             return saved;
         }
         let mut results = Vec::new();
-        for which in [Which::Idle, Which::Command, Which::Poll, Which::Push, Which::Hold] {
+        for which in [Which::Idle, Which::Command, Which::Poll, Which::Push, Which::Hold, Which::Store] {
             if !wanted(which) {
                 continue;
             }
@@ -116,6 +117,7 @@ fn main() -> anyhow::Result<()> {
                 Which::Poll => scenarios::poll(&bin, &scale).await,
                 Which::Push => scenarios::push(&bin, &scale).await,
                 Which::Hold => scenarios::hold(&bin, &scale).await,
+                Which::Store => scenarios::store(&bin, &scale).await,
             };
             let value = match r {
                 Ok(v) => v,

@@ -127,6 +127,12 @@ impl GatewayProcess {
     }
 
     /// Stops it with SIGTERM (SIGKILL after 15 s) and returns whether it exited cleanly.
+    /// The gateway's data directory (its SQLite store is `ivy.db` in it).
+    pub fn data_dir(&self) -> PathBuf {
+        self._data.path().join("data")
+    }
+
+    /// Stops the gateway (SIGTERM, then SIGKILL after 15 s); true when it exited cleanly.
     pub fn stop(mut self) -> bool {
         let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(15);

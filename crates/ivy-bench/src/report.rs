@@ -184,6 +184,56 @@ pub fn rows(results: &[Value]) -> Vec<[String; 5]> {
             p99.zip(f(c, "/success_rate")).map(|(p, s)| p < 5.0 && s >= 1.0),
         );
     }
+    if let Some(st) = find(results, "store") {
+        for (name, label) in [("store_off", "store off"), ("store_on", "store on")] {
+            let p = format!("/push/{name}");
+            let p99 = f(st, &format!("{p}/latency_p99_ms"));
+            let lost = f(st, &format!("{p}/lost"));
+            row(
+                "store",
+                &format!("push at {} readings/s, {label}: offered, lost, p99 (ms)", num(st, "/push_rate")),
+                format!(
+                    "{} / {} / {}",
+                    num(st, &format!("{p}/offered_per_s")),
+                    num(st, &format!("{p}/lost")),
+                    num(st, &format!("{p}/latency_p99_ms"))
+                ),
+                "0 lost, p99 < 50",
+                p99.zip(lost).map(|(p, l)| p < 50.0 && l == 0.0),
+            );
+        }
+        row(
+            "store",
+            "store on: readings stored / delivered",
+            format!("{} / {}", num(st, "/push/store_on/stored"), num(st, "/push/store_on/delivered")),
+            "all",
+            st.pointer("/push/store_on/stored_all").and_then(Value::as_bool),
+        );
+        row("store", "writer alone: insert rate (rows/s)", num(st, "/database/insert_rows_per_s"), "–", None);
+        let bytes = f(st, "/database/bytes_per_reading");
+        row(
+            "store",
+            "bytes on disk per reading, indexes included",
+            num(st, "/database/bytes_per_reading"),
+            "≤ 40",
+            bytes.map(|b| b <= 40.0),
+        );
+        let readings = format!("{} readings", num(st, "/database/readings"));
+        for (key, label) in [("step_1h", "step=1h over the whole span"), ("raw_24h", "raw 24 h")] {
+            let p99 = f(st, &format!("/database/{key}_p99_ms"));
+            row(
+                "store",
+                &format!("{label}, one register, p50 / p99 (ms) on {readings}"),
+                format!(
+                    "{} / {}",
+                    num(st, &format!("/database/{key}_p50_ms")),
+                    num(st, &format!("/database/{key}_p99_ms"))
+                ),
+                "p99 < 50 (≥ 50 million readings)",
+                p99.zip(f(st, "/database/readings")).map(|(p, n)| p < 50.0 && n >= 50e6),
+            );
+        }
+    }
     if let Some(i) = find(results, "idle") {
         row("idle", "RSS (MB)", num(i, "/rss_mb"), "< 20", f(i, "/rss_mb").map(|r| r < 20.0));
         row(

@@ -53,6 +53,14 @@ pub struct Scale {
     pub idle_runs: usize,
     /// Seconds an idle gateway runs before its settled RSS is taken.
     pub idle_settle_secs: u64,
+    /// Push rate of the store on/off comparison (readings/s).
+    pub store_push_rate: u64,
+    /// Meters of the synthetic history database (ten registers each, one reading a minute).
+    pub store_db_meters: usize,
+    /// Days of history in it.
+    pub store_db_days: u64,
+    /// Queries of each kind timed on it.
+    pub store_queries: usize,
 }
 
 impl Scale {
@@ -71,6 +79,11 @@ impl Scale {
             command_concurrency: 10,
             idle_runs: 5,
             idle_settle_secs: 30,
+            store_push_rate: 100_000,
+            // 116 meters × 10 registers × 43,200 minutes = 50.1 million readings.
+            store_db_meters: 116,
+            store_db_days: 30,
+            store_queries: 200,
         }
     }
 
@@ -89,6 +102,10 @@ impl Scale {
             command_concurrency: 4,
             idle_runs: 1,
             idle_settle_secs: 1,
+            store_push_rate: 500,
+            store_db_meters: 2,
+            store_db_days: 2,
+            store_queries: 10,
         }
     }
 }
@@ -468,5 +485,149 @@ pub async fn command(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> 
         "p50_ms": ms(quantile(&rtts, 0.5)),
         "p99_ms": ms(quantile(&rtts, 0.99)),
         "meter_overlaps": summary.overlaps,
+    }))
+}
+
+/// The SQLite store (SPEC 8): push at `store_push_rate` with the store off and on (same run, fresh gateways), and
+/// whether every delivered reading was stored; then, in process on the gateway's own writer and queries, a history
+/// database of `store_db_meters` × 10 registers × one reading a minute for `store_db_days`: the writer's insert
+/// rate, bytes on disk per reading, and the p50/p99 of `step=1h` over the whole span and of raw 24 h queries.
+pub async fn store(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
+    let mut push = serde_json::Map::new();
+    for (name, enabled) in [("store_off", "false"), ("store_on", "true")] {
+        let gw = GatewayProcess::spawn(bin, &[("STORE_ENABLED", enabled.to_owned())])?;
+        let bus = Bus::connect(gw.mqtt, USER).await?;
+        let step = push_step(&gw, &bus, scale.push_meters, scale.store_push_rate, scale.push_step_secs, 1).await?;
+        let mut result = step.result;
+        if enabled == "true" {
+            // The writer commits at most a batch window after the last reading.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let stored = stored_readings(&gw.data_dir().join("ivy.db"));
+            let delivered = result.get("delivered").and_then(Value::as_u64);
+            result["stored"] = json!(stored);
+            result["stored_all"] = json!(stored.is_some() && stored == delivered);
+            result["store_dropped"] = json!(bus.stat("/hub/sinks/store/droppedReadings"));
+        }
+        eprintln!("store push {name}: {result}");
+        push.insert(name.to_owned(), result);
+        gw.stop();
+    }
+    let db = tokio::task::spawn_blocking({
+        let (meters, days, queries) = (scale.store_db_meters, scale.store_db_days, scale.store_queries);
+        move || history_database(meters, days, queries)
+    })
+    .await
+    .map_err(|e| ScenarioError::Setup(e.to_string()))?
+    .map_err(|e| ScenarioError::Setup(format!("history database: {e}")))?;
+    Ok(json!({"scenario": "store", "push_rate": scale.store_push_rate, "push": push, "database": db}))
+}
+
+fn stored_readings(path: &Path) -> Option<u64> {
+    let conn = ivy_gateway::store::open_reader(path).ok()?;
+    conn.query_row("SELECT count(*) FROM readings", [], |r| r.get::<_, i64>(0)).ok().map(|n| n.max(0) as u64)
+}
+
+fn history_database(meters: usize, days: u64, queries: usize) -> Result<Value, ivy_gateway::store::StoreError> {
+    use ivy_gateway::hub::HubEvent;
+    use ivy_gateway::model::{Quantity, Reading, ReadingValue, Source};
+    use ivy_gateway::store::{self, query, writer::Writer};
+    use ivy_protocol::registration::MeterId;
+    use std::sync::Arc;
+    const REGISTERS: [&str; 10] = [
+        "VOLTAGE_A",
+        "VOLTAGE_B",
+        "VOLTAGE_C",
+        "CURRENT_A",
+        "CURRENT_B",
+        "CURRENT_C",
+        "ACTIVE_POWER_TOTAL",
+        "REACTIVE_POWER_TOTAL",
+        "POWER_FACTOR_TOTAL",
+        "COMBINED_ACTIVE_ENERGY",
+    ];
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("ivy.db");
+    let config = ivy_gateway::config::StoreConfig { max_size_mb: 1 << 20, retention_days: 3650, ..Default::default() };
+    let status = Arc::new(store::StoreStatus::default());
+    let mut writer = Writer::new(store::open_writer(&path)?, config.clone(), status);
+    let ids: Vec<MeterId> = (0..meters).filter_map(|m| MeterId::new(format!("bench{m:05}")).ok()).collect();
+    let minute = 60_000u64;
+    let end = 1_800_000_000_000u64 / minute * minute;
+    let start = end - days * 86_400_000;
+    let mut rows = 0u64;
+    let mut batch: Vec<Arc<HubEvent>> = Vec::new();
+    let mut batch_rows = 0usize;
+    let began = Instant::now();
+    let mut ts = start;
+    while ts < end {
+        for (m, id) in ids.iter().enumerate() {
+            let readings = REGISTERS
+                .iter()
+                .enumerate()
+                .map(|(r, key)| Reading {
+                    meter_id: id.clone(),
+                    source: Source::Dlms,
+                    register: (*key).to_owned(),
+                    data_id: String::new(),
+                    value: ReadingValue::Number(230.0 + ((ts / minute + (m * 10 + r) as u64) % 97) as f64 * 0.1),
+                    raw_value: Value::Null,
+                    unit: Some("V".into()),
+                    quantity: Quantity::Other,
+                    ts,
+                    meta: Default::default(),
+                })
+                .collect();
+            batch.push(Arc::new(HubEvent::Readings {
+                meter_id: id.clone(),
+                source: Source::Dlms,
+                readings,
+                snapshot: false,
+            }));
+            batch_rows += REGISTERS.len();
+            if batch_rows >= config.batch_rows {
+                rows += writer.write_batch(&batch)? as u64;
+                batch.clear();
+                batch_rows = 0;
+            }
+        }
+        ts += minute;
+    }
+    rows += writer.write_batch(&batch)? as u64;
+    writer.flush_snapshots()?;
+    let insert_secs = began.elapsed().as_secs_f64();
+    drop(writer);
+    let conn = store::open_writer(&path)?;
+    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
+    let used = store::used_bytes(&conn)?;
+    let file = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let reader = store::open_reader(&path)?;
+    let series = query::series(&reader, None, None)?.unwrap_or_default();
+    let mut rng = rand::rng();
+    let mut time = |f: &mut dyn FnMut(&query::Series) -> Result<usize, store::StoreError>| {
+        let mut lat = Vec::with_capacity(queries);
+        for _ in 0..queries {
+            let s = &series[rand::Rng::random_range(&mut rng, 0..series.len().max(1))];
+            let t = Instant::now();
+            f(s)?;
+            lat.push(t.elapsed().as_micros() as u64);
+        }
+        lat.sort_unstable();
+        Ok::<_, store::StoreError>(lat)
+    };
+    let step_lat =
+        time(&mut |s| Ok(query::buckets(&reader, std::slice::from_ref(s), start, end, 3_600_000, 10_000)?.len()))?;
+    let raw_lat =
+        time(&mut |s| Ok(query::points(&reader, std::slice::from_ref(s), end - 86_400_000, end, 10_000)?.len()))?;
+    Ok(json!({
+        "readings": rows,
+        "series": series.len(),
+        "insert_rows_per_s": (rows as f64 / insert_secs).round(),
+        "insert_secs": (insert_secs * 10.0).round() / 10.0,
+        "bytes_per_reading": ((used as f64 / rows.max(1) as f64) * 10.0).round() / 10.0,
+        "file_bytes": file,
+        "step_1h_p50_ms": ms(quantile(&step_lat, 0.5)),
+        "step_1h_p99_ms": ms(quantile(&step_lat, 0.99)),
+        "raw_24h_p50_ms": ms(quantile(&raw_lat, 0.5)),
+        "raw_24h_p99_ms": ms(quantile(&raw_lat, 0.99)),
     }))
 }

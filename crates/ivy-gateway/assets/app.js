@@ -14,6 +14,10 @@
     detailReadings: new Map(),  // register -> {value, unit, ts}
     history: new Map(),         // register -> [{ts, value}]
     historyUnits: new Map(),
+    historyBuckets: new Map(),  // register -> [{ts, min, max}] when the history is aggregated
+    range: 3600000,             // chart range (ms): 1 h, 24 h, 7 d or 30 d
+    historyStep: null,          // bucket width of the loaded history, null for raw points
+    thresholds: null,           // global alarm thresholds from /api/info
     events: [],
     alarms: [],
     logPaused: false,
@@ -30,7 +34,7 @@
 
   const MAX_EVENTS = 200;
   const MAX_LOG = 500;
-  const MAX_POINTS = 300;
+  const MAX_POINTS = 5000;
 
   const PARAM_TEMPLATES = {
     read_register: { register: 'VOLTAGE_A' },
@@ -148,6 +152,7 @@
       $('gateway-name').textContent = info.body.name || 'IVY Gateway';
       $('gateway-version').textContent = 'v' + info.body.version;
       document.title = (info.body.name || 'IVY Gateway') + ' — dashboard';
+      state.thresholds = info.body.alarms && info.body.alarms.enabled ? info.body.alarms : null;
     }
     await reloadAll();
     startStream();
@@ -291,17 +296,49 @@
     const m = r.body;
     for (const [reg, v] of Object.entries(m.readings || {})) state.detailReadings.set(reg, v);
     renderDetailHeader(m);
-    const h = await api('/api/meters/' + encodeURIComponent(id) + '/readings?limit=5000');
+    await loadHistory(id);
+    renderMeters();
+  }
+
+  // Bucket width per range: about 300 to 700 points per chart, one query each (raw points for one hour).
+  const RANGE_STEPS = { 3600000: null, 86400000: '5m', 604800000: '15m', 2592000000: '1h' };
+
+  async function loadHistory(id) {
+    const to = Date.now(), from = to - state.range;
+    const step = RANGE_STEPS[state.range] || null;
+    const base = '/api/meters/' + encodeURIComponent(id) + '/readings?from=' + from + '&to=' + to;
+    let h = await api(base + (step ? '&step=' + step : '') + '&limit=10000');
+    // Without the store there is only the in-memory ring (no aggregates).
+    if (!h.ok && step && h.body && h.body.code === 'store_disabled') h = await api(base + '&limit=5000');
     if (state.selected !== id) return;
+    state.history.clear();
+    state.historyBuckets.clear();
+    state.historyStep = h.ok && h.body.buckets ? step : null;
     if (h.ok) {
-      for (const p of h.body.points) {
+      for (const p of h.body.points || []) {
         if (!state.history.has(p.register)) state.history.set(p.register, []);
         state.history.get(p.register).push({ ts: p.ts, value: p.value });
         state.historyUnits.set(p.register, p.unit);
       }
+      for (const b of h.body.buckets || []) {
+        if (!state.history.has(b.register)) { state.history.set(b.register, []); state.historyBuckets.set(b.register, []); }
+        state.history.get(b.register).push({ ts: b.ts, value: b.avg });
+        state.historyBuckets.get(b.register).push({ ts: b.ts, min: b.min, max: b.max, last: b.last, count: b.count });
+        state.historyUnits.set(b.register, b.unit);
+      }
+      $('history-source').textContent = (h.body.source === 'store' ? 'stored history' : 'since start (memory)') +
+        (state.historyStep ? ` · ${state.historyStep} min/avg/max` : '');
+    } else {
+      $('history-source').textContent = (h.body && h.body.error) || `history unavailable (${h.status})`;
     }
+    for (const b of $('range-picker').querySelectorAll('button')) {
+      b.setAttribute('aria-pressed', String(Number(b.dataset.range) === state.range));
+    }
+    const csv = $('csv-download');
+    csv.href = base + (step ? '&step=' + step : '') + '&format=csv';
+    csv.setAttribute('download', `${id}-${new Date(from).toISOString().slice(0, 10)}.csv`);
+    $('charts').replaceChildren();
     renderDetail();
-    renderMeters();
   }
 
   function renderDetailHeader(m) {
@@ -343,41 +380,151 @@
     for (const reg of [...state.history.keys()].sort()) {
       let chart = existing.get(reg);
       if (!chart) {
-        chart = el('div', { class: 'chart', dataset: { register: reg } }, [el('h3', { text: reg }), el('canvas')]);
+        const canvas = el('canvas');
+        const readout = el('p', { class: 'readout muted' });
+        chart = el('div', { class: 'chart', dataset: { register: reg } }, [el('h3', { text: reg }), canvas, readout]);
+        canvas.addEventListener('mousemove', (e) => hover(chart, e));
+        canvas.addEventListener('mouseleave', () => { readout.textContent = ''; chart.dataset.hover = ''; });
         box.append(chart);
       }
-      drawChart(chart.querySelector('canvas'), state.history.get(reg), state.historyUnits.get(reg));
+      drawChart(chart, state.history.get(reg), state.historyUnits.get(reg), state.historyBuckets.get(reg));
       chart.dataset.points = String(state.history.get(reg).length);
     }
   }
 
-  function drawChart(canvas, points, unit) {
+  // Alarm thresholds that apply to a chart, by the unit of its register (what the alarm rules compare).
+  function thresholdsFor(register, unit) {
+    const t = state.thresholds;
+    const lines = [];
+    if (t) {
+      if (unit === 'V' && /VOLTAGE/i.test(register)) lines.push(['over', t.overvoltageV], ['under', t.undervoltageV]);
+      if (unit === 'A') lines.push(['over', t.overcurrentA]);
+      if (unit === 'kW' && /ACTIVE_POWER/i.test(register)) lines.push(['overload', t.overloadKw]);
+      if (unit === 'W' && /ACTIVE_POWER/i.test(register)) lines.push(['overload', t.overloadKw * 1000]);
+    }
+    for (const a of state.alarms) {
+      if (a.meterId === state.selected && a.register === register) lines.push([a.type, a.threshold]);
+    }
+    return lines.filter(([, v]) => typeof v === 'number' && isFinite(v));
+  }
+
+  function fmtAxisTime(ms, span) {
+    const d = new Date(ms);
+    const hm = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false });
+    if (span <= 86400000) return hm;
+    const md = d.toLocaleDateString([], { month: '2-digit', day: '2-digit' });
+    return span <= 3 * 86400000 ? `${md} ${hm}` : md;
+  }
+
+  // Round tick step (ms) giving about `n` ticks over `span`.
+  function timeStep(span, n) {
+    const steps = [60e3, 300e3, 600e3, 900e3, 1800e3, 3600e3, 7200e3, 10800e3, 21600e3, 43200e3, 86400e3, 172800e3, 604800e3];
+    return steps.find((s) => span / s <= n) || steps[steps.length - 1];
+  }
+
+  function drawChart(chart, points, unit, buckets) {
+    const canvas = chart.querySelector('canvas');
     const ratio = window.devicePixelRatio || 1;
-    const w = Math.max(200, canvas.clientWidth || 260), h = 120;
+    const w = Math.max(200, canvas.clientWidth || 260), h = 160;
     canvas.width = Math.round(w * ratio);
     canvas.height = Math.round(h * ratio);
     const ctx = canvas.getContext('2d');
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.clearRect(0, 0, w, h);
-    ctx.font = '11px system-ui, sans-serif';
+    ctx.font = '10px system-ui, sans-serif';
     ctx.fillStyle = '#64748b';
-    if (!points || points.length === 0) { ctx.fillText('no data', 8, 16); return; }
+    const now = Date.now();
+    const t1 = now, t0 = now - state.range;
+    const register = chart.dataset.register;
+    const lines = thresholdsFor(register, unit);
+    chart.dataset.unit = unit || '';
+    chart.dataset.range = String(state.range);
+    chart.dataset.step = state.historyStep || '';
+    chart.dataset.thresholds = String(lines.length);
+    if (!points || points.length === 0) { ctx.fillText('no data in this range', 40, 20); chart.dataset.xTicks = '0'; return; }
     let min = Infinity, max = -Infinity;
     for (const p of points) { min = Math.min(min, p.value); max = Math.max(max, p.value); }
+    for (const b of buckets || []) { min = Math.min(min, b.min); max = Math.max(max, b.max); }
+    // Thresholds close to the data are drawn; far ones would flatten the curve.
+    const near = lines.filter(([, v]) => v >= min - (max - min + 1) && v <= max + (max - min + 1));
+    for (const [, v] of near) { min = Math.min(min, v); max = Math.max(max, v); }
     if (min === max) { min -= 1; max += 1; }
-    const t0 = points[0].ts, t1 = Math.max(points[points.length - 1].ts, t0 + 1);
-    const left = 4, right = w - 4, top = 16, bottom = h - 14;
-    ctx.fillText(`${+max.toFixed(4)} ${unit || ''}`, left, 11);
-    ctx.fillText(`${+min.toFixed(4)}`, left, h - 2);
+    const pad = (max - min) * 0.05; min -= pad; max += pad;
+    const left = 44, right = w - 6, top = 14, bottom = h - 18;
+    const x = (ts) => left + ((ts - t0) / (t1 - t0)) * (right - left);
+    const y = (v) => bottom - ((v - min) / (max - min)) * (bottom - top);
+    chart.__plot = { x, t0, t1, left, right, points, buckets, unit };
+    // Axes: unit on the value axis, wall-clock labels on the time axis.
+    ctx.strokeStyle = '#e2e8f0';
+    ctx.lineWidth = 1;
+    ctx.textAlign = 'right';
+    for (let i = 0; i <= 3; i++) {
+      const v = min + ((max - min) * i) / 3, yy = y(v);
+      ctx.beginPath(); ctx.moveTo(left, yy); ctx.lineTo(right, yy); ctx.stroke();
+      ctx.fillText(`${+v.toPrecision(4)}`, left - 4, yy + 3);
+    }
+    ctx.textAlign = 'left';
+    ctx.fillText(unit || '', 2, 10);
+    ctx.textAlign = 'center';
+    const span = t1 - t0, tick = timeStep(span, 5);
+    const offset = new Date().getTimezoneOffset() * 60000;
+    let ticks = 0;
+    for (let t = Math.ceil((t0 - offset) / tick) * tick + offset; t <= t1; t += tick) {
+      const xx = x(t);
+      ctx.beginPath(); ctx.moveTo(xx, top); ctx.lineTo(xx, bottom); ctx.stroke();
+      ctx.fillText(fmtAxisTime(t, span), xx, h - 5);
+      ticks += 1;
+    }
+    chart.dataset.xTicks = String(ticks);
+    // Min..max band of aggregated history.
+    if (buckets && buckets.length) {
+      ctx.fillStyle = 'rgba(15, 118, 110, 0.15)';
+      ctx.beginPath();
+      buckets.forEach((b, i) => { if (i === 0) ctx.moveTo(x(b.ts), y(b.max)); else ctx.lineTo(x(b.ts), y(b.max)); });
+      for (let i = buckets.length - 1; i >= 0; i--) ctx.lineTo(x(buckets[i].ts), y(buckets[i].min));
+      ctx.closePath();
+      ctx.fill();
+    }
     ctx.strokeStyle = '#0f766e';
     ctx.lineWidth = 1.5;
     ctx.beginPath();
-    points.forEach((p, i) => {
-      const x = left + ((p.ts - t0) / (t1 - t0)) * (right - left);
-      const y = bottom - ((p.value - min) / (max - min)) * (bottom - top);
-      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
-    });
+    points.forEach((p, i) => { if (i === 0) ctx.moveTo(x(p.ts), y(p.value)); else ctx.lineTo(x(p.ts), y(p.value)); });
     ctx.stroke();
+    // Sparse data: mark each point, or a lone point would not show.
+    if (points.length < 60) {
+      ctx.fillStyle = '#0f766e';
+      for (const p of points) { ctx.beginPath(); ctx.arc(x(p.ts), y(p.value), 2, 0, 2 * Math.PI); ctx.fill(); }
+    }
+    // Alarm thresholds, dashed.
+    ctx.strokeStyle = '#dc2626';
+    ctx.fillStyle = '#dc2626';
+    ctx.setLineDash([4, 3]);
+    ctx.textAlign = 'right';
+    for (const [name, v] of near) {
+      ctx.beginPath(); ctx.moveTo(left, y(v)); ctx.lineTo(right, y(v)); ctx.stroke();
+      ctx.fillText(`${name} ${v}`, right, y(v) - 2);
+    }
+    ctx.setLineDash([]);
+    ctx.textAlign = 'left';
+  }
+
+  function hover(chart, e) {
+    const plot = chart.__plot;
+    if (!plot || !plot.points.length) return;
+    const rect = e.target.getBoundingClientRect();
+    const px = e.clientX - rect.left;
+    const ts = plot.t0 + ((px - plot.left) / (plot.right - plot.left)) * (plot.t1 - plot.t0);
+    let best = 0;
+    for (let i = 1; i < plot.points.length; i++) {
+      if (Math.abs(plot.points[i].ts - ts) < Math.abs(plot.points[best].ts - ts)) best = i;
+    }
+    const p = plot.points[best], b = plot.buckets && plot.buckets[best];
+    const u = plot.unit ? ' ' + plot.unit : '';
+    const when = new Date(p.ts).toLocaleString([], { hour12: false });
+    chart.querySelector('.readout').textContent = b
+      ? `${when} · avg ${+p.value.toPrecision(6)}${u} · min ${b.min} · max ${b.max} · last ${b.last} (${b.count})`
+      : `${when} · ${p.value}${u}`;
+    chart.dataset.hover = String(p.ts);
   }
 
   // ---------- alarms and events ----------
@@ -496,7 +643,8 @@
         m.lastSeen = Math.max(m.lastSeen || 0, r.ts);
         if (msg.meterId === state.selected) {
           state.detailReadings.set(r.register, { value: r.value, unit: r.unit, ts: r.ts });
-          if (typeof r.value === 'number') {
+          // Live points extend raw history only (aggregated ranges are reloaded with the range picker).
+          if (typeof r.value === 'number' && !state.historyStep) {
             if (!state.history.has(r.register)) state.history.set(r.register, []);
             const pts = state.history.get(r.register);
             pts.push({ ts: r.ts, value: r.value });
@@ -658,6 +806,12 @@
       if (tr) openDetail(tr.dataset.meter);
     });
     $('detail-close').addEventListener('click', closeDetail);
+    $('range-picker').addEventListener('click', (e) => {
+      const b = e.target.closest('button[data-range]');
+      if (!b || !state.selected) return;
+      state.range = Number(b.dataset.range);
+      loadHistory(state.selected);
+    });
     $('alarms-body').addEventListener('click', (e) => {
       const b = e.target.closest('button[data-alarm]');
       if (b) acknowledge(b.dataset.alarm, b);

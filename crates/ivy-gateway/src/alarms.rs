@@ -50,11 +50,31 @@ impl AlarmType {
         }
     }
 
+    /// Every kind.
+    pub const ALL: [AlarmType; 7] = [
+        AlarmType::Overvoltage,
+        AlarmType::Undervoltage,
+        AlarmType::VoltageLoss,
+        AlarmType::Overcurrent,
+        AlarmType::Overload,
+        AlarmType::LowPowerFactor,
+        AlarmType::CommunicationLost,
+    ];
+
     fn severity(&self) -> Severity {
         match self {
             AlarmType::VoltageLoss | AlarmType::Overload | AlarmType::CommunicationLost => Severity::Critical,
             _ => Severity::Warning,
         }
+    }
+}
+
+impl std::str::FromStr for AlarmType {
+    type Err = String;
+
+    /// The snake_case name ([`AlarmType::as_str`]).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AlarmType::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| format!("unknown alarm type '{s}'"))
     }
 }
 
@@ -363,6 +383,25 @@ impl AlarmEngine {
         let mut ids: Vec<String> = self.acknowledged.iter().cloned().collect();
         ids.sort();
         ids
+    }
+
+    /// Restores alarms that were active when the gateway stopped (from the store): they stay raised until a
+    /// reading clears them, so a restart neither forgets nor re-announces them.
+    pub fn restore_active(&mut self, alarms: impl IntoIterator<Item = ActiveAlarm>) {
+        for alarm in alarms {
+            let Ok(meter) = MeterId::new(alarm.meter_id.clone()) else { continue };
+            let key = AlarmKey { meter, alarm_type: alarm.alarm_type, register: alarm.register.clone() };
+            if alarm.acknowledged {
+                self.acknowledged.insert(alarm.id.clone());
+            }
+            self.active.insert(key, alarm);
+        }
+    }
+
+    /// A meter known from before a restart is offline until it reconnects: `communication_lost` applies to it
+    /// after the grace period, as to a meter that dropped while the gateway ran.
+    pub fn assume_offline(&mut self, meter: MeterId, since: u64) {
+        self.offline_since.entry(meter).or_insert(since);
     }
 
     /// Restores acknowledgements persisted earlier.

@@ -162,6 +162,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// HTTP API and dashboard.
     pub http: HttpConfig,
+    /// The embedded SQLite store (SPEC 8).
+    pub store: StoreConfig,
     /// Login throttling shared by MQTT and HTTP.
     pub auth: AuthConfig,
 }
@@ -852,6 +854,50 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[store]`: the embedded SQLite database of history, events, alarms and the last state of every meter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Keep history, events, alarms and meter state in SQLite (`STORE_ENABLED`).
+    pub enabled: bool,
+    /// Database file; relative paths are inside `gateway.data_dir` (default `ivy.db`).
+    pub path: PathBuf,
+    /// Readings older than this many days are pruned (`STORE_RETENTION_DAYS`).
+    pub retention_days: u32,
+    /// Events and cleared alarms older than this many days are pruned (`STORE_EVENTS_RETENTION_DAYS`).
+    pub events_retention_days: u32,
+    /// Size budget of the live data in MiB; the oldest readings go first when it is exceeded (`STORE_MAX_SIZE_MB`).
+    pub max_size_mb: u64,
+    /// A write transaction is committed at most this many milliseconds after its first row (`STORE_BATCH_MS`).
+    pub batch_ms: u64,
+    /// ... or when it holds this many readings (`STORE_BATCH_ROWS`).
+    pub batch_rows: usize,
+    /// Hub events queued for the writer before new ones are dropped and counted (`STORE_QUEUE`).
+    pub queue: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            enabled: true,
+            path: PathBuf::from("ivy.db"),
+            retention_days: 30,
+            events_retention_days: 365,
+            max_size_mb: 1024,
+            batch_ms: 100,
+            batch_rows: 10_000,
+            queue: 16_384,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The database file: `path`, inside `data_dir` when relative.
+    pub fn file(&self, data_dir: &std::path::Path) -> PathBuf {
+        if self.path.is_absolute() { self.path.clone() } else { data_dir.join(&self.path) }
+    }
+}
+
 /// How an environment variable changes the configuration.
 type Setter = fn(&mut Config, &str) -> Result<(), String>;
 
@@ -986,6 +1032,17 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         c.meters.timezone = non_empty(v).map(Parsed::from);
         Ok(())
     }),
+    ("STORE_ENABLED", "store.enabled", |c, v| set_bool(&mut c.store.enabled, v)),
+    ("STORE_PATH", "store.path", |c, v| {
+        c.store.path = PathBuf::from(v.trim());
+        Ok(())
+    }),
+    ("STORE_RETENTION_DAYS", "store.retention_days", |c, v| set(&mut c.store.retention_days, v)),
+    ("STORE_EVENTS_RETENTION_DAYS", "store.events_retention_days", |c, v| set(&mut c.store.events_retention_days, v)),
+    ("STORE_MAX_SIZE_MB", "store.max_size_mb", |c, v| set(&mut c.store.max_size_mb, v)),
+    ("STORE_BATCH_MS", "store.batch_ms", |c, v| set(&mut c.store.batch_ms, v)),
+    ("STORE_BATCH_ROWS", "store.batch_rows", |c, v| set(&mut c.store.batch_rows, v)),
+    ("STORE_QUEUE", "store.queue", |c, v| set(&mut c.store.queue, v)),
 ];
 
 fn non_empty(v: &str) -> Option<String> {
@@ -1317,6 +1374,14 @@ impl Config {
             "HTTPS needs both tls_cert and tls_key",
         );
         check(&mut e, self.http.rate_limit_per_minute > 0, "http.rate_limit_per_minute", "must be at least 1");
+        let st = &self.store;
+        check(&mut e, st.retention_days > 0, "store.retention_days", "must be at least 1");
+        check(&mut e, st.events_retention_days > 0, "store.events_retention_days", "must be at least 1");
+        check(&mut e, st.max_size_mb >= 1, "store.max_size_mb", "must be at least 1");
+        check(&mut e, (1..=60_000).contains(&st.batch_ms), "store.batch_ms", "must be 1..=60000");
+        check(&mut e, (1..=1_000_000).contains(&st.batch_rows), "store.batch_rows", "must be 1..=1000000");
+        check(&mut e, st.queue >= 16, "store.queue", "must be at least 16");
+        check(&mut e, !st.path.as_os_str().is_empty(), "store.path", "must not be empty");
         check(&mut e, q.session_queue_messages > 0, "mqtt.session_queue_messages", "must be at least 1");
         check(&mut e, q.max_packet_bytes >= 1024, "mqtt.max_packet_bytes", "must be at least 1024");
         check(&mut e, q.handshake_timeout_secs > 0, "mqtt.handshake_timeout_secs", "must be at least 1");

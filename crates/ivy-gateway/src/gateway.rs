@@ -49,6 +49,9 @@ pub enum StartError {
     /// A TLS certificate or key.
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The SQLite store (cannot open, or the schema is newer than this binary).
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A running gateway.
@@ -63,6 +66,9 @@ pub struct Gateway {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     first_run_password: Option<String>,
     alarms: crate::alarms::SharedAlarms,
+    store: Option<crate::store::StoreHandle>,
+    store_stop: CancellationToken,
+    store_thread: Option<std::thread::JoinHandle<()>>,
     reload: Reloadables,
 }
 
@@ -149,6 +155,9 @@ impl Gateway {
             max_sessions_per_user: q.max_sessions_per_user,
             handshake_timeout: Duration::from_secs(q.handshake_timeout_secs),
         };
+        // The store first: a database this binary cannot use stops start-up before anything listens.
+        let acks_file = data_dir.join(crate::alarms::ACKS_FILE);
+        let restored = if config.store.enabled { Some(open_store(&config, &acks_file)?) } else { None };
         let mut broker = crate::mqtt::broker::EmbeddedBroker::start(&broker_cfg, auth.clone(), prefix.clone()).await?;
         let publisher = broker.publisher();
         let inbound = broker.take_inbound();
@@ -167,16 +176,44 @@ impl Gateway {
         let sink_rx = hub.subscribe("mqtt", MQTT_SINK_QUEUE);
         tasks.push(tokio::spawn(crate::mqtt::sink::run(prefix.clone(), publisher.clone(), sink_rx)));
         let mut engine = crate::alarms::AlarmEngine::new(config.alarms.clone());
-        let acks_file = data_dir.join(crate::alarms::ACKS_FILE);
-        match crate::alarms::load_acknowledged(&acks_file) {
-            Ok(ids) => engine.restore_acknowledged(ids),
-            Err(e) => tracing::warn!(file = %acks_file.display(), error = %e, "alarm acknowledgements not restored"),
-        }
-        let alarms = Arc::new(Mutex::new(engine));
         let live = Arc::new(crate::live::LiveView::new(crate::live::LiveLimits {
             history_points: config.http.history_points,
             ..Default::default()
         }));
+        let store_stop = CancellationToken::new();
+        let mut store_thread = None;
+        let mut store = None;
+        match restored {
+            Some(restored) => {
+                let now = crate::model::now_ms();
+                engine.restore_acknowledged(restored.acknowledged);
+                engine.restore_active(restored.active_alarms);
+                for m in &restored.meters {
+                    live.restore(&m.meter_id, m.protocol.as_deref(), m.ip.as_deref(), m.last_seen, &m.snapshot);
+                    if let Ok(id) = ivy_protocol::registration::MeterId::new(m.meter_id.clone()) {
+                        engine.assume_offline(id, now);
+                    }
+                }
+                republish(&publisher, &prefix, &restored.meters, now).await;
+                let status = Arc::new(crate::store::StoreStatus::default());
+                let writer = crate::store::writer::Writer::new(restored.conn, config.store.clone(), status.clone());
+                let rx = hub.subscribe("store", config.store.queue);
+                let stop = store_stop.clone();
+                let thread = std::thread::Builder::new()
+                    .name("ivy-store".into())
+                    .spawn(move || writer.run(rx, stop))
+                    .map_err(|e| StartError::DataDir(data_dir.clone(), e))?;
+                store_thread = Some(thread);
+                store = Some(crate::store::StoreHandle { path: restored.path, status });
+            }
+            None => match crate::alarms::load_acknowledged(&acks_file) {
+                Ok(ids) => engine.restore_acknowledged(ids),
+                Err(e) => {
+                    tracing::warn!(file = %acks_file.display(), error = %e, "alarm acknowledgements not restored")
+                }
+            },
+        }
+        let alarms = Arc::new(Mutex::new(engine));
         if config.http.enabled {
             let view = live.clone();
             hub.observe(Arc::new(move |event| view.apply(event)));
@@ -229,6 +266,7 @@ impl Gateway {
                     config.http.rate_limit_per_minute,
                     Duration::from_secs(60),
                 )),
+                store: store.clone(),
             });
             let limits = crate::http::server::ServeLimits {
                 max_connections: config.http.max_connections,
@@ -285,8 +323,21 @@ impl Gateway {
             mqtt_tls_files,
         };
         tasks.push(tokio::spawn(stats.clone().publish_loop(publisher.clone(), prefix.clone(), shutdown)));
-        let gateway =
-            Gateway { meters, stats, addrs, broker, publisher, prefix, tasks, first_run_password, alarms, reload };
+        let gateway = Gateway {
+            meters,
+            stats,
+            addrs,
+            broker,
+            publisher,
+            prefix,
+            tasks,
+            first_run_password,
+            alarms,
+            store,
+            store_stop,
+            store_thread,
+            reload,
+        };
         gateway.publish_gateway_status(true).await;
         tracing::info!(meters = %addrs.meters, mqtt = %addrs.mqtt, ws = ?addrs.mqtt_ws, http = ?addrs.http, "gateway started");
         Ok(gateway)
@@ -411,6 +462,11 @@ impl Gateway {
         &self.reload.auth
     }
 
+    /// The SQLite store, when enabled.
+    pub fn store(&self) -> Option<&crate::store::StoreHandle> {
+        self.store.as_ref()
+    }
+
     /// The first-run admin password, once (`None` afterwards or when users existed).
     pub fn take_first_run_password(&mut self) -> Option<String> {
         self.first_run_password.take()
@@ -435,7 +491,7 @@ impl Gateway {
 
     /// Graceful stop: stop accepting, end every session (pending requests fail, meters go offline, retained),
     /// flush what is queued, publish the gateway offline, stop the broker. Bounded by `shutdown_timeout_secs`.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(self.meters.config.gateway.shutdown_timeout_secs.max(1));
         self.meters.shutdown.cancel();
@@ -453,6 +509,14 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.publish_gateway_status(false).await;
+        // The store writer drains its queue, commits and checkpoints; wait for it within the deadline.
+        self.store_stop.cancel();
+        if let Some(thread) = self.store_thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout_at(deadline, joined).await.is_err() {
+                tracing::warn!("store writer did not finish before the shutdown deadline");
+            }
+        }
         while tokio::time::Instant::now() < deadline && self.publisher.pending() > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -466,5 +530,80 @@ impl Gateway {
         }
         self.broker.shutdown().await;
         tracing::info!("gateway stopped");
+    }
+}
+
+/// What the store remembered from before this start.
+struct Restored {
+    path: std::path::PathBuf,
+    conn: rusqlite::Connection,
+    meters: Vec<crate::store::query::StoredMeter>,
+    active_alarms: Vec<crate::alarms::ActiveAlarm>,
+    acknowledged: Vec<String>,
+}
+
+/// Opens (creates, migrates) the store, imports the old acknowledgements file once, and reads what the gateway
+/// must remember: the meters with their last values, the active alarms and the acknowledgements.
+fn open_store(config: &Config, acks_file: &std::path::Path) -> Result<Restored, crate::store::StoreError> {
+    let path = config.store.file(&config.gateway.data_dir);
+    let conn = crate::store::open_writer(&path)?;
+    match crate::store::writer::migrate_acks_file(&conn, acks_file) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(file = %acks_file.display(), acknowledgements = n, "alarm acknowledgements moved into the store")
+        }
+        Err(e) => tracing::warn!(file = %acks_file.display(), error = %e, "alarm acknowledgements file not imported"),
+    }
+    // Nothing is connected yet: every remembered meter is offline until it reconnects.
+    conn.execute("UPDATE meters SET online = 0 WHERE online != 0", [])?;
+    let meters = crate::store::query::meters(&conn)?;
+    let active_alarms = crate::store::query::active_alarms(&conn)?;
+    let acknowledged = crate::store::query::acknowledged_ids(&conn)?;
+    tracing::info!(
+        file = %path.display(),
+        meters = meters.len(),
+        active_alarms = active_alarms.len(),
+        "store opened"
+    );
+    Ok(Restored { path, conn, meters, active_alarms, acknowledged })
+}
+
+/// Re-publishes the retained status (offline: nothing is connected yet) and the last snapshot of every meter the
+/// store knows, so subscribers that arrive after a restart see the truth rather than a stale retained message.
+async fn republish(
+    publisher: &crate::mqtt::Publisher,
+    prefix: &crate::mqtt::topics::TopicPrefix,
+    meters: &[crate::store::query::StoredMeter],
+    now: u64,
+) {
+    use crate::mqtt::{OutboundMessage, Qos};
+    for m in meters {
+        let Ok(id) = ivy_protocol::registration::MeterId::new(m.meter_id.clone()) else { continue };
+        let status = crate::model::StatusChange {
+            meter_id: id.clone(),
+            online: false,
+            ip: None,
+            protocol: None,
+            connected_at: None,
+            reason: Some("not connected since the gateway started".into()),
+            ts: now,
+        };
+        let payload = crate::mqtt::sink::status_payload(&status);
+        let _ = publisher.publish(OutboundMessage::json(prefix.status(&id), &payload, Qos::AtLeastOnce, true)).await;
+        if !m.snapshot.is_empty() {
+            let readings: serde_json::Map<String, serde_json::Value> = m
+                .snapshot
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::json!({"value": v["value"], "unit": v["unit"], "ts": v["ts"]})))
+                .collect();
+            let payload = serde_json::json!({
+                "ts": m.last_seen,
+                "meterId": m.meter_id,
+                "source": m.protocol,
+                "readings": readings,
+            });
+            let _ =
+                publisher.publish(OutboundMessage::json(prefix.snapshot(&id), &payload, Qos::AtLeastOnce, true)).await;
+        }
     }
 }

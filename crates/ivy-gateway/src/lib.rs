@@ -25,5 +25,6 @@ pub mod mqtt;
 pub mod registers;
 pub mod reload;
 pub mod stats;
+pub mod store;
 pub mod systemd;
 pub mod tls;

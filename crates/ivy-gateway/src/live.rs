@@ -34,7 +34,7 @@ impl Default for LiveLimits {
 }
 
 /// The latest value of one register.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct LatestReading {
     /// Normalised value.
@@ -378,6 +378,36 @@ impl LiveView {
             }
             v
         });
+    }
+
+    /// Seeds the view with a meter remembered from before a restart (offline until it reconnects), with its last
+    /// known values.
+    pub(crate) fn restore(
+        &self,
+        meter_id: &str,
+        protocol: Option<&str>,
+        ip: Option<&str>,
+        last_seen: u64,
+        snapshot: &serde_json::Map<String, Value>,
+    ) {
+        let mut inner = self.lock();
+        let limits = self.limits;
+        let Some(view) = Self::meter(&mut inner, &limits, meter_id) else { return };
+        view.online = false;
+        view.protocol = match protocol {
+            Some("dlt645") => Some(Source::Dlt645),
+            Some("dlms") => Some(Source::Dlms),
+            _ => view.protocol,
+        };
+        view.ip = ip.map(str::to_owned);
+        view.last_seen = view.last_seen.max(last_seen);
+        view.offline_reason = Some("not connected since the gateway started".into());
+        for (register, value) in snapshot {
+            if let Ok(latest) = serde_json::from_value::<LatestReading>(value.clone()) {
+                view.last_reading_at = Some(view.last_reading_at.unwrap_or(0).max(latest.ts));
+                view.latest.insert(register.clone(), latest);
+            }
+        }
     }
 
     /// Every known meter (without readings), sorted by id.

@@ -47,6 +47,32 @@ enum Command {
     Cert(CertCommand),
     /// Explain a DL/T 645 frame, wrapper packet, DLMS APDU or A-XDR value given as hex.
     Decode(ivy_gateway::decode::DecodeArgs),
+    /// The SQLite store: integrity check and counts, CSV export.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// `PRAGMA integrity_check` and row counts; exit 1 when the database is damaged.
+    Check,
+    /// Write readings as CSV (header row) to stdout.
+    Export {
+        /// From: ms since the epoch or RFC 3339 (inclusive; default: everything).
+        #[arg(long)]
+        from: Option<String>,
+        /// To: ms since the epoch or RFC 3339 (inclusive; default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this meter.
+        #[arg(long)]
+        meter: Option<String>,
+        /// Only this register (case-insensitive).
+        #[arg(long)]
+        register: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +121,13 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("cert self-signed: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Db { command }) => match db(cli.config, command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("db: {e:#}");
                 ExitCode::from(2)
             }
         },
@@ -175,6 +208,67 @@ fn reset_password(config_path: Option<PathBuf>, user: &str) -> anyhow::Result<()
         dir.join(ivy_gateway::auth::USERS_FILE).display()
     );
     Ok(())
+}
+
+/// A time given as ms since the epoch or RFC 3339.
+fn parse_time(text: &str) -> anyhow::Result<u64> {
+    if let Ok(ms) = text.trim().parse::<u64>() {
+        return Ok(ms);
+    }
+    let t = time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("'{text}' is neither ms since the epoch nor an RFC 3339 time"))?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).context("times before 1970 are not stored")
+}
+
+fn db(config: Option<PathBuf>, command: DbCommand) -> anyhow::Result<ExitCode> {
+    use ivy_gateway::store::{self, query};
+    use std::io::Write;
+    let config = config::load(&Sources::from_process(config)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = config.store.file(&config.gateway.data_dir);
+    anyhow::ensure!(path.exists(), "no database at {}", path.display());
+    let conn = store::open_reader(&path)?;
+    match command {
+        DbCommand::Check => {
+            let report = query::check(&conn)?;
+            println!("database: {}", path.display());
+            println!("integrity: {}", report.integrity.join("; "));
+            println!("schema version: {}", report.schema_version);
+            println!("meters: {}", report.meters);
+            println!("series: {}", report.series);
+            println!("readings: {}", report.readings);
+            if let Some((first, last)) = report.readings_span {
+                println!("readings span: {} .. {}", query::rfc3339(first), query::rfc3339(last));
+            }
+            println!("events: {}", report.events);
+            println!("alarms: {} ({} active)", report.alarms, report.active_alarms);
+            println!("outbox pending: {}", report.outbox_pending);
+            println!("live data: {} bytes", report.used_bytes);
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        DbCommand::Export { from, to, meter, register } => {
+            let from = from.as_deref().map(parse_time).transpose()?.unwrap_or(0);
+            let to = to.as_deref().map(parse_time).transpose()?.unwrap_or(u64::MAX);
+            anyhow::ensure!(from <= to, "--from is after --to");
+            let series = query::series(&conn, meter.as_deref(), register.as_deref())?
+                .with_context(|| format!("no meter '{}' in the database", meter.as_deref().unwrap_or_default()))?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            out.write_all(query::CSV_HEADER.as_bytes())?;
+            let mut failed = None;
+            let rows = query::csv_rows(&conn, &series, from, to, None, |line| match out.write_all(line.as_bytes()) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            out.flush()?;
+            eprintln!("exported {rows} readings");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {

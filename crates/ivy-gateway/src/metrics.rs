@@ -250,6 +250,14 @@ pub struct Metrics {
     pub http_sessions: Gauge,
     /// Live-stream (SSE) clients connected now.
     pub http_stream_clients: Gauge,
+    /// Readings the store did not write: its queue was full (the writer fell behind) or the batch failed.
+    pub store_dropped: Counter,
+    /// Readings written to the store.
+    pub store_written: Counter,
+    /// Hub events waiting for the store writer.
+    pub store_queue: Gauge,
+    /// Bytes of live data in the database.
+    pub store_bytes: Gauge,
     /// HTTP connections open now.
     pub http_connections_active: Gauge,
     /// HTTP connections closed at accept because `http.max_connections` were open.
@@ -362,6 +370,10 @@ impl Metrics {
             mqtt_wills_refused: Counter::default(),
             mqtt_sessions_refused: Counter::default(),
             mqtt_session_dropped: Family::default(),
+            store_dropped: Counter::default(),
+            store_written: Counter::default(),
+            store_queue: Gauge::default(),
+            store_bytes: Gauge::default(),
         }
     }
 }
@@ -504,6 +516,10 @@ impl Metrics {
             "Messages dropped because a subscriber's queue was full, by user and client",
             m.mqtt_session_dropped.clone(),
         );
+        r.register("store_dropped", "Readings not stored (writer queue full or batch failed)", m.store_dropped.clone());
+        r.register("store_written", "Readings written to the store", m.store_written.clone());
+        r.register("store_queue", "Hub events waiting for the store writer", m.store_queue.clone());
+        r.register("store_bytes", "Bytes of live data in the store", m.store_bytes.clone());
         r
     }
 

@@ -66,6 +66,22 @@ async fn hold_scenario_keeps_every_meter_online_and_answers_commands() {
     assert_eq!(n(&r, "/dropped_by_gateway"), 0, "{r}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_scenario_stores_every_delivered_reading_and_measures_the_database() {
+    let r = scenarios::store(gateway(), &Scale::smoke()).await.unwrap();
+    for side in ["store_off", "store_on"] {
+        let p = &r["push"][side];
+        assert!(n(p, "/expected") > 0, "{r}");
+        assert_eq!(n(p, "/delivered"), n(p, "/expected"), "{side}: {r}");
+    }
+    assert_eq!(r["push"]["store_on"]["stored_all"], true, "{r}");
+    let db = &r["database"];
+    // 2 meters x 10 registers x 2 days of minutes.
+    assert_eq!(n(db, "/readings"), 2 * 10 * 2 * 1440, "{r}");
+    assert!(db["bytes_per_reading"].as_f64().is_some_and(|b| b > 0.0), "{r}");
+    assert!(db["step_1h_p99_ms"].as_f64().is_some() && db["raw_24h_p99_ms"].as_f64().is_some(), "{r}");
+}
+
 /// Builds the `ivy-sim` binary of the same profile as this test and returns its path.
 fn ivy_sim() -> PathBuf {
     let dir = gateway().parent().unwrap().to_path_buf();

@@ -34,9 +34,17 @@ pub(crate) async fn health(State(s): State<HttpState>) -> impl IntoResponse {
         // A sink whose task ended means readings no longer reach MQTT, alarms or this API.
         failing.extend(s.hub.stopped_sinks().into_iter().map(|name| format!("{name} sink stopped")));
     }
+    let degraded = store_degraded(&s);
     let status = if failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
-        "status": if failing.is_empty() { "ok" } else if stopping { "stopping" } else { "failing" },
+        "status": if !failing.is_empty() {
+            if stopping { "stopping" } else { "failing" }
+        } else if !degraded.is_empty() {
+            "degraded"
+        } else {
+            "ok"
+        },
+        "degraded": degraded,
         "uptime": s.stats.uptime_secs(),
         "version": env!("CARGO_PKG_VERSION"),
         "meters": s.stats.meters(),
@@ -44,6 +52,35 @@ pub(crate) async fn health(State(s): State<HttpState>) -> impl IntoResponse {
         "failing": failing,
     });
     (status, Json(body))
+}
+
+/// Readings the store lost so far: dropped at its full queue, or in a batch that could not be committed.
+fn store_dropped(s: &HttpState, store: &crate::store::StoreHandle) -> u64 {
+    let queue: u64 = s.hub.stats().iter().filter(|k| k.name == "store").map(|k| k.dropped_readings).sum();
+    queue + store.status.lost.load(Ordering::Relaxed)
+}
+
+/// Why the store is degraded (the gateway still runs; history has gaps): writer behind, drops within the last
+/// minute, failing commits.
+fn store_degraded(s: &HttpState) -> Vec<String> {
+    let Some(store) = &s.store else { return Vec::new() };
+    let st = &store.status;
+    let mut out = Vec::new();
+    let dropped = store_dropped(s, store);
+    let now = now_ms();
+    if dropped > st.dropped_seen.swap(dropped, Ordering::Relaxed) {
+        st.dropped_at.store(now, Ordering::Relaxed);
+    }
+    if st.behind() {
+        out.push("store writer is behind (queue more than half full)".to_owned());
+    }
+    if st.dropped_at.load(Ordering::Relaxed) + 60_000 > now {
+        out.push(format!("store dropped readings in the last minute ({dropped} since start)"));
+    }
+    if st.failing.load(Ordering::Relaxed) {
+        out.push("store cannot commit".to_owned());
+    }
+    out
 }
 
 /// `GET /metrics`: Prometheus/OpenMetrics text.
@@ -76,6 +113,12 @@ pub(crate) async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     sync(&m.auth_failures.get_or_create(&plane("http")), load(&a.http_failures));
     sync(&m.auth_throttled.get_or_create(&plane("mqtt")), load(&a.mqtt_throttled));
     sync(&m.auth_throttled.get_or_create(&plane("http")), load(&a.http_throttled));
+    if let Some(store) = &s.store {
+        sync(&m.store_dropped, store_dropped(&s, store));
+        sync(&m.store_written, store.status.readings_written.load(Ordering::Relaxed));
+        m.store_queue.set(store.status.queued.load(Ordering::Relaxed) as i64);
+        m.store_bytes.set(store.status.used_bytes.load(Ordering::Relaxed) as i64);
+    }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
 }
 
@@ -134,6 +177,12 @@ pub(crate) async fn info(State(s): State<HttpState>, _caller: Caller) -> Json<Va
         "mqtt": {"topicPrefix": c.mqtt.topic_prefix, "port": c.mqtt.port, "wsPort": c.mqtt.ws_port, "authEnabled": c.mqtt.auth_enabled},
         "meters": {"port": c.meters.port},
         "polling": {"enabled": c.polling.enabled, "intervalMs": c.polling.interval_ms, "group": c.polling.group},
+        "alarms": {
+            "enabled": c.alarms.enabled, "overvoltageV": c.alarms.overvoltage_v, "undervoltageV": c.alarms.undervoltage_v,
+            "overcurrentA": c.alarms.overcurrent_a, "overloadKw": c.alarms.overload_kw,
+            "lowPowerFactor": c.alarms.low_power_factor,
+        },
+        "store": {"enabled": c.store.enabled, "retentionDays": c.store.retention_days},
         "commandMethods": Method::ALL.map(|m| m.as_str()),
     }))
 }
@@ -262,35 +311,187 @@ pub(crate) struct HistoryQuery {
     from: Option<u64>,
     /// To (ms since epoch, inclusive).
     to: Option<u64>,
-    /// At most this many points (newest kept), default 1000, at most 10,000.
+    /// At most this many points or buckets (newest kept), default 1000, at most 10,000; CSV: no limit unless given.
     limit: Option<usize>,
+    /// Bucket width (`1m`, `15m`, `1h`, `1d`): min/avg/max/last per bucket instead of raw points (store only).
+    step: Option<String>,
+    /// `csv` streams CSV with a header row (store only); `json` (default).
+    format: Option<String>,
 }
 
-/// `GET /api/meters/{id}/readings`: numeric history, oldest first.
+fn store_error(e: crate::store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "store query failed");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("the store cannot answer: {e}"))
+}
+
+fn wants_csv(q: &HistoryQuery, headers: &HeaderMap) -> Result<bool, ApiError> {
+    match q.format.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("csv") => Ok(true),
+        Some("json") => Ok(false),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_params",
+            format!("format '{other}' is not csv or json"),
+        )),
+        None => Ok(headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("text/csv")))),
+    }
+}
+
+/// `GET /api/meters/{id}/readings`: numeric history, oldest first; from the store when it is enabled
+/// (`source: store`; `step` aggregates, CSV), else from the in-memory ring (`source: memory`).
 pub(crate) async fn readings(
     State(s): State<HttpState>,
     _caller: Caller,
     Path(raw): Path<String>,
     Query(q): Query<HistoryQuery>,
-) -> Result<Json<Value>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let id = parse_meter_id(&raw)?;
     if let (Some(from), Some(to)) = (q.from, q.to)
         && from > to
     {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_params", "'from' is after 'to'"));
     }
+    let step = match q.step.as_deref() {
+        Some(text) => Some(crate::store::query::parse_step(text).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_params",
+                format!("step '{text}' is not a duration like 1m, 15m, 1h or 1d (1 s to 366 d)"),
+            )
+        })?),
+        None => None,
+    };
+    let csv = wants_csv(&q, &headers)?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let points =
-        s.live.history(id.as_str(), q.register.as_deref(), q.from, q.to, limit).ok_or_else(|| meter_not_found(&id))?;
-    Ok(Json(json!({
-        "meterId": id.as_str(),
-        "register": q.register,
-        "from": q.from,
-        "to": q.to,
-        "source": "memory",
-        "count": points.len(),
-        "points": points,
-    })))
+    let Some(store) = s.store.clone() else {
+        if step.is_some() || csv {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "store_disabled",
+                "step and CSV need the store (store.enabled = true)",
+            ));
+        }
+        let points = s
+            .live
+            .history(id.as_str(), q.register.as_deref(), q.from, q.to, limit)
+            .ok_or_else(|| meter_not_found(&id))?;
+        return Ok(Json(json!({
+            "meterId": id.as_str(),
+            "register": q.register,
+            "from": q.from,
+            "to": q.to,
+            "source": "memory",
+            "count": points.len(),
+            "points": points,
+        }))
+        .into_response());
+    };
+    let from = q.from.unwrap_or(0);
+    let to = q.to.unwrap_or(u64::MAX);
+    let meter = id.as_str().to_owned();
+    let register = q.register.clone();
+    let series = store
+        .read(move |c| crate::store::query::series(c, Some(&meter), register.as_deref()))
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| meter_not_found(&id))?;
+    if csv {
+        return Ok(csv_response(store, id, series, from, to, step, q.limit));
+    }
+    let body = match step {
+        Some(step) => {
+            let buckets = store
+                .read(move |c| crate::store::query::buckets(c, &series, from, to, step, limit))
+                .await
+                .map_err(store_error)?;
+            json!({
+                "meterId": id.as_str(), "register": q.register, "from": q.from, "to": q.to, "step": step,
+                "source": "store", "count": buckets.len(), "buckets": buckets,
+            })
+        }
+        None => {
+            let points = store
+                .read(move |c| crate::store::query::points(c, &series, from, to, limit))
+                .await
+                .map_err(store_error)?;
+            json!({
+                "meterId": id.as_str(), "register": q.register, "from": q.from, "to": q.to,
+                "source": "store", "count": points.len(), "points": points,
+            })
+        }
+    };
+    Ok(Json(body).into_response())
+}
+
+/// Streams the readings as CSV from a blocking reader: rows go out as they are read, a few hundred KB at most
+/// are buffered (the channel bound), and a client that goes away stops the query.
+fn csv_response(
+    store: crate::store::StoreHandle,
+    id: MeterId,
+    series: Vec<crate::store::query::Series>,
+    from: u64,
+    to: u64,
+    step: Option<u64>,
+    limit: Option<usize>,
+) -> Response {
+    use crate::store::query;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let filename = format!("{}-readings.csv", id.as_str());
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = String::with_capacity(64 * 1024);
+        let flush = |chunk: &mut String| tx.blocking_send(Ok(Bytes::from(std::mem::take(chunk)))).is_ok();
+        let result = (|| -> Result<(), crate::store::StoreError> {
+            let conn = store.reader()?;
+            match step {
+                Some(step) => {
+                    chunk.push_str(query::CSV_BUCKET_HEADER);
+                    let buckets = query::buckets(&conn, &series, from, to, step, limit.unwrap_or(usize::MAX >> 1))?;
+                    for b in &buckets {
+                        chunk.push_str(&query::csv_bucket(id.as_str(), b));
+                        if chunk.len() > 60_000 && !flush(&mut chunk) {
+                            return Ok(());
+                        }
+                    }
+                }
+                None => {
+                    chunk.push_str(query::CSV_HEADER);
+                    let mut open = true;
+                    query::csv_rows(&conn, &series, from, to, limit, |line| {
+                        chunk.push_str(&line);
+                        if chunk.len() > 60_000 {
+                            open = flush(&mut chunk);
+                        }
+                        open
+                    })?;
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                if !chunk.is_empty() {
+                    flush(&mut chunk);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "CSV export failed");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 static HTTP_COMMAND_IDS: AtomicU64 = AtomicU64::new(1);
@@ -341,10 +542,42 @@ pub(crate) async fn command(
     }
 }
 
-/// `GET /api/alarms`: active alarms, oldest first.
-pub(crate) async fn alarms(State(s): State<HttpState>, _caller: Caller) -> Json<Value> {
-    let active = lock(&s.alarms).active();
-    Json(json!({"count": active.len(), "alarms": active}))
+/// Query of `GET /api/alarms`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AlarmQuery {
+    /// `active` (default): alarms raised now; `all`: every occurrence in the store, newest first, with when it
+    /// was cleared and who acknowledged it.
+    state: Option<String>,
+    /// At most this many (`all` only; default 500, at most 10,000).
+    limit: Option<usize>,
+}
+
+/// `GET /api/alarms`: active alarms, oldest first; or (`state=all`) the alarm history from the store.
+pub(crate) async fn alarms(
+    State(s): State<HttpState>,
+    _caller: Caller,
+    Query(q): Query<AlarmQuery>,
+) -> Result<Json<Value>, ApiError> {
+    match q.state.as_deref().unwrap_or("active") {
+        "active" => {
+            let active = lock(&s.alarms).active();
+            Ok(Json(json!({"count": active.len(), "alarms": active})))
+        }
+        "all" => {
+            let store = s
+                .store
+                .clone()
+                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "store_disabled", "state=all needs the store"))?;
+            let limit = q.limit.unwrap_or(500).clamp(1, 10_000);
+            let all = store.read(move |c| crate::store::query::alarms(c, false, limit)).await.map_err(store_error)?;
+            Ok(Json(json!({"count": all.len(), "source": "store", "alarms": all})))
+        }
+        other => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_params",
+            format!("state '{other}' is not active or all"),
+        )),
+    }
 }
 
 /// `POST /api/alarms/{id}/ack`: acknowledges an active alarm (persisted; announced as an `alarm_acknowledged`
@@ -354,20 +587,33 @@ pub(crate) async fn acknowledge(
     Operator(caller): Operator,
     Path(alarm_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    // 200 means durable: answer only once the acknowledgement is on disk.
-    let alarm = match crate::alarms::acknowledge_persisted(&s.alarms, &alarm_id, &s.acks).await {
-        Ok(Some(alarm)) => alarm,
-        Ok(None) => {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_alarm", format!("no active alarm '{alarm_id}'")));
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, "unknown_alarm", format!("no active alarm '{alarm_id}'"));
+    // 200 means durable: answer only once the acknowledgement is stored.
+    let alarm = match &s.store {
+        Some(store) => {
+            let alarm = lock(&s.alarms).acknowledge(&alarm_id).ok_or_else(unknown)?;
+            store.acknowledge(alarm_id.clone(), caller.user.clone(), now_ms()).await.map_err(|e| {
+                tracing::error!(error = %e, "could not persist the alarm acknowledgement");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_persisted",
+                    "the acknowledgement could not be stored",
+                )
+            })?;
+            alarm
         }
-        Err(e) => {
-            tracing::error!(error = %e, file = %s.acks.path().display(), "could not persist the alarm acknowledgement");
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "not_persisted",
-                format!("the acknowledgement could not be stored: {e}"),
-            ));
-        }
+        None => match crate::alarms::acknowledge_persisted(&s.alarms, &alarm_id, &s.acks).await {
+            Ok(Some(alarm)) => alarm,
+            Ok(None) => return Err(unknown()),
+            Err(e) => {
+                tracing::error!(error = %e, file = %s.acks.path().display(), "could not persist the alarm acknowledgement");
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "not_persisted",
+                    format!("the acknowledgement could not be stored: {e}"),
+                ));
+            }
+        },
     };
     if let Ok(meter_id) = MeterId::new(&alarm.meter_id) {
         s.hub.publish(HubEvent::Event(MeterEvent {
@@ -386,14 +632,36 @@ pub(crate) async fn acknowledge(
 pub(crate) struct EventQuery {
     /// Only this meter's events.
     meter: Option<String>,
+    /// From (ms, inclusive; store only).
+    from: Option<u64>,
+    /// To (ms, inclusive; store only).
+    to: Option<u64>,
     /// At most this many (default 100, at most 1000).
     limit: Option<usize>,
 }
 
-/// `GET /api/events`: recent events, newest first.
-pub(crate) async fn events(State(s): State<HttpState>, _caller: Caller, Query(q): Query<EventQuery>) -> Json<Value> {
-    let events = s.live.events(q.meter.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000));
-    Json(json!({"count": events.len(), "events": events}))
+/// `GET /api/events`: events newest first, from the store when it is enabled (`source: store`), else the recent
+/// ones kept in memory.
+pub(crate) async fn events(
+    State(s): State<HttpState>,
+    _caller: Caller,
+    Query(q): Query<EventQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let Some(store) = s.store.clone() else {
+        let events = s.live.events(q.meter.as_deref(), limit);
+        return Ok(Json(json!({"count": events.len(), "source": "memory", "events": events})));
+    };
+    let (from, to) = (q.from.unwrap_or(0), q.to.unwrap_or(u64::MAX));
+    if from > to {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_params", "'from' is after 'to'"));
+    }
+    let meter = q.meter.clone();
+    let events = store
+        .read(move |c| crate::store::query::events(c, from, to, meter.as_deref(), limit))
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({"count": events.len(), "source": "store", "events": events})))
 }
 
 /// `GET /api/stats`: the `gateway/stats` payload plus what the dashboard's cards show.

@@ -52,6 +52,8 @@ pub(crate) struct HttpState {
     pub commands: CommandRouter,
     /// Per-IP request limit.
     pub limiter: Arc<RateLimiter>,
+    /// The SQLite store, when enabled (history, events and alarms are served from it).
+    pub store: Option<crate::store::StoreHandle>,
 }
 
 /// An API error: HTTP status, stable code, message; rendered as `{error, code}`.

@@ -59,7 +59,11 @@ pub fn test_config(dir: &std::path::Path) -> Config {
 }
 
 pub async fn start(tweak: impl FnOnce(&mut Config)) -> TestGateway {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), tweak).await
+}
+
+/// Starts a gateway on an existing data directory (a restart).
+pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> TestGateway {
     let mut c = test_config(dir.path());
     tweak(&mut c);
     let gw = Gateway::start(c).await.expect("gateway starts");

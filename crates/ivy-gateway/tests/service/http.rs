@@ -253,8 +253,9 @@ async fn every_endpoint_with_login_roles_and_errors() {
     assert_error(s, &body, StatusCode::NOT_FOUND, "unknown_alarm");
     let (_, _, alarms) = http.get("/api/alarms", &viewer).await;
     assert!(alarms["alarms"].as_array().unwrap().iter().any(|a| a["id"] == alarm_id && a["acknowledged"] == true));
-    let acks = std::fs::read_to_string(gw._dir.path().join("alarm-acks.json")).unwrap();
-    assert!(acks.contains(&alarm_id), "{acks}");
+    // Persisted in the store before the 200.
+    let acks = ivy_gateway::store::query::acknowledged_ids(&gw.gw.store().unwrap().reader().unwrap()).unwrap();
+    assert!(acks.contains(&alarm_id), "{acks:?}");
 
     let events = wait_json("connected, alarm and acknowledgement events", 10, async || {
         let (_, _, e) = http.get(&format!("/api/events?meter={METER}&limit=50"), &viewer).await;

@@ -11,4 +11,5 @@ mod lifecycle;
 mod limits;
 mod polling;
 mod reload;
+mod store;
 mod tls;
