@@ -283,10 +283,7 @@ fn write_readings(
     let mut stored = 0;
     for r in readings {
         let reg = register(conn, ids, &r.register)?;
-        // A raw integer whose scaler is unknown is not a value in any unit: it stays out of the history (it is
-        // still the latest value of the meter state, published with `scalerKnown: false`).
-        let numeric = r.value.as_f64().filter(|v| v.is_finite() && r.meta.scaler_known != Some(false));
-        if let Some(v) = numeric {
+        if let Some(v) = r.value.as_f64().filter(|v| v.is_finite()) {
             insert.execute(params![m, reg, r.ts as i64, v])?;
             stored += 1;
             let known = ids.series_units.get(&(m, reg));
