@@ -32,8 +32,8 @@ enum Command {
     /// USER a new random password in the data directory's users file and print it (recovery).
     Passwd {
         /// User name for the printed users-file entry.
-        #[arg(long)]
-        user: String,
+        #[arg(long, required_unless_present = "reset", conflicts_with = "reset")]
+        user: Option<String>,
         /// Role: viewer (read only, the default), operator (also sends commands) or admin (everything).
         #[arg(long, default_value = "viewer")]
         role: String,
@@ -138,7 +138,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Some(Command::Passwd { user, role, reset: None }) => match passwd(&user, &role) {
+        Some(Command::Passwd { user: None, reset: None, .. }) => {
+            eprintln!("passwd: --user or --reset is required");
+            ExitCode::from(2)
+        }
+        Some(Command::Passwd { user: Some(user), role, reset: None }) => match passwd(&user, &role) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("passwd: {e:#}");

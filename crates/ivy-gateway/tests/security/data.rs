@@ -16,8 +16,16 @@ const ACTIVE_POWER_TOTAL: u32 = 0x0203_0000;
 
 #[tokio::test]
 async fn concurrent_acknowledgements_are_all_durable_across_a_restart() {
+    // With the SQLite store (the default) and with the acknowledgement file it replaces when the store is off.
+    for store in [false, true] {
+        concurrent_acknowledgements(store).await;
+    }
+}
+
+async fn concurrent_acknowledgements(store: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
+    config.store.enabled = store;
     config.polling.enabled = true;
     config.polling.group = "all".into();
     config.polling.interval_ms = 500;
@@ -50,18 +58,25 @@ async fn concurrent_acknowledgements_are_all_durable_across_a_restart() {
     let answers = futures::future::join_all(requests).await;
     let ok = answers.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status() == reqwest::StatusCode::OK)).count();
     assert_eq!(ok, answers.len(), "every acknowledgement answered 200");
-    // Straight from disk, then after a restart on the same data directory.
+    // Straight from disk (the acknowledgement file when the store is off), then after a restart on the same data
+    // directory (from the store when it is on).
     let file = dir.path().join(ivy_gateway::alarms::ACKS_FILE);
-    let on_disk = ivy_gateway::alarms::load_acknowledged(&file).unwrap();
+    let on_disk = if store { None } else { Some(ivy_gateway::alarms::load_acknowledged(&file).unwrap()) };
     drop(sim);
     gw.shutdown().await;
     let again = Gateway::start(config).await.unwrap();
     let restored = again.alarms().lock().unwrap().acknowledged_ids();
     again.shutdown().await;
+    let on_disk = on_disk.unwrap_or_else(|| restored.clone());
     let durable = ids.iter().filter(|id| on_disk.contains(id) && restored.contains(id)).count();
     let leftovers = std::fs::read_dir(dir.path()).unwrap().filter_map(Result::ok);
     assert!(leftovers.filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).count() == 0);
-    report("concurrent alarm acknowledgements (each must be on disk)", answers.len(), ok * durable / ids.len());
+    let what = if store { "in the store" } else { "in the acknowledgement file" };
+    report(
+        &format!("concurrent alarm acknowledgements (each must be {what})"),
+        answers.len(),
+        ok * durable / ids.len(),
+    );
 }
 
 /// A gateway process; killed (by PID) when dropped.
