@@ -468,6 +468,8 @@ async fn metrics_are_valid_prometheus_text() {
         sampled.insert(name.to_owned());
     }
     // The documented names are the scraped ones (counters with `_total`; histograms by their family name).
+    let registered =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics.rs")).unwrap();
     for doc in ["API.md", "MQTT.md"] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs").join(doc);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -475,7 +477,16 @@ async fn metrics_are_valid_prometheus_text() {
         let mut checked = 0;
         for name in names.filter(|n| *n != "ivy_session") {
             let histogram = typed.get(name).is_some_and(|k| k == "histogram");
-            assert!(sampled.contains(name) || histogram, "docs/{doc} names {name}, which /metrics does not expose");
+            // A labelled counter family with no label set yet (per-client drops before the first drop) has no line in
+            // the exposition: it must then be registered under that name in the metrics module.
+            let declared_counter = name
+                .strip_suffix("_total")
+                .and_then(|f| f.strip_prefix("ivy_"))
+                .is_some_and(|f| registered.contains(&format!("\"{f}\",")));
+            assert!(
+                sampled.contains(name) || histogram || declared_counter,
+                "docs/{doc} names {name}, which /metrics does not expose"
+            );
             checked += 1;
         }
         assert!(checked > 0 || doc == "MQTT.md", "no metric names found in docs/{doc}");
