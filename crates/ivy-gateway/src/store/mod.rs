@@ -64,21 +64,13 @@ mod tests {
     use super::*;
     use crate::config::StoreConfig;
     use crate::hub::HubEvent;
-    use crate::model::{Quantity, Reading, ReadingValue, Source};
+    use crate::model::{Quantity, Reading, Source};
     use ivy_protocol::registration::MeterId;
 
     fn reading(meter: &str, register: &str, value: f64, ts: u64) -> Reading {
         Reading {
             meter_id: MeterId::new(meter).unwrap(),
-            source: Source::Dlt645,
-            register: register.into(),
-            data_id: "0x02010100".into(),
-            value: ReadingValue::Number(value),
-            raw_value: serde_json::json!(value),
-            unit: Some("V".into()),
-            quantity: Quantity::Voltage,
-            ts,
-            meta: Default::default(),
+            ..crate::model::test_reading(register, Quantity::Voltage, value, "V", ts)
         }
     }
 
