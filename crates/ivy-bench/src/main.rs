@@ -39,6 +39,18 @@ struct Args {
     /// The command line to state in the report.
     #[arg(long, default_value = "scripts/bench")]
     command: String,
+
+    /// Extra `KEY=VALUE` environment for every gateway started (e.g. `STORE_ENABLED=false` to measure the
+    /// configuration before a feature); scenario settings of the same key still win.
+    #[arg(long = "gateway-env", value_parser = parse_env_pair)]
+    gateway_env: Vec<(String, String)>,
+}
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         "{} does not exist: build it with `cargo build --release -p ivy-gateway`",
         args.gateway_bin.display()
     );
+    ivy_bench::process::set_extra_env(args.gateway_env.clone());
     let scale = if args.smoke { Scale::smoke() } else { Scale::full() };
     let wanted = |w: Which| args.only.is_empty() || args.only.contains(&w);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

@@ -38,6 +38,14 @@ fn free_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
+/// Environment added to every gateway this process starts (`ivy-bench --gateway-env`).
+static EXTRA_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Sets the environment added to every gateway started from now on (first call wins).
+pub fn set_extra_env(env: Vec<(String, String)>) {
+    let _ = EXTRA_ENV.set(env);
+}
+
 impl GatewayProcess {
     /// Starts `bin run` on free 127.0.0.1 ports with `env` on top of the benchmark defaults, and waits until it
     /// listens.
@@ -64,7 +72,11 @@ impl GatewayProcess {
             .env("MAX_CONNECTIONS", "19900")
             .env("MAX_CONNECTIONS_PER_IP", "20000")
             .env("RATE_LIMITING_ENABLED", "false")
+            .env("MAX_NEW_IDS_PER_IP_PER_MINUTE", "0")
             .env("POLLING_ENABLED", "false");
+        for (k, v) in EXTRA_ENV.get().into_iter().flatten() {
+            cmd.env(k, v);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

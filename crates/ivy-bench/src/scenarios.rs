@@ -584,7 +584,7 @@ fn history_database(meters: usize, days: u64, queries: usize) -> Result<Value, i
                 snapshot: false,
             }));
             batch_rows += REGISTERS.len();
-            if batch_rows >= config.batch_rows {
+            if batch_rows >= config.batch_rows.get() {
                 rows += writer.write_batch(&batch)? as u64;
                 batch.clear();
                 batch_rows = 0;

@@ -8,7 +8,16 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
+
+/// A non-zero default size (a zero literal would be a bug in this file; it becomes 1).
+const fn nz(n: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(n) {
+        Some(n) => n,
+        None => NonZeroUsize::MIN,
+    }
+}
 
 /// A value the configuration writes as text and the gateway uses parsed: parsed once, when the configuration is
 /// read. The text is kept for `check-config` (masked where secret); a text that does not parse is reported by
@@ -255,13 +264,13 @@ pub struct MetersConfig {
     /// Listen port for meters (`TCP_PORT`).
     pub port: u16,
     /// Maximum concurrent meter connections.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Maximum concurrent connections from one IP (DTUs behind carrier NAT share IPs).
-    pub max_connections_per_ip: usize,
+    pub max_connections_per_ip: NonZeroUsize,
     /// Whether connection attempts per IP are rate limited.
     pub rate_limiting_enabled: bool,
     /// Connection attempts allowed per IP per window.
-    pub max_connection_attempts: u32,
+    pub max_connection_attempts: NonZeroU32,
     /// The rate-limit window in milliseconds.
     pub rate_limit_window_ms: u64,
     /// How long an IP that exceeded the rate stays blocked, in milliseconds.
@@ -273,7 +282,7 @@ pub struct MetersConfig {
     /// TCP keepalive idle time in seconds (0 = off).
     pub tcp_keepalive_secs: u64,
     /// Per-connection receive buffer cap in bytes; a peer that exceeds it is disconnected.
-    pub buffer_cap: usize,
+    pub buffer_cap: NonZeroUsize,
     /// Seconds to decide the protocol before the connection is closed.
     pub detection_timeout_secs: u64,
     /// Seconds of silence after which a DL/T 645 connection is probed with read-address, or a DLMS one asked for
@@ -302,11 +311,11 @@ pub struct MetersConfig {
     /// Per meter id, the only source networks it may identify from (narrows `allowed_sources` for that id).
     pub allowed_sources_by_meter: BTreeMap<String, Vec<Parsed<SourceNet>>>,
     /// Meter ids one connection may hold (a DTU has a known number of meters behind it).
-    pub max_ids_per_connection: usize,
+    pub max_ids_per_connection: NonZeroUsize,
     /// Meter ids new to the registry accepted per source IP per minute (0 = unlimited).
     pub max_new_ids_per_ip_per_minute: u32,
     /// Unidentified connections an IP that misbehaved may hold at once; a newer one closes the oldest.
-    pub max_unidentified_per_penalised_ip: usize,
+    pub max_unidentified_per_penalised_ip: NonZeroUsize,
     /// The IANA time zone meters keep their clocks in (`Europe/Berlin`); date-times without a deviation are read in
     /// it, DST included. Takes precedence over `clock_utc_offset_minutes`.
     pub timezone: Option<Parsed<ivy_protocol::dlms::MeterZone>>,
@@ -331,16 +340,16 @@ impl Default for MetersConfig {
         MetersConfig {
             host: IpAddr::from([0, 0, 0, 0]),
             port: 8899,
-            max_connections: 10_000,
-            max_connections_per_ip: 100,
+            max_connections: nz(10_000),
+            max_connections_per_ip: nz(100),
             rate_limiting_enabled: true,
-            max_connection_attempts: 60,
+            max_connection_attempts: NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN),
             rate_limit_window_ms: 60_000,
             rate_limit_block_duration_ms: 300_000,
             idle_timeout_secs: 120,
             sweep_interval_secs: 30,
             tcp_keepalive_secs: 60,
-            buffer_cap: 64 * 1024,
+            buffer_cap: nz(64 * 1024),
             detection_timeout_secs: 30,
             identify_after_secs: 10,
             zero_address_action: ZeroAddressAction::Accept,
@@ -352,9 +361,9 @@ impl Default for MetersConfig {
             secrets_quiet_secs: 300,
             allowed_sources: Vec::new(),
             allowed_sources_by_meter: BTreeMap::new(),
-            max_ids_per_connection: 32,
+            max_ids_per_connection: nz(32),
             max_new_ids_per_ip_per_minute: 1200,
-            max_unidentified_per_penalised_ip: 4,
+            max_unidentified_per_penalised_ip: nz(4),
             timezone: None,
             capture_time_tolerance_secs: 86_400,
             meter_overrides: BTreeMap::new(),
@@ -514,7 +523,7 @@ pub struct DlmsConfig {
     /// The meter's wrapper destination wPort (`DLMS_IVY_DESTINATION`).
     pub server_wport: u16,
     /// Maximum wrapper payload accepted.
-    pub max_payload: usize,
+    pub max_payload: NonZeroUsize,
     /// Milliseconds to wait for an AARE.
     pub association_timeout_ms: u64,
     /// Milliseconds to wait for each response.
@@ -573,7 +582,7 @@ impl Default for DlmsConfig {
             passive_only: true,
             client_wport: 0x0001,
             server_wport: 0x0001,
-            max_payload: 4096,
+            max_payload: nz(4096),
             association_timeout_ms: 5_000,
             response_timeout_ms: 5_000,
             keep_association: false,
@@ -603,7 +612,7 @@ pub struct PollingConfig {
     /// Group polled by default (`POLLING_REGISTER_GROUP`).
     pub group: String,
     /// Maximum meters polled at the same time.
-    pub max_concurrent: usize,
+    pub max_concurrent: NonZeroUsize,
     /// Random jitter of the first and later polls, percent of the interval.
     pub jitter_percent: u8,
     /// Delay before the first poll after identification, milliseconds (jitter is added).
@@ -625,7 +634,7 @@ impl Default for PollingConfig {
             enabled: true,
             interval_ms: 60_000,
             group: "all".into(),
-            max_concurrent: 1000,
+            max_concurrent: nz(1000),
             jitter_percent: 10,
             first_poll_delay_ms: 1_000,
             align: false,
@@ -657,14 +666,14 @@ pub struct CommandsConfig {
     /// Deadline of one command (queue wait + exchange), milliseconds.
     pub timeout_ms: u64,
     /// Requests queued per meter connection before `busy` is answered.
-    pub queue_depth: usize,
+    pub queue_depth: NonZeroUsize,
     /// Commands executing at once across the gateway.
-    pub max_concurrent: usize,
+    pub max_concurrent: NonZeroUsize,
 }
 
 impl Default for CommandsConfig {
     fn default() -> Self {
-        CommandsConfig { timeout_ms: 15_000, queue_depth: 32, max_concurrent: 1_000 }
+        CommandsConfig { timeout_ms: 15_000, queue_depth: nz(32), max_concurrent: nz(1_000) }
     }
 }
 
@@ -751,9 +760,9 @@ pub struct MqttConfig {
     /// Plain users in the original's format `u:p[:role],...` (`MQTT_USERS`; deprecated, use the users file).
     pub users: Option<String>,
     /// Maximum MQTT client connections.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Capacity of the in-process publish queue.
-    pub publish_queue: usize,
+    pub publish_queue: NonZeroUsize,
     /// TLS listener port (0 = off).
     pub tls_port: u16,
     /// WebSocket-over-TLS port (0 = off).
@@ -764,7 +773,7 @@ pub struct MqttConfig {
     pub tls_key: Option<PathBuf>,
     /// Messages queued at most for one client session that does not read (then the oldest are dropped and
     /// counted per client).
-    pub session_queue_messages: usize,
+    pub session_queue_messages: NonZeroUsize,
     /// Largest MQTT packet a client may send, in bytes (with `session_queue_messages` it bounds the bytes a
     /// session can hold).
     pub max_packet_bytes: u32,
@@ -783,13 +792,13 @@ impl Default for MqttConfig {
             ws_port: 9001,
             auth_enabled: true,
             users: None,
-            max_connections: 10_000,
-            publish_queue: 65_536,
+            max_connections: nz(10_000),
+            publish_queue: nz(65_536),
             tls_port: 0,
             wss_port: 0,
             tls_cert: None,
             tls_key: None,
-            session_queue_messages: 1000,
+            session_queue_messages: nz(1000),
             max_packet_bytes: 64 * 1024,
             max_sessions_per_user: 64,
             handshake_timeout_secs: 10,
@@ -818,7 +827,7 @@ pub struct HttpConfig {
     /// `scheme://host[:port]`, e.g. the public address of a reverse proxy).
     pub allowed_origins: Vec<String>,
     /// HTTP connections open at once (more are closed at accept).
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Seconds a connection may take to send a request's headers; also how long an idle keep-alive connection
     /// is kept.
     pub header_timeout_secs: u64,
@@ -848,7 +857,7 @@ impl Default for HttpConfig {
             tls_cert: None,
             tls_key: None,
             allowed_origins: Vec::new(),
-            max_connections: 1024,
+            max_connections: nz(1024),
             header_timeout_secs: 10,
         }
     }
@@ -871,9 +880,9 @@ pub struct StoreConfig {
     /// A write transaction is committed at most this many milliseconds after its first row (`STORE_BATCH_MS`).
     pub batch_ms: u64,
     /// ... or when it holds this many readings (`STORE_BATCH_ROWS`).
-    pub batch_rows: usize,
+    pub batch_rows: NonZeroUsize,
     /// Hub events queued for the writer before new ones are dropped and counted (`STORE_QUEUE`).
-    pub queue: usize,
+    pub queue: NonZeroUsize,
 }
 
 impl Default for StoreConfig {
@@ -885,8 +894,8 @@ impl Default for StoreConfig {
             events_retention_days: 365,
             max_size_mb: 1024,
             batch_ms: 100,
-            batch_rows: 10_000,
-            queue: 16_384,
+            batch_rows: nz(10_000),
+            queue: nz(16_384),
         }
     }
 }
@@ -912,6 +921,9 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("IDLE_TIMEOUT_SECS", "meters.idle_timeout_secs", |c, v| set(&mut c.meters.idle_timeout_secs, v)),
     ("MAX_CONNECTIONS", "meters.max_connections", |c, v| set(&mut c.meters.max_connections, v)),
     ("MAX_CONNECTIONS_PER_IP", "meters.max_connections_per_ip", |c, v| set(&mut c.meters.max_connections_per_ip, v)),
+    ("MAX_NEW_IDS_PER_IP_PER_MINUTE", "meters.max_new_ids_per_ip_per_minute", |c, v| {
+        set(&mut c.meters.max_new_ids_per_ip_per_minute, v)
+    }),
     ("RATE_LIMITING_ENABLED", "meters.rate_limiting_enabled", |c, v| set_bool(&mut c.meters.rate_limiting_enabled, v)),
     ("MAX_CONNECTION_ATTEMPTS", "meters.max_connection_attempts", |c, v| set(&mut c.meters.max_connection_attempts, v)),
     ("RATE_LIMIT_WINDOW_MS", "meters.rate_limit_window_ms", |c, v| set(&mut c.meters.rate_limit_window_ms, v)),
@@ -1069,8 +1081,23 @@ fn set<T: std::str::FromStr>(slot: &mut T, v: &str) -> Result<(), String> {
         *slot = t;
         return Ok(());
     }
-    *slot = v.parse::<T>().map_err(|_| format!("'{v}' is not a valid {}", std::any::type_name::<T>()))?;
+    *slot = v.parse::<T>().map_err(|_| format!("'{v}' is not {}", expected::<T>()))?;
     Ok(())
+}
+
+/// What a value of type `T` must look like, in words (for error messages).
+fn expected<T>() -> &'static str {
+    let name = std::any::type_name::<T>();
+    let kind = name.rsplit("::").next().unwrap_or(name);
+    match kind {
+        "NonZero<usize>" | "NonZero<u32>" | "NonZero<u64>" => "a whole number of at least 1",
+        "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number of at least 0",
+        "i64" | "i32" => "a whole number",
+        "f64" => "a number",
+        "bool" => "true or false",
+        "String" => "text",
+        _ => "valid here",
+    }
 }
 
 fn set_u16_hex(slot: &mut u16, v: &str) -> Result<(), String> {
@@ -1183,13 +1210,10 @@ impl Config {
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut e = Vec::new();
         let m = &self.meters;
-        check(&mut e, m.max_connections > 0, "meters.max_connections", "must be at least 1");
-        check(&mut e, m.max_connections_per_ip > 0, "meters.max_connections_per_ip", "must be at least 1");
-        check(&mut e, m.max_connection_attempts > 0, "meters.max_connection_attempts", "must be at least 1");
         check(&mut e, m.rate_limit_window_ms >= 1000, "meters.rate_limit_window_ms", "must be at least 1000");
         check(&mut e, m.idle_timeout_secs > 0, "meters.idle_timeout_secs", "must be at least 1");
         check(&mut e, m.sweep_interval_secs > 0, "meters.sweep_interval_secs", "must be at least 1");
-        check(&mut e, (1024..=16 << 20).contains(&m.buffer_cap), "meters.buffer_cap", "must be 1024..=16777216");
+        check(&mut e, (1024..=16 << 20).contains(&m.buffer_cap.get()), "meters.buffer_cap", "must be 1024..=16777216");
         check(&mut e, m.detection_timeout_secs > 0, "meters.detection_timeout_secs", "must be at least 1");
         check(&mut e, m.identify_after_secs > 0, "meters.identify_after_secs", "must be at least 1");
         if let Some(problem) = m.heartbeat_ack.as_ref().and_then(Parsed::problem) {
@@ -1200,13 +1224,6 @@ impl Config {
             (100..=60_000).contains(&m.identity_probe_timeout_ms),
             "meters.identity_probe_timeout_ms",
             "must be 100..=60000",
-        );
-        check(&mut e, m.max_ids_per_connection > 0, "meters.max_ids_per_connection", "must be at least 1");
-        check(
-            &mut e,
-            m.max_unidentified_per_penalised_ip > 0,
-            "meters.max_unidentified_per_penalised_ip",
-            "must be at least 1",
         );
         for (i, net) in m.allowed_sources.iter().enumerate() {
             if let Some(problem) = net.problem() {
@@ -1261,7 +1278,7 @@ impl Config {
         }
 
         let l = &self.dlms;
-        check(&mut e, (16..=65535).contains(&l.max_payload), "dlms.max_payload", "must be 16..=65535");
+        check(&mut e, (16..=65535).contains(&l.max_payload.get()), "dlms.max_payload", "must be 16..=65535");
         check(&mut e, l.conformance <= 0xFF_FFFF, "dlms.conformance", "must fit in 24 bits");
         check(&mut e, l.max_pdu_size >= 64, "dlms.max_pdu_size", "must be at least 64");
         check(&mut e, l.response_timeout_ms >= 100, "dlms.response_timeout_ms", "must be at least 100");
@@ -1323,21 +1340,19 @@ impl Config {
 
         let p = &self.polling;
         check(&mut e, p.interval_ms >= 100, "polling.interval_ms", "must be at least 100 (milliseconds)");
-        check(&mut e, p.max_concurrent > 0, "polling.max_concurrent", "must be at least 1");
         check(&mut e, p.jitter_percent <= 50, "polling.jitter_percent", "must be at most 50");
         check(&mut e, !p.group.trim().is_empty(), "polling.group", "must not be empty");
 
         let c = &self.commands;
         check(&mut e, c.timeout_ms >= 100, "commands.timeout_ms", "must be at least 100");
-        check(&mut e, (1..=10_000).contains(&c.queue_depth), "commands.queue_depth", "must be 1..=10000");
-        check(&mut e, c.max_concurrent > 0, "commands.max_concurrent", "must be at least 1");
+        check(&mut e, (1..=10_000).contains(&c.queue_depth.get()), "commands.queue_depth", "must be 1..=10000");
 
         let a = &self.alarms;
         check(&mut e, (0.0..=50.0).contains(&a.hysteresis_percent), "alarms.hysteresis_percent", "must be 0..=50");
         check(&mut e, a.undervoltage_v < a.overvoltage_v, "alarms.undervoltage_v", "must be below overvoltage_v");
 
         let q = &self.mqtt;
-        check(&mut e, q.publish_queue >= 16, "mqtt.publish_queue", "must be at least 16");
+        check(&mut e, q.publish_queue.get() >= 16, "mqtt.publish_queue", "must be at least 16");
         check(
             &mut e,
             valid_topic_prefix(&q.topic_prefix),
@@ -1379,14 +1394,12 @@ impl Config {
         check(&mut e, st.events_retention_days > 0, "store.events_retention_days", "must be at least 1");
         check(&mut e, st.max_size_mb >= 1, "store.max_size_mb", "must be at least 1");
         check(&mut e, (1..=60_000).contains(&st.batch_ms), "store.batch_ms", "must be 1..=60000");
-        check(&mut e, (1..=1_000_000).contains(&st.batch_rows), "store.batch_rows", "must be 1..=1000000");
-        check(&mut e, st.queue >= 16, "store.queue", "must be at least 16");
+        check(&mut e, (1..=1_000_000).contains(&st.batch_rows.get()), "store.batch_rows", "must be 1..=1000000");
+        check(&mut e, st.queue.get() >= 16, "store.queue", "must be at least 16");
         check(&mut e, !st.path.as_os_str().is_empty(), "store.path", "must not be empty");
-        check(&mut e, q.session_queue_messages > 0, "mqtt.session_queue_messages", "must be at least 1");
         check(&mut e, q.max_packet_bytes >= 1024, "mqtt.max_packet_bytes", "must be at least 1024");
         check(&mut e, q.handshake_timeout_secs > 0, "mqtt.handshake_timeout_secs", "must be at least 1");
         let h = &self.http;
-        check(&mut e, h.max_connections > 0, "http.max_connections", "must be at least 1");
         check(&mut e, h.header_timeout_secs > 0, "http.header_timeout_secs", "must be at least 1");
         for (i, origin) in h.allowed_origins.iter().enumerate() {
             check(
@@ -1497,6 +1510,19 @@ mod tests {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         load(&sources)
+    }
+
+    #[test]
+    fn a_zero_size_is_refused_at_load_naming_the_key() {
+        let e = load_with(None, None, &[("MAX_CONNECTIONS", "0")]).unwrap_err().to_string();
+        assert!(e.contains("MAX_CONNECTIONS: '0' is not a whole number of at least 1"), "{e}");
+        let e = load_with(Some("[store]\nqueue = 0\n"), None, &[]).unwrap_err().to_string();
+        assert!(e.contains("queue"), "{e}");
+        let e = load_with(Some("[commands]\nqueue_depth = -3\n"), None, &[]).unwrap_err().to_string();
+        assert!(e.contains("queue_depth"), "{e}");
+        let c = load_with(None, None, &[("MAX_CONNECTIONS", "7"), ("MAX_NEW_IDS_PER_IP_PER_MINUTE", "0")]).unwrap();
+        assert_eq!(c.meters.max_connections.get(), 7);
+        assert_eq!(c.meters.max_new_ids_per_ip_per_minute, 0);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! the budget, HTTP and MQTT share the rest.
 
 use crate::config::Config;
+use std::num::NonZeroUsize;
 
 /// Descriptors kept for everything that is not a client connection: the data files, the runtime's epoll and
 /// blocking pool, logs, listeners.
@@ -55,21 +56,24 @@ pub fn fit_caps(limit: u64, config: &mut Config) -> Vec<String> {
     let budget = usize::try_from(limit.saturating_sub(RESERVED)).unwrap_or(usize::MAX);
     let q = &config.mqtt;
     let mqtt_listeners = 1 + [q.ws_port, q.tls_port, q.wss_port].iter().filter(|p| **p != 0).count();
-    let http = if config.http.enabled { config.http.max_connections } else { 0 };
+    let http = if config.http.enabled { config.http.max_connections.get() } else { 0 };
     let wanted = config
         .meters
         .max_connections
-        .saturating_add(q.max_connections.saturating_mul(mqtt_listeners))
+        .get()
+        .saturating_add(q.max_connections.get().saturating_mul(mqtt_listeners))
         .saturating_add(http);
     if wanted <= budget {
         return Vec::new();
     }
     let mut changes = Vec::new();
-    let meters = config.meters.max_connections.min((budget / 4 * 3).max(MIN_CAP));
+    let meters = config.meters.max_connections.get().min((budget / 4 * 3).max(MIN_CAP));
     let rest = budget.saturating_sub(meters);
-    let http_cap = config.http.max_connections.min((rest / 4).max(MIN_CAP));
-    let mqtt_cap = q.max_connections.min((rest.saturating_sub(http_cap) / mqtt_listeners).max(MIN_CAP));
-    let mut lower = |key: &str, from: &mut usize, to: usize| {
+    let http_cap = config.http.max_connections.get().min((rest / 4).max(MIN_CAP));
+    let mqtt_cap = q.max_connections.get().min((rest.saturating_sub(http_cap) / mqtt_listeners).max(MIN_CAP));
+    let mut lower = |key: &str, from: &mut NonZeroUsize, to: usize| {
+        // MIN_CAP keeps every cap above zero.
+        let Some(to) = NonZeroUsize::new(to) else { return };
         if to < *from {
             changes.push(format!("{key} lowered from {} to {to} to fit the open-file limit of {limit}", *from));
             *from = to;
@@ -97,18 +101,18 @@ mod tests {
     #[test]
     fn a_small_limit_is_shared_with_meters_first() {
         let mut c = Config::default();
-        c.meters.max_connections = 500;
+        c.meters.max_connections = NonZeroUsize::new(500).unwrap();
         let changes = fit_caps(1024, &mut c);
-        assert_eq!(c.meters.max_connections, 500, "meters fit in three quarters of 896: kept");
-        assert_eq!(c.http.max_connections, 99, "a quarter of the 396 left");
-        assert_eq!(c.mqtt.max_connections, 148, "the rest, shared by the TCP and WebSocket listeners");
-        let total = c.meters.max_connections + c.http.max_connections + 2 * c.mqtt.max_connections;
+        assert_eq!(c.meters.max_connections.get(), 500, "meters fit in three quarters of 896: kept");
+        assert_eq!(c.http.max_connections.get(), 99, "a quarter of the 396 left");
+        assert_eq!(c.mqtt.max_connections.get(), 148, "the rest, shared by the TCP and WebSocket listeners");
+        let total = c.meters.max_connections.get() + c.http.max_connections.get() + 2 * c.mqtt.max_connections.get();
         assert!(total as u64 <= 1024 - RESERVED, "{total}");
         assert_eq!(changes.len(), 2, "{changes:?}");
 
         let mut d = Config::default();
         fit_caps(1024, &mut d);
-        assert_eq!(d.meters.max_connections, 672, "10,000 meters do not fit: three quarters of the budget");
+        assert_eq!(d.meters.max_connections.get(), 672, "10,000 meters do not fit: three quarters of the budget");
     }
 
     #[test]

@@ -147,11 +147,11 @@ impl Gateway {
             tcp_addr: std::net::SocketAddr::new(q.host, q.port),
             ws_addr: (q.ws_port != 0).then(|| std::net::SocketAddr::new(q.host, q.ws_port)),
             tls,
-            max_connections: q.max_connections,
+            max_connections: q.max_connections.get(),
             max_packet_size: q.max_packet_bytes,
-            publish_queue: q.publish_queue,
+            publish_queue: q.publish_queue.get(),
             inbound_queue: 4096,
-            session_queue: q.session_queue_messages,
+            session_queue: q.session_queue_messages.get(),
             max_sessions_per_user: q.max_sessions_per_user,
             handshake_timeout: Duration::from_secs(q.handshake_timeout_secs),
         };
@@ -197,7 +197,7 @@ impl Gateway {
                 republish(&publisher, &prefix, &restored.meters, now).await;
                 let status = Arc::new(crate::store::StoreStatus::default());
                 let writer = crate::store::writer::Writer::new(restored.conn, config.store.clone(), status.clone());
-                let rx = hub.subscribe("store", config.store.queue);
+                let rx = hub.subscribe("store", config.store.queue.get());
                 let stop = store_stop.clone();
                 let thread = std::thread::Builder::new()
                     .name("ivy-store".into())
@@ -269,7 +269,7 @@ impl Gateway {
                 store: store.clone(),
             });
             let limits = crate::http::server::ServeLimits {
-                max_connections: config.http.max_connections,
+                max_connections: config.http.max_connections.get(),
                 header_timeout: Duration::from_secs(config.http.header_timeout_secs),
             };
             let shutdown = shutdown.clone();

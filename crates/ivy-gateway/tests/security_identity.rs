@@ -367,7 +367,7 @@ async fn new_ids_per_source_are_rate_limited() {
 async fn twenty_thousand_ids_going_offline_at_once_all_publish_their_offline() {
     const N: usize = 20_000;
     let gw = start(|c| {
-        c.meters.max_ids_per_connection = N;
+        c.meters.max_ids_per_connection = std::num::NonZeroUsize::new(N).unwrap();
         c.meters.max_new_ids_per_ip_per_minute = 0;
     })
     .await;
@@ -422,8 +422,8 @@ async fn status_tracker(mqtt: SocketAddr) -> (Client, LastStatus) {
 #[tokio::test]
 async fn an_abusive_peer_does_not_lock_out_a_meter_behind_the_same_address() {
     let gw = start(|c| {
-        c.meters.max_connection_attempts = 5;
-        c.meters.max_unidentified_per_penalised_ip = 3;
+        c.meters.max_connection_attempts = std::num::NonZeroU32::new(5).unwrap();
+        c.meters.max_unidentified_per_penalised_ip = std::num::NonZeroUsize::new(3).unwrap();
         c.meters.detection_timeout_secs = 30;
     })
     .await;

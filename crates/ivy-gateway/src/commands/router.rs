@@ -51,7 +51,7 @@ impl CommandRouter {
         metrics: Arc<Metrics>,
         config: &CommandsConfig,
     ) -> Self {
-        let limit = Arc::new(Semaphore::new(config.max_concurrent));
+        let limit = Arc::new(Semaphore::new(config.max_concurrent.get()));
         CommandRouter { registry, resolver, metrics, timeout: Duration::from_millis(config.timeout_ms), limit }
     }
 

@@ -156,7 +156,7 @@ impl Conn {
         peer: SocketAddr,
         stream: TcpStream,
     ) -> (Self, mpsc::Receiver<QueuedRequest>) {
-        let (handle, requests, close) = SessionHandle::new(conn_id, ctx.config.commands.queue_depth);
+        let (handle, requests, close) = SessionHandle::new(conn_id, ctx.config.commands.queue_depth.get());
         let conn = Conn {
             ctx,
             conn_id,
@@ -252,7 +252,7 @@ impl Conn {
     pub(crate) async fn identify(&mut self, meter_id: &MeterId, protocol: Source) -> Result<bool, Refusal> {
         let ip = self.peer.ip();
         let m = &self.ctx.config.meters;
-        let refusal = if !self.known.contains(meter_id) && self.meters.len() >= m.max_ids_per_connection {
+        let refusal = if !self.known.contains(meter_id) && self.meters.len() >= m.max_ids_per_connection.get() {
             Some((Refusal::TooManyIds, IdentityRefusal::TooManyIds))
         } else if !self.ctx.meter_source_allowed(meter_id.as_str(), ip) {
             Some((Refusal::SourceNotAllowed, IdentityRefusal::SourceNotAllowed))

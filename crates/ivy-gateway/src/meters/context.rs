@@ -58,13 +58,13 @@ impl MeterContext {
     ) -> Self {
         let m = &config.meters;
         let limits = Limits {
-            max_connections: m.max_connections,
-            max_per_ip: m.max_connections_per_ip,
+            max_connections: m.max_connections.get(),
+            max_per_ip: m.max_connections_per_ip.get(),
             rate_limiting: m.rate_limiting_enabled,
-            max_attempts: m.max_connection_attempts,
+            max_attempts: m.max_connection_attempts.get(),
             window: Duration::from_millis(m.rate_limit_window_ms),
             block: Duration::from_millis(m.rate_limit_block_duration_ms),
-            max_unidentified_penalised: m.max_unidentified_per_penalised_ip,
+            max_unidentified_penalised: m.max_unidentified_per_penalised_ip.get(),
             max_new_ids_per_minute: m.max_new_ids_per_ip_per_minute,
         };
         // Parsed when the configuration was loaded (a loaded configuration holds only parsed values).
@@ -74,7 +74,7 @@ impl MeterContext {
         MeterContext {
             resolver,
             rules: config.registration_rules(),
-            poll_permits: Arc::new(Semaphore::new(config.polling.max_concurrent)),
+            poll_permits: Arc::new(Semaphore::new(config.polling.max_concurrent.get())),
             admission: Mutex::new(Admission::new(limits)),
             registry: Arc::new(Registry::new()),
             hub,

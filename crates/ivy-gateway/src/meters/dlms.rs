@@ -113,7 +113,7 @@ pub(crate) async fn run(
     let identify_after = Duration::from_secs(conn.ctx.config.meters.identify_after_secs);
     let meter = conn.meters.first().cloned();
     let mut s = DlmsDriver {
-        framer: Framer::new(cfg.max_payload),
+        framer: Framer::new(cfg.max_payload.get()),
         max_list_items: client.max_list_items.max(1),
         assoc: Association::new(client),
         ports: Ports { source: cfg.client_wport, destination: cfg.server_wport },
@@ -195,7 +195,7 @@ impl DlmsDriver<'_> {
                 FramerEvent::Discarded { reason, .. } => self.conn.ctx.metrics.parse_error(reason.kind()),
             }
         }
-        if self.framer.buffered() > self.conn.ctx.config.meters.buffer_cap {
+        if self.framer.buffered() > self.conn.ctx.config.meters.buffer_cap.get() {
             return Err(EndReason::BufferOverflow);
         }
         Ok(())

@@ -177,7 +177,7 @@ impl Dlt645Driver<'_> {
                 return Err(EndReason::IdentityRefused(refusal));
             }
             // Bounded like the ids themselves.
-            if self.refused.len() < self.conn.ctx.config.meters.max_ids_per_connection {
+            if self.refused.len() < self.conn.ctx.config.meters.max_ids_per_connection.get() {
                 self.refused.insert(address, Instant::now());
             }
             return Ok(None);
@@ -236,7 +236,7 @@ impl Dlt645Driver<'_> {
                 FramerEvent::Discarded { reason, .. } => self.on_discard(reason),
             }
         }
-        if self.framer.buffered() > self.conn.ctx.config.meters.buffer_cap {
+        if self.framer.buffered() > self.conn.ctx.config.meters.buffer_cap.get() {
             return Err(EndReason::BufferOverflow);
         }
         Ok(())

@@ -154,7 +154,7 @@ impl Writer {
                     let mut rows = rows_of(&ev);
                     batch.push(ev);
                     let deadline = tokio::time::Instant::now() + batch_window;
-                    while rows < self.config.batch_rows {
+                    while rows < self.config.batch_rows.get() {
                         match rt.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
                             Ok(Some(ev)) => {
                                 rows += rows_of(&ev);

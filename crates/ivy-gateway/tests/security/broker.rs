@@ -73,7 +73,7 @@ async fn anonymous_wills_are_checked_when_authentication_is_off() {
 
 #[tokio::test]
 async fn subscribers_that_never_read_hold_a_bounded_queue_and_drops_are_counted_per_client() {
-    let gw = start(|c| c.mqtt.session_queue_messages = 100).await;
+    let gw = start(|c| c.mqtt.session_queue_messages = std::num::NonZeroUsize::new(100).unwrap()).await;
     let (mut stuck, code) = raw::connect(gw.mqtt(), None, "stuck-viewer", Some(VIEWER), None).await;
     assert_eq!(code, Some(ACCEPTED));
     assert_eq!(raw::subscribe(&mut stuck, "ivy/v1/#").await, 1, "granted QoS 1");

@@ -25,7 +25,7 @@ async fn closed_within(s: &mut TcpStream, ms: u64) -> bool {
 #[tokio::test]
 async fn idle_http_connections_are_capped_and_timed_out_while_meters_and_mqtt_connect() {
     let gw = start(|c| {
-        c.http.max_connections = 20;
+        c.http.max_connections = std::num::NonZeroUsize::new(20).unwrap();
         c.http.header_timeout_secs = 1;
     })
     .await;

@@ -25,9 +25,9 @@ async fn a_fleet_of_1000_meters_polled_every_5_s_for_60_s_delivers_every_reading
         c.polling.jitter_percent = 10;
         c.polling.first_poll_delay_ms = 500;
         c.dlt645.timeout_ms = 5000;
-        c.meters.max_connections_per_ip = 2 * METERS as usize;
+        c.meters.max_connections_per_ip = std::num::NonZeroUsize::new(2 * METERS as usize).unwrap();
         c.meters.rate_limiting_enabled = false;
-        c.mqtt.publish_queue = 1 << 17;
+        c.mqtt.publish_queue = std::num::NonZeroUsize::new(1 << 17).unwrap();
     })
     .await;
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/meters/+/telemetry"]).await;
