@@ -194,7 +194,7 @@ impl Gateway {
                         engine.assume_offline(id, now);
                     }
                 }
-                republish(&publisher, &prefix, &restored.meters, now).await;
+                republish(&publisher, &prefix, &restored.meters, config.gateway.gateway_id.as_deref(), now).await;
                 let status = Arc::new(crate::store::StoreStatus::default());
                 let writer = crate::store::writer::Writer::new(restored.conn, config.store.clone(), status.clone());
                 let rx = hub.subscribe("store", config.store.queue);
@@ -574,17 +574,22 @@ async fn republish(
     publisher: &crate::mqtt::Publisher,
     prefix: &crate::mqtt::topics::TopicPrefix,
     meters: &[crate::store::query::StoredMeter],
+    gateway_id: Option<&str>,
     now: u64,
 ) {
     use crate::mqtt::{OutboundMessage, Qos};
     for m in meters {
         let Ok(id) = ivy_protocol::registration::MeterId::new(m.meter_id.clone()) else { continue };
+        // The connection the stored status was about (the last one before the stop), when it said.
+        let connected_at =
+            m.last_status.as_ref().and_then(|s| s.get("connectedAt")).and_then(serde_json::Value::as_u64);
         let status = crate::model::StatusChange {
             meter_id: id.clone(),
             online: false,
             ip: None,
             protocol: None,
-            connected_at: None,
+            connected_at,
+            gateway_id: gateway_id.map(str::to_owned),
             reason: Some("not connected since the gateway started".into()),
             ts: now,
         };

@@ -72,20 +72,26 @@ struct SnapshotPayload<'a> {
     readings: &'a BTreeMap<String, SnapshotReading>,
 }
 
-/// The status payload of a transition.
+/// The status payload of a transition (SPEC 4.2, docs/MQTT.md): online `{ts, meterId, online, ip, protocol,
+/// connectedAt}`, offline `{ts, meterId, online, reason, connectedAt}` where `connectedAt` is the ended connection's
+/// (`null` when unknown), and `gatewayId` on both when `gateway.gateway_id` is set. `(connectedAt, gatewayId)` names
+/// the connection, so gateways sharing a broker can tell which of them holds the newest one.
 pub(crate) fn status_payload(s: &StatusChange) -> Value {
+    let mut m = Map::new();
+    m.insert("ts".into(), json!(s.ts));
+    m.insert("meterId".into(), json!(s.meter_id.as_str()));
+    m.insert("online".into(), json!(s.online));
     if s.online {
-        json!({
-            "ts": s.ts,
-            "meterId": s.meter_id.as_str(),
-            "online": true,
-            "ip": s.ip,
-            "protocol": s.protocol.map(|p| p.as_str()),
-            "connectedAt": s.connected_at,
-        })
+        m.insert("ip".into(), json!(s.ip));
+        m.insert("protocol".into(), json!(s.protocol.map(|p| p.as_str())));
     } else {
-        json!({"ts": s.ts, "meterId": s.meter_id.as_str(), "online": false, "reason": s.reason})
+        m.insert("reason".into(), json!(s.reason));
     }
+    m.insert("connectedAt".into(), json!(s.connected_at));
+    if let Some(g) = &s.gateway_id {
+        m.insert("gatewayId".into(), json!(g));
+    }
+    Value::Object(m)
 }
 
 /// The event payload.
@@ -154,5 +160,40 @@ pub(crate) async fn run(prefix: TopicPrefix, publisher: Publisher, mut rx: mpsc:
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(online: bool, gateway_id: Option<&str>) -> StatusChange {
+        StatusChange {
+            meter_id: MeterId::new("000000001234").unwrap(),
+            online,
+            ip: online.then(|| "10.1.2.3".into()),
+            protocol: online.then_some(Source::Dlt645),
+            connected_at: Some(1_769_747_658_000),
+            gateway_id: gateway_id.map(str::to_owned),
+            reason: (!online).then(|| "idle_timeout".into()),
+            ts: 1_769_747_900_000,
+        }
+    }
+
+    #[test]
+    fn status_payloads_name_the_connection_and_the_gateway() {
+        assert_eq!(
+            status_payload(&change(true, Some("gw-1"))),
+            json!({"ts": 1_769_747_900_000u64, "meterId": "000000001234", "online": true, "ip": "10.1.2.3",
+                   "protocol": "dlt645", "connectedAt": 1_769_747_658_000u64, "gatewayId": "gw-1"})
+        );
+        assert_eq!(
+            status_payload(&change(false, Some("gw-1"))),
+            json!({"ts": 1_769_747_900_000u64, "meterId": "000000001234", "online": false, "reason": "idle_timeout",
+                   "connectedAt": 1_769_747_658_000u64, "gatewayId": "gw-1"})
+        );
+        let lone = status_payload(&change(false, None));
+        assert!(lone.get("gatewayId").is_none(), "{lone}");
+        assert_eq!(lone["connectedAt"], 1_769_747_658_000u64);
     }
 }
