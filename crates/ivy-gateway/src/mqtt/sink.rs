@@ -296,7 +296,6 @@ mod tests {
         assert_eq!(lone["connectedAt"], 1_769_747_658_000u64);
     }
 
-
     fn messages(composer: &mut Composer, event: HubEvent) -> Vec<(MessageClass, OutboundMessage)> {
         let mut out = Vec::new();
         composer.compose(&event, 42, &mut out);

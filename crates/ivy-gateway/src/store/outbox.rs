@@ -299,6 +299,7 @@ mod tests {
             ip: None,
             protocol: None,
             connected_at: None,
+            gateway_id: None,
             reason: (!online).then(|| "connection_closed".to_owned()),
             ts: 1,
         }))

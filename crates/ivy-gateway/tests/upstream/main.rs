@@ -5,5 +5,6 @@
 
 #[path = "../common/ca.rs"]
 mod ca;
+mod delivery;
 mod harness;
 mod support;
