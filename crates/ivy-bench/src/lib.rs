@@ -5,6 +5,7 @@
 //! size and checks only counts and loss.
 
 pub mod bus;
+pub mod mosquitto;
 pub mod process;
 pub mod report;
 pub mod scenarios;

@@ -23,12 +23,16 @@ pub struct GatewayProcess {
     child: Child,
     /// Meter port.
     pub meters: SocketAddr,
-    /// MQTT port.
+    /// MQTT port (embedded broker).
     pub mqtt: SocketAddr,
+    /// HTTP port (`/health`, the API).
+    pub http: SocketAddr,
     /// Time from spawn to "listening" on every port.
     pub startup: Duration,
     _data: tempfile::TempDir,
     log: PathBuf,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 /// The MQTT user the benchmarks log in as.
@@ -38,14 +42,6 @@ fn free_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
-/// Environment added to every gateway this process starts (`ivy-bench --gateway-env`).
-static EXTRA_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
-
-/// Sets the environment added to every gateway started from now on (first call wins).
-pub fn set_extra_env(env: Vec<(String, String)>) {
-    let _ = EXTRA_ENV.set(env);
-}
-
 impl GatewayProcess {
     /// Starts `bin run` on free 127.0.0.1 ports with `env` on top of the benchmark defaults, and waits until it
     /// listens.
@@ -53,60 +49,34 @@ impl GatewayProcess {
         let data = tempfile::tempdir()?;
         let (meters, mqtt, http) = (free_port()?, free_port()?, free_port()?);
         let log = data.path().join("gateway.log");
-        let mut cmd = Command::new(bin);
-        cmd.arg("run")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("TCP_HOST", "127.0.0.1")
-            .env("TCP_PORT", meters.port().to_string())
-            .env("MQTT_HOST", "127.0.0.1")
-            .env("MQTT_PORT", mqtt.port().to_string())
-            .env("MQTT_WS_PORT", "0")
-            .env("HTTP_HOST", "127.0.0.1")
-            .env("HTTP_PORT", http.port().to_string())
-            .env("DATA_DIR", data.path().join("data"))
-            .env("MQTT_USERS", format!("{}:{}:admin", USER.0, USER.1))
-            .env("LOG_LEVEL", "warn")
-            .env("STATS_INTERVAL", "1")
-            // A fleet comes from many addresses; the load generator from a few.
-            .env("MAX_CONNECTIONS", "19900")
-            .env("MAX_CONNECTIONS_PER_IP", "20000")
-            .env("RATE_LIMITING_ENABLED", "false")
-            .env("MAX_NEW_IDS_PER_IP_PER_MINUTE", "0")
-            .env("POLLING_ENABLED", "false");
-        for (k, v) in EXTRA_ENV.get().into_iter().flatten() {
-            cmd.env(k, v);
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        let bin = bin.to_path_buf();
+        let (child, startup) = launch(&bin, &env, data.path(), (meters, mqtt, http), &log)?;
+        Ok(GatewayProcess { child, meters, mqtt, http, startup, _data: data, log, bin, env })
+    }
+
+    /// Starts it again after it stopped or was killed: same ports, same data directory, same environment; its log
+    /// continues in the same file.
+    pub fn restart(&mut self) -> Result<(), ProcessError> {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
         }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let stderr = std::fs::File::create(&log)?;
-        let started = Instant::now();
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr).spawn()?;
-        let stdout = child.stdout.take();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let Some(out) = stdout else { return };
-            let mut sent = false;
-            // Keep draining so the gateway never blocks on a full pipe.
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if !sent && line.starts_with("ivy-gateway listening") {
-                    let _ = tx.send(Instant::now());
-                    sent = true;
-                }
-            }
-        });
-        let limit = Duration::from_secs(30);
-        match rx.recv_timeout(limit) {
-            Ok(at) => Ok(GatewayProcess { child, meters, mqtt, startup: at.duration_since(started), _data: data, log }),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let kept = std::env::temp_dir().join("ivy-bench-gateway.log");
-                let _ = std::fs::copy(&log, &kept);
-                Err(ProcessError::NotReady(limit, kept))
-            }
-        }
+        let ports = (self.meters, self.mqtt, self.http);
+        let (child, startup) = launch(&self.bin, &self.env, self._data.path(), ports, &self.log)?;
+        self.child = child;
+        self.startup = startup;
+        Ok(())
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Process id.
@@ -124,13 +94,7 @@ impl GatewayProcess {
 
     /// CPU time used so far (user + system), in seconds.
     pub fn cpu_secs(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        Some((utime + stime) / clock_ticks())
+        cpu_secs_of(self.pid())
     }
 
     /// The gateway's log (stderr).
@@ -138,7 +102,6 @@ impl GatewayProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Stops it with SIGTERM (SIGKILL after 15 s) and returns whether it exited cleanly.
     /// The gateway's data directory (its SQLite store is `ivy.db` in it).
     pub fn data_dir(&self) -> PathBuf {
         self._data.path().join("data")
@@ -167,6 +130,89 @@ impl Drop for GatewayProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Spawns `bin run` in `data` on `ports` (meters, MQTT, HTTP) and waits until it listens.
+/// Environment added to every gateway this process starts (`ivy-bench --gateway-env`).
+static EXTRA_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Sets the environment added to every gateway started from now on (first call wins).
+pub fn set_extra_env(env: Vec<(String, String)>) {
+    let _ = EXTRA_ENV.set(env);
+}
+
+fn launch(
+    bin: &Path,
+    env: &[(String, String)],
+    data: &Path,
+    (meters, mqtt, http): (SocketAddr, SocketAddr, SocketAddr),
+    log: &Path,
+) -> Result<(Child, Duration), ProcessError> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("run")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TCP_HOST", "127.0.0.1")
+        .env("TCP_PORT", meters.port().to_string())
+        .env("MQTT_HOST", "127.0.0.1")
+        .env("MQTT_PORT", mqtt.port().to_string())
+        .env("MQTT_WS_PORT", "0")
+        .env("HTTP_HOST", "127.0.0.1")
+        .env("HTTP_PORT", http.port().to_string())
+        .env("DATA_DIR", data.join("data"))
+        .env("MQTT_USERS", format!("{}:{}:admin", USER.0, USER.1))
+        .env("LOG_LEVEL", "warn")
+        .env("STATS_INTERVAL", "1")
+        // A fleet comes from many addresses; the load generator from a few.
+        .env("MAX_CONNECTIONS", "19900")
+        .env("MAX_CONNECTIONS_PER_IP", "20000")
+        .env("RATE_LIMITING_ENABLED", "false")
+        .env("MAX_NEW_IDS_PER_IP_PER_MINUTE", "0")
+        .env("POLLING_ENABLED", "false");
+    for (k, v) in EXTRA_ENV.get().into_iter().flatten() {
+        cmd.env(k, v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let started = Instant::now();
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr).spawn()?;
+    let stdout = child.stdout.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(out) = stdout else { return };
+        let mut sent = false;
+        // Keep draining so the gateway never blocks on a full pipe.
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if !sent && line.starts_with("ivy-gateway listening") {
+                let _ = tx.send(Instant::now());
+                sent = true;
+            }
+        }
+    });
+    let limit = Duration::from_secs(30);
+    match rx.recv_timeout(limit) {
+        Ok(at) => Ok((child, at.duration_since(started))),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let kept = std::env::temp_dir().join("ivy-bench-gateway.log");
+            let _ = std::fs::copy(log, &kept);
+            Err(ProcessError::NotReady(limit, kept))
+        }
+    }
+}
+
+/// CPU time process `pid` used so far (user + system), in seconds.
+pub fn cpu_secs_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
 }
 
 fn clock_ticks() -> f64 {

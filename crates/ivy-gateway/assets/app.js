@@ -184,6 +184,16 @@
     $('card-alarms').textContent = String(s.alarms.active);
     $('card-uptime').textContent = fmtDuration(s.uptime);
     $('card-memory').textContent = s.memory && s.memory.rss ? `${(s.memory.rss / 1048576).toFixed(1)} MB` : '–';
+    // Upstream MQTT only: messages waiting for the broker's PUBACK, the oldest one's age, and drops.
+    const up = s.upstream;
+    $('card-outbox-box').hidden = !up;
+    if (up) {
+      const o = s.outbox;
+      const link = up.connected ? 'connected' : 'disconnected';
+      const age = o.queued > 0 ? `, oldest ${fmtDuration(o.oldestAgeSecs)}` : '';
+      const dropped = o.dropped > 0 ? `, ${o.dropped} dropped` : '';
+      $('card-outbox').textContent = `${o.queued} queued${age}${dropped} (${link})`;
+    }
   }
 
   // ---------- meters table ----------

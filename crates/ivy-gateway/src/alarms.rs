@@ -632,6 +632,7 @@ mod tests {
             ip: None,
             protocol: None,
             connected_at: None,
+            gateway_id: None,
             reason: None,
             ts,
         };

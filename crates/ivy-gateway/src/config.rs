@@ -173,6 +173,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The embedded SQLite store (SPEC 8).
     pub store: StoreConfig,
+    /// The durable outbox of messages bound for the upstream broker.
+    pub outbox: OutboxConfig,
     /// Login throttling shared by MQTT and HTTP.
     pub auth: AuthConfig,
 }
@@ -781,6 +783,129 @@ pub struct MqttConfig {
     pub max_sessions_per_user: usize,
     /// Seconds a new connection has to complete CONNECT.
     pub handshake_timeout_secs: u64,
+    /// Run the embedded broker (`MQTT_EMBEDDED`); off, the gateway publishes upstream only.
+    pub embedded: bool,
+    /// The upstream broker or cluster (SPEC 4.1), off unless `url` is set.
+    pub upstream: UpstreamConfig,
+}
+
+/// `[mqtt.upstream]`: the gateway as a client of an external broker (Mosquitto, EMQX, HiveMQ), fed by the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `mqtt://host:port` or `mqtts://host:port` (`MQTT_UPSTREAM_URL`); none = upstream off.
+    pub url: Option<String>,
+    /// User name (`MQTT_UPSTREAM_USERNAME`).
+    pub username: Option<String>,
+    /// Password (`MQTT_UPSTREAM_PASSWORD`).
+    pub password: Option<String>,
+    /// Client id (`MQTT_UPSTREAM_CLIENT_ID`); default `ivy-gateway-{gateway_id}`, else `ivy-gateway-{host name}`.
+    /// Keep it stable: the broker keeps the session (command subscriptions, queued requests) under it.
+    pub client_id: Option<String>,
+    /// PEM CA certificate(s) the broker's certificate must chain to (`MQTT_UPSTREAM_CA`); default: the system's.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain for mutual TLS (`MQTT_UPSTREAM_CERT`).
+    pub cert: Option<PathBuf>,
+    /// PEM client private key (`MQTT_UPSTREAM_KEY`).
+    pub key: Option<PathBuf>,
+    /// MQTT keepalive in seconds (`MQTT_UPSTREAM_KEEPALIVE`).
+    pub keepalive_secs: u64,
+    /// `"3.1.1"` (`MQTT_UPSTREAM_PROTOCOL`; MQTT 5 upstream is not supported yet and refused with a clear error).
+    pub protocol: String,
+    /// First reconnect delay in ms; doubled per failed attempt up to `reconnect_max_ms`, with jitter.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay in ms.
+    pub reconnect_max_ms: u64,
+    /// Messages sent and not yet acknowledged at most (the QoS 1 window).
+    pub inflight: u16,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: None,
+            username: None,
+            password: None,
+            client_id: None,
+            ca: None,
+            cert: None,
+            key: None,
+            keepalive_secs: 30,
+            protocol: "3.1.1".into(),
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+            inflight: 256,
+        }
+    }
+}
+
+/// Where the upstream broker is, parsed from `mqtt.upstream.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// Host name or address.
+    pub host: String,
+    /// Port (default 1883, 8883 with TLS).
+    pub port: u16,
+    /// `mqtts://`: TLS.
+    pub tls: bool,
+}
+
+impl UpstreamUrl {
+    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (IPv6 hosts in brackets).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(format!("'{url}' must start with mqtt:// or mqtts://"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+            return Err(format!("'{url}' must be mqtt[s]://host[:port], without a path or credentials"));
+        }
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(|| format!("'{url}': unclosed '['"))?;
+            match after.strip_prefix(':') {
+                Some(p) => (host, p),
+                None if after.is_empty() => (host, ""),
+                None => return Err(format!("'{url}': unexpected text after the address")),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, p),
+                None => (rest, ""),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("'{url}' has no host"));
+        }
+        let port = if port.is_empty() {
+            default_port
+        } else {
+            port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("'{url}': '{port}' is not a port"))?
+        };
+        Ok(UpstreamUrl { host: host.to_owned(), port, tls })
+    }
+}
+
+/// `[outbox]`: bounds of the durable outbox (messages bound for the upstream broker, waiting for PUBACK).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Messages held at most (`OUTBOX_MAX_MESSAGES`); beyond it the oldest telemetry is dropped, then snapshots,
+    /// then ordinary events; status and alarm events are never dropped.
+    pub max_messages: u64,
+    /// Bytes (topic + payload) held at most, in MiB (`OUTBOX_MAX_MB`); same policy.
+    pub max_mb: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig { max_messages: 2_000_000, max_mb: 512 }
+    }
 }
 
 impl Default for MqttConfig {
@@ -802,6 +927,8 @@ impl Default for MqttConfig {
             max_packet_bytes: 64 * 1024,
             max_sessions_per_user: 64,
             handshake_timeout_secs: 10,
+            embedded: true,
+            upstream: UpstreamConfig::default(),
         }
     }
 }
@@ -998,6 +1125,43 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         c.mqtt.tls_key = non_empty(v).map(PathBuf::from);
         Ok(())
     }),
+    ("MQTT_EMBEDDED", "mqtt.embedded", |c, v| set_bool(&mut c.mqtt.embedded, v)),
+    ("MQTT_UPSTREAM_URL", "mqtt.upstream.url", |c, v| {
+        c.mqtt.upstream.url = non_empty(v);
+        Ok(())
+    }),
+    ("MQTT_UPSTREAM_USERNAME", "mqtt.upstream.username", |c, v| {
+        c.mqtt.upstream.username = non_empty(v);
+        Ok(())
+    }),
+    ("MQTT_UPSTREAM_PASSWORD", "mqtt.upstream.password", |c, v| {
+        // A password is taken as given (spaces may be part of it); empty means none.
+        c.mqtt.upstream.password = (!v.is_empty()).then(|| v.to_owned());
+        Ok(())
+    }),
+    ("MQTT_UPSTREAM_CLIENT_ID", "mqtt.upstream.client_id", |c, v| {
+        c.mqtt.upstream.client_id = non_empty(v);
+        Ok(())
+    }),
+    ("MQTT_UPSTREAM_CA", "mqtt.upstream.ca", |c, v| {
+        c.mqtt.upstream.ca = non_empty(v).map(PathBuf::from);
+        Ok(())
+    }),
+    ("MQTT_UPSTREAM_CERT", "mqtt.upstream.cert", |c, v| {
+        c.mqtt.upstream.cert = non_empty(v).map(PathBuf::from);
+        Ok(())
+    }),
+    ("MQTT_UPSTREAM_KEY", "mqtt.upstream.key", |c, v| {
+        c.mqtt.upstream.key = non_empty(v).map(PathBuf::from);
+        Ok(())
+    }),
+    ("MQTT_UPSTREAM_KEEPALIVE", "mqtt.upstream.keepalive_secs", |c, v| set(&mut c.mqtt.upstream.keepalive_secs, v)),
+    ("MQTT_UPSTREAM_PROTOCOL", "mqtt.upstream.protocol", |c, v| {
+        c.mqtt.upstream.protocol = v.trim().to_owned();
+        Ok(())
+    }),
+    ("OUTBOX_MAX_MESSAGES", "outbox.max_messages", |c, v| set(&mut c.outbox.max_messages, v)),
+    ("OUTBOX_MAX_MB", "outbox.max_mb", |c, v| set(&mut c.outbox.max_mb, v)),
     ("HTTP_HOST", "http.host", |c, v| set(&mut c.http.host, v)),
     ("HTTP_PORT", "http.port", |c, v| set(&mut c.http.port, v)),
     ("HTTP_RATE_LIMIT", "http.rate_limit_per_minute", |c, v| set(&mut c.http.rate_limit_per_minute, v)),
@@ -1397,6 +1561,48 @@ impl Config {
         check(&mut e, (1..=1_000_000).contains(&st.batch_rows.get()), "store.batch_rows", "must be 1..=1000000");
         check(&mut e, st.queue.get() >= 16, "store.queue", "must be at least 16");
         check(&mut e, !st.path.as_os_str().is_empty(), "store.path", "must not be empty");
+        let up = &q.upstream;
+        if let Some(url) = &up.url {
+            if let Err(problem) = UpstreamUrl::parse(url) {
+                e.push(ConfigError { key: "mqtt.upstream.url".into(), problem });
+            }
+            check(
+                &mut e,
+                self.store.enabled,
+                "mqtt.upstream.url",
+                "upstream MQTT needs the store (its outbox keeps messages until the broker acknowledges them): \
+                 set store.enabled = true (STORE_ENABLED) or remove the upstream URL",
+            );
+        }
+        check(
+            &mut e,
+            q.embedded || up.url.is_some(),
+            "mqtt.embedded",
+            "with the embedded broker off, set mqtt.upstream.url (MQTT_UPSTREAM_URL): nothing would be published",
+        );
+        check(
+            &mut e,
+            up.protocol == "3.1.1",
+            "mqtt.upstream.protocol",
+            "must be \"3.1.1\" (MQTT 5 to the upstream broker is not supported yet)",
+        );
+        check(&mut e, (5..=3600).contains(&up.keepalive_secs), "mqtt.upstream.keepalive_secs", "must be 5..=3600");
+        check(&mut e, up.reconnect_min_ms >= 10, "mqtt.upstream.reconnect_min_ms", "must be at least 10");
+        check(
+            &mut e,
+            up.reconnect_max_ms >= up.reconnect_min_ms,
+            "mqtt.upstream.reconnect_max_ms",
+            "must be at least reconnect_min_ms",
+        );
+        check(&mut e, (1..=10_000).contains(&up.inflight), "mqtt.upstream.inflight", "must be 1..=10000");
+        check(
+            &mut e,
+            up.cert.is_some() == up.key.is_some(),
+            "mqtt.upstream.cert",
+            "mutual TLS needs both cert and key",
+        );
+        check(&mut e, self.outbox.max_messages >= 100, "outbox.max_messages", "must be at least 100");
+        check(&mut e, self.outbox.max_mb >= 1, "outbox.max_mb", "must be at least 1");
         check(&mut e, q.max_packet_bytes >= 1024, "mqtt.max_packet_bytes", "must be at least 1024");
         check(&mut e, q.handshake_timeout_secs > 0, "mqtt.handshake_timeout_secs", "must be at least 1");
         let h = &self.http;
@@ -1445,6 +1651,7 @@ impl Config {
         }
         masked.dlt645.relay_aes_key.as_mut().map(Parsed::mask);
         masked.dlms.lls_password.as_mut().map(mask);
+        masked.mqtt.upstream.password.as_mut().map(mask);
         if let Some(users) = masked.mqtt.users.as_mut() {
             *users = users
                 .split(',')
@@ -1576,6 +1783,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("meters.registration_rules[0]"), "{err}");
+    }
+
+    #[test]
+    fn upstream_urls_parse_and_upstream_needs_the_store() {
+        let url = |u: &str| UpstreamUrl::parse(u);
+        assert_eq!(url("mqtt://broker:1884").unwrap(), UpstreamUrl { host: "broker".into(), port: 1884, tls: false });
+        assert_eq!(url("mqtts://broker.example.com").unwrap().port, 8883);
+        assert_eq!(url("mqtt://10.0.0.1").unwrap().port, 1883);
+        assert_eq!(url("mqtts://[::1]:8884").unwrap(), UpstreamUrl { host: "::1".into(), port: 8884, tls: true });
+        for bad in
+            ["tcp://x:1883", "mqtt://", "mqtt://x:0", "mqtt://x:99999", "mqtt://u:p@x", "mqtt://x/path", "x:1883"]
+        {
+            assert!(url(bad).is_err(), "{bad}");
+        }
+        let err = load_with(None, None, &[("MQTT_UPSTREAM_URL", "mqtt://b:1883"), ("STORE_ENABLED", "false")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.upstream.url") && err.contains("store"), "{err}");
+        let err = load_with(None, None, &[("MQTT_EMBEDDED", "false")]).unwrap_err().to_string();
+        assert!(err.contains("mqtt.embedded"), "{err}");
+        let err = load_with(None, None, &[("MQTT_UPSTREAM_URL", "mqtt://b"), ("MQTT_UPSTREAM_PROTOCOL", "5")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mqtt.upstream.protocol"), "{err}");
+        let c = load_with(
+            None,
+            None,
+            &[("MQTT_UPSTREAM_URL", "mqtts://b"), ("MQTT_EMBEDDED", "off"), ("MQTT_UPSTREAM_PASSWORD", "s3cret!")],
+        )
+        .unwrap();
+        assert!(!c.mqtt.embedded);
+        assert!(!c.to_toml_masked().contains("s3cret!"));
     }
 
     #[test]

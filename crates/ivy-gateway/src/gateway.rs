@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Addresses {
     /// Meters.
     pub meters: std::net::SocketAddr,
-    /// MQTT TCP.
-    pub mqtt: std::net::SocketAddr,
+    /// MQTT TCP of the embedded broker (`None` with `mqtt.embedded = false`).
+    pub mqtt: Option<std::net::SocketAddr>,
     /// MQTT over WebSocket.
     pub mqtt_ws: Option<std::net::SocketAddr>,
     /// MQTT over TLS.
@@ -52,6 +52,9 @@ pub enum StartError {
     /// The SQLite store (cannot open, or the schema is newer than this binary).
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The upstream MQTT client's settings (URL, TLS files).
+    #[error("{0}")]
+    Upstream(#[from] crate::upstream::client::UpstreamError),
 }
 
 /// A running gateway.
@@ -60,8 +63,10 @@ pub struct Gateway {
     meters: Arc<MeterContext>,
     stats: Stats,
     addrs: Addresses,
-    broker: crate::mqtt::broker::EmbeddedBroker,
-    publisher: crate::mqtt::Publisher,
+    broker: Option<crate::mqtt::broker::EmbeddedBroker>,
+    /// The embedded broker's publish queue.
+    publisher: Option<crate::mqtt::Publisher>,
+    upstream: Option<crate::upstream::client::UpstreamClient>,
     prefix: crate::mqtt::topics::TopicPrefix,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     first_run_password: Option<String>,
@@ -158,9 +163,22 @@ impl Gateway {
         // The store first: a database this binary cannot use stops start-up before anything listens.
         let acks_file = data_dir.join(crate::alarms::ACKS_FILE);
         let restored = if config.store.enabled { Some(open_store(&config, &acks_file)?) } else { None };
-        let mut broker = crate::mqtt::broker::EmbeddedBroker::start(&broker_cfg, auth.clone(), prefix.clone()).await?;
-        let publisher = broker.publisher();
-        let inbound = broker.take_inbound();
+        let upstream_settings = match &config.mqtt.upstream.url {
+            Some(_) => Some(crate::upstream::client::UpstreamSettings::from_config(
+                &config.mqtt.upstream,
+                config.gateway.gateway_id.as_deref(),
+            )?),
+            None => None,
+        };
+        let mut broker = if config.mqtt.embedded {
+            Some(crate::mqtt::broker::EmbeddedBroker::start(&broker_cfg, auth.clone(), prefix.clone()).await?)
+        } else {
+            tracing::info!("embedded MQTT broker off (mqtt.embedded = false)");
+            None
+        };
+        let publisher = broker.as_ref().map(|b| b.publisher());
+        let inbound = broker.as_mut().and_then(|b| b.take_inbound());
+        let broker_counters = broker.as_ref().map(|b| b.counters()).unwrap_or_default();
 
         let hub = Hub::new();
         let metrics = Arc::new(Metrics::default());
@@ -168,13 +186,22 @@ impl Gateway {
         let meters =
             Arc::new(MeterContext::new(config.clone(), resolver, hub.clone(), metrics.clone(), shutdown.clone()));
         let registry = meters.registry.clone();
-        let stats =
-            Stats::new(config.clone(), registry.clone(), hub.clone(), metrics.clone(), broker.counters(), started);
+        let mut stats = Stats::new(
+            config.clone(),
+            registry.clone(),
+            hub.clone(),
+            metrics.clone(),
+            broker_counters.clone(),
+            started,
+        );
         let mut tasks = Vec::new();
 
         // Sinks first, so nothing published by sessions is missed.
-        let sink_rx = hub.subscribe("mqtt", MQTT_SINK_QUEUE);
-        tasks.push(tokio::spawn(crate::mqtt::sink::run(prefix.clone(), publisher.clone(), sink_rx)));
+        // The embedded broker's sink; the upstream broker is fed by the store's writer through the outbox.
+        if let Some(publisher) = &publisher {
+            let sink_rx = hub.subscribe("mqtt", MQTT_SINK_QUEUE);
+            tasks.push(tokio::spawn(crate::mqtt::sink::run(prefix.clone(), publisher.clone(), sink_rx)));
+        }
         let mut engine = crate::alarms::AlarmEngine::new(config.alarms.clone());
         let live = Arc::new(crate::live::LiveView::new(crate::live::LiveLimits {
             history_points: config.http.history_points,
@@ -183,6 +210,7 @@ impl Gateway {
         let store_stop = CancellationToken::new();
         let mut store_thread = None;
         let mut store = None;
+        let mut upstream = None;
         match restored {
             Some(restored) => {
                 let now = crate::model::now_ms();
@@ -194,9 +222,37 @@ impl Gateway {
                         engine.assume_offline(id, now);
                     }
                 }
-                republish(&publisher, &prefix, &restored.meters, now).await;
+                if let Some(publisher) = &publisher {
+                    republish(publisher, &prefix, &restored.meters, config.gateway.gateway_id.as_deref(), now).await;
+                }
                 let status = Arc::new(crate::store::StoreStatus::default());
-                let writer = crate::store::writer::Writer::new(restored.conn, config.store.clone(), status.clone());
+                let mut writer = crate::store::writer::Writer::new(restored.conn, config.store.clone(), status.clone());
+                if let Some(settings) = upstream_settings {
+                    let outbox = Arc::new(crate::mqtt::outbox::OutboxShared::default());
+                    let counters = Arc::new(crate::mqtt::outbox::UpstreamCounters::default());
+                    let outbox_writer = crate::store::outbox::OutboxWriter::open(
+                        writer.connection(),
+                        prefix.clone(),
+                        &config.outbox,
+                        outbox.clone(),
+                    )?;
+                    writer = writer.with_outbox(outbox_writer);
+                    let name = config.gateway.name.clone();
+                    let gateway_status: crate::upstream::client::GatewayStatus =
+                        Arc::new(move |online| gateway_status_payload(&name, started.elapsed().as_secs(), online));
+                    let wiring = crate::upstream::client::Wiring {
+                        prefix: prefix.clone(),
+                        gateway_id: config.gateway.gateway_id.clone(),
+                        outbox: outbox.clone(),
+                        store: restored.path.clone(),
+                        gateway_status,
+                        counters: counters.clone(),
+                        statuses: hub.subscribe_statuses("upstream", UPSTREAM_STATUS_QUEUE),
+                        direct_queue: UPSTREAM_DIRECT_QUEUE,
+                    };
+                    upstream = Some(crate::upstream::client::UpstreamClient::start(settings, wiring));
+                    stats = stats.with_upstream(crate::mqtt::outbox::UpstreamShared { outbox, counters });
+                }
                 let rx = hub.subscribe("store", config.store.queue.get());
                 let stop = store_stop.clone();
                 let thread = std::thread::Builder::new()
@@ -227,8 +283,14 @@ impl Gateway {
             metrics.clone(),
             &config.commands,
         );
-        if let Some(inbound) = inbound {
+        if let (Some(inbound), Some(publisher)) = (inbound, &publisher) {
             tasks.push(tokio::spawn(router.clone().run_mqtt(prefix.clone(), publisher.clone(), inbound)));
+        }
+        // Commands from the upstream broker are answered there (directly, not through the outbox).
+        if let Some(up) = upstream.as_mut()
+            && let Some(inbound) = up.take_inbound()
+        {
+            tasks.push(tokio::spawn(router.clone().run_mqtt(prefix.clone(), up.publisher(), inbound)));
         }
 
         let meter_addr = std::net::SocketAddr::new(config.meters.host, config.meters.port);
@@ -255,7 +317,7 @@ impl Gateway {
                 metrics: metrics.clone(),
                 stats: stats.clone(),
                 shutdown: shutdown.clone(),
-                broker: broker.counters(),
+                broker: broker_counters.clone(),
                 auth: auth.clone(),
                 logins: sessions.clone(),
                 alarms: alarms.clone(),
@@ -293,13 +355,13 @@ impl Gateway {
             None
         };
 
-        let bound = broker.local_addrs();
+        let bound = broker.as_ref().map(|b| b.local_addrs());
         let addrs = Addresses {
             meters: meters_addr,
-            mqtt: bound.tcp,
-            mqtt_ws: bound.ws,
-            mqtt_tls: bound.tls,
-            mqtt_wss: bound.wss,
+            mqtt: bound.map(|b| b.tcp),
+            mqtt_ws: bound.and_then(|b| b.ws),
+            mqtt_tls: bound.and_then(|b| b.tls),
+            mqtt_wss: bound.and_then(|b| b.wss),
             http,
         };
         // Every listener is bound: only now is the first-run admin written, so a failed start leaves no account
@@ -311,7 +373,12 @@ impl Gateway {
                 for t in &tasks {
                     t.abort();
                 }
-                broker.shutdown().await;
+                if let Some(broker) = broker {
+                    broker.shutdown().await;
+                }
+                if let Some(up) = upstream {
+                    up.shutdown(Duration::from_secs(1)).await;
+                }
                 return Err(e.into());
             }
         };
@@ -322,13 +389,19 @@ impl Gateway {
             https,
             mqtt_tls_files,
         };
-        tasks.push(tokio::spawn(stats.clone().publish_loop(publisher.clone(), prefix.clone(), shutdown)));
+        if let Some(publisher) = &publisher {
+            tasks.push(tokio::spawn(stats.clone().publish_loop(publisher.clone(), prefix.clone(), shutdown.clone())));
+        }
+        if let Some(up) = &upstream {
+            tasks.push(tokio::spawn(stats.clone().publish_loop(up.publisher(), prefix.clone(), shutdown)));
+        }
         let gateway = Gateway {
             meters,
             stats,
             addrs,
             broker,
             publisher,
+            upstream,
             prefix,
             tasks,
             first_run_password,
@@ -339,7 +412,7 @@ impl Gateway {
             reload,
         };
         gateway.publish_gateway_status(true).await;
-        tracing::info!(meters = %addrs.meters, mqtt = %addrs.mqtt, ws = ?addrs.mqtt_ws, http = ?addrs.http, "gateway started");
+        tracing::info!(meters = %addrs.meters, mqtt = ?addrs.mqtt, ws = ?addrs.mqtt_ws, http = ?addrs.http, "gateway started");
         Ok(gateway)
     }
 
@@ -358,9 +431,9 @@ impl Gateway {
         &self.stats
     }
 
-    /// Broker counters.
+    /// Broker counters (all 0 without the embedded broker).
     pub fn broker_stats(&self) -> crate::mqtt::BrokerStats {
-        self.broker.counters().snapshot()
+        self.broker.as_ref().map(|b| b.counters().snapshot()).unwrap_or_default()
     }
 
     /// The alarm engine.
@@ -472,21 +545,17 @@ impl Gateway {
         self.first_run_password.take()
     }
 
+    /// The gateway status on the embedded broker (the upstream client sends its own birth, will and last word).
     async fn publish_gateway_status(&self, online: bool) {
-        let payload = serde_json::json!({
-            "ts": crate::model::now_ms(),
-            "status": if online { "online" } else { "offline" },
-            "version": env!("CARGO_PKG_VERSION"),
-            "name": self.meters.config.gateway.name,
-            "uptime": self.stats.uptime_secs(),
-        });
+        let Some(publisher) = &self.publisher else { return };
+        let payload = gateway_status_payload(&self.meters.config.gateway.name, self.stats.uptime_secs(), online);
         let msg = crate::mqtt::OutboundMessage::json(
             self.prefix.gateway_status(),
             &payload,
             crate::mqtt::Qos::AtLeastOnce,
             true,
         );
-        let _ = self.publisher.publish(msg).await;
+        let _ = publisher.publish(msg).await;
     }
 
     /// Graceful stop: stop accepting, end every session (pending requests fail, meters go offline, retained),
@@ -505,7 +574,8 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Let the MQTT sink and the publisher drain.
-        while tokio::time::Instant::now() < soft && (self.meters.hub.pending() > 0 || self.publisher.pending() > 0) {
+        let publisher_pending = |g: &Self| g.publisher.as_ref().map_or(0, |p| p.pending());
+        while tokio::time::Instant::now() < soft && (self.meters.hub.pending() > 0 || publisher_pending(&self) > 0) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.publish_gateway_status(false).await;
@@ -517,8 +587,31 @@ impl Gateway {
                 tracing::warn!("store writer did not finish before the shutdown deadline");
             }
         }
-        while tokio::time::Instant::now() < deadline && self.publisher.pending() > 0 {
+        while tokio::time::Instant::now() < deadline && publisher_pending(&self) > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Upstream: the writer has committed the last messages (meters offline) to the outbox; give the client
+        // what is left of the deadline to deliver them, then it says goodbye. What it could not send stays in the
+        // outbox for the next start.
+        if let Some(up) = self.upstream.take() {
+            let last_word = Duration::from_millis(1500);
+            let connected = |up: &crate::upstream::client::UpstreamClient| {
+                up.counters().connected.load(std::sync::atomic::Ordering::Relaxed)
+            };
+            while tokio::time::Instant::now() + last_word < deadline && connected(&up) && !up.all_acknowledged() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let acked = up.acknowledged_upto();
+            up.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+            if let Some(store) = &self.store {
+                // The writer has stopped: delete what was acknowledged since its last pass, so a restart does not
+                // send it again.
+                let path = store.path.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::store::outbox::delete_acknowledged_after_stop(&path, acked)
+                })
+                .await;
+            }
         }
         // Give subscribers a moment to receive the last messages before the sockets close.
         tokio::time::sleep(
@@ -528,10 +621,29 @@ impl Gateway {
         for t in &self.tasks {
             t.abort();
         }
-        self.broker.shutdown().await;
+        if let Some(broker) = self.broker.take() {
+            broker.shutdown().await;
+        }
         tracing::info!("gateway stopped");
     }
 }
+
+/// The `gateway/status` payload (docs/MQTT.md).
+fn gateway_status_payload(name: &str, uptime_secs: u64, online: bool) -> serde_json::Value {
+    serde_json::json!({
+        "ts": crate::model::now_ms(),
+        "status": if online { "online" } else { "offline" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "name": name,
+        "uptime": uptime_secs,
+    })
+}
+
+/// Command responses and stats waiting for the upstream client.
+const UPSTREAM_DIRECT_QUEUE: usize = 4096;
+/// Status transitions waiting for the upstream client's subscriptions (lossless: beyond it they wait in the hub's
+/// reserve).
+const UPSTREAM_STATUS_QUEUE: usize = 16_384;
 
 /// What the store remembered from before this start.
 struct Restored {
@@ -574,17 +686,22 @@ async fn republish(
     publisher: &crate::mqtt::Publisher,
     prefix: &crate::mqtt::topics::TopicPrefix,
     meters: &[crate::store::query::StoredMeter],
+    gateway_id: Option<&str>,
     now: u64,
 ) {
     use crate::mqtt::{OutboundMessage, Qos};
     for m in meters {
         let Ok(id) = ivy_protocol::registration::MeterId::new(m.meter_id.clone()) else { continue };
+        // The connection the stored status was about (the last one before the stop), when it said.
+        let connected_at =
+            m.last_status.as_ref().and_then(|s| s.get("connectedAt")).and_then(serde_json::Value::as_u64);
         let status = crate::model::StatusChange {
             meter_id: id.clone(),
             online: false,
             ip: None,
             protocol: None,
-            connected_at: None,
+            connected_at,
+            gateway_id: gateway_id.map(str::to_owned),
             reason: Some("not connected since the gateway started".into()),
             ts: now,
         };

@@ -50,7 +50,8 @@ impl HubEvent {
 }
 
 /// Events that say whether and where a meter is connected: as lossless as its status.
-const LIFECYCLE_EVENTS: [&str; 4] = ["meter_connected", "meter_disconnected", "meter_reconnected", "identity_conflict"];
+pub const LIFECYCLE_EVENTS: [&str; 4] =
+    ["meter_connected", "meter_disconnected", "meter_reconnected", "identity_conflict"];
 
 /// Most transitions waiting in one sink's reserve (beyond the registry's bound, a safety net: each loss counted).
 pub const MAX_RESERVED: usize = 1_000_000;
@@ -103,6 +104,8 @@ struct SinkSlot {
     dropped_readings: AtomicU64,
     delivered: AtomicU64,
     reserved: AtomicU64,
+    /// Takes status transitions only (never readings or events).
+    statuses_only: bool,
 }
 
 impl SinkSlot {
@@ -202,6 +205,16 @@ impl Hub {
     /// it also starts the sink's reserve forwarder (outside one, reserved transitions wait until taken by
     /// nobody: only unit tests do that).
     pub fn subscribe(&self, name: &'static str, capacity: usize) -> mpsc::Receiver<Arc<HubEvent>> {
+        self.add_sink(name, capacity, false)
+    }
+
+    /// Adds a sink that receives status transitions only (lossless, like every sink's statuses): for a consumer
+    /// that needs to know which meters are online (the upstream client's subscriptions) and nothing else.
+    pub fn subscribe_statuses(&self, name: &'static str, capacity: usize) -> mpsc::Receiver<Arc<HubEvent>> {
+        self.add_sink(name, capacity, true)
+    }
+
+    fn add_sink(&self, name: &'static str, capacity: usize, statuses_only: bool) -> mpsc::Receiver<Arc<HubEvent>> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let slot = Arc::new(SinkSlot {
             name,
@@ -212,6 +225,7 @@ impl Hub {
             dropped_readings: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
+            statuses_only,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(slot.clone().forward_reserve());
@@ -247,12 +261,13 @@ impl Hub {
         let event = Arc::new(event);
         let Ok(sinks) = self.sinks.read() else { return };
         if let Some(key) = key {
-            for slot in sinks.iter() {
+            let status = matches!(*event, HubEvent::Status(_));
+            for slot in sinks.iter().filter(|s| status || !s.statuses_only) {
                 slot.send_lossless(key.clone(), event.clone());
             }
             return;
         }
-        for slot in sinks.iter() {
+        for slot in sinks.iter().filter(|s| !s.statuses_only) {
             match slot.tx.try_send(event.clone()) {
                 Ok(()) => {
                     slot.delivered.fetch_add(1, Ordering::Relaxed);
@@ -372,9 +387,38 @@ mod tests {
             ip: None,
             protocol: None,
             connected_at: None,
+            gateway_id: None,
             reason: None,
             ts: now_ms(),
         })
+    }
+
+    #[tokio::test]
+    async fn a_statuses_sink_sees_status_transitions_only() {
+        let hub = Hub::new();
+        let mut all = hub.subscribe("all", 100);
+        let mut statuses = hub.subscribe_statuses("statuses", 100);
+        hub.publish(event(1));
+        hub.publish(status("m1", true));
+        hub.publish(HubEvent::Event(MeterEvent {
+            event: "meter_connected".into(),
+            ..match event(2) {
+                HubEvent::Event(e) => e,
+                _ => unreachable!(),
+            }
+        }));
+        hub.publish(status("m1", false));
+        let mut got = Vec::new();
+        while let Ok(e) = statuses.try_recv() {
+            got.push(matches!(*e, HubEvent::Status(_)));
+        }
+        assert_eq!(got, [true, true]);
+        let mut n = 0;
+        while all.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 4);
+        assert_eq!(hub.dropped(), 0);
     }
 
     #[tokio::test]

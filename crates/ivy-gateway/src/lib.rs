@@ -28,3 +28,4 @@ pub mod stats;
 pub mod store;
 pub mod systemd;
 pub mod tls;
+pub mod upstream;

@@ -515,6 +515,7 @@ mod tests {
             ip: online.then(|| "10.0.0.1".into()),
             protocol: Some(Source::Dlt645),
             connected_at: online.then_some(5),
+            gateway_id: None,
             reason: (!online).then(|| "closed".into()),
             ts: 7,
         })

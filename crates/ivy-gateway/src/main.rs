@@ -308,17 +308,18 @@ async fn run(config: config::Config, sources: Sources) -> anyhow::Result<()> {
         );
     }
     let addrs = gateway.addrs();
+    let mqtt = addrs.mqtt.map_or_else(|| "off".to_owned(), |a| a.to_string());
     println!(
         "ivy-gateway listening: meters {} mqtt {} ws {:?} {} {:?} mqtt-tls {:?} wss {:?}",
         addrs.meters,
-        addrs.mqtt,
+        mqtt,
         addrs.mqtt_ws,
         if https { "https" } else { "http" },
         addrs.http,
         addrs.mqtt_tls,
         addrs.mqtt_wss
     );
-    let service = ivy_gateway::systemd::ready(&format!("meters {} mqtt {}", addrs.meters, addrs.mqtt));
+    let service = ivy_gateway::systemd::ready(&format!("meters {} mqtt {mqtt}", addrs.meters));
     loop {
         match signals.next().await {
             Signal::Stop => break,

@@ -258,6 +258,20 @@ pub struct Metrics {
     pub store_queue: Gauge,
     /// Bytes of live data in the database.
     pub store_bytes: Gauge,
+    /// Messages in the upstream outbox, waiting for the broker's PUBACK.
+    pub outbox_depth: Gauge,
+    /// Age of the oldest message in the outbox, in seconds.
+    pub outbox_oldest_age_seconds: Gauge,
+    /// Messages dropped from the full outbox, by reason (the class dropped: `telemetry`, `snapshot`, `event`).
+    pub outbox_dropped: Family<ReasonText, Counter>,
+    /// Connected to the upstream broker now (0/1).
+    pub upstream_connected: Gauge,
+    /// Upstream connections lost and connection attempts that failed.
+    pub upstream_reconnects: Counter,
+    /// Messages published upstream (re-sends count again).
+    pub upstream_published: Counter,
+    /// Upstream messages acknowledged by the broker.
+    pub upstream_acked: Counter,
     /// HTTP connections open now.
     pub http_connections_active: Gauge,
     /// HTTP connections closed at accept because `http.max_connections` were open.
@@ -274,6 +288,13 @@ pub struct Metrics {
     pub mqtt_sessions_refused: Counter,
     /// Messages dropped because a subscriber's session queue was full, by user and client id.
     pub mqtt_session_dropped: Family<ClientLabel, Counter>,
+}
+
+/// Label: a reason given as text.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonText {
+    /// The reason.
+    pub reason: String,
 }
 
 /// Label: plane.
@@ -320,6 +341,9 @@ impl Default for Metrics {
         for plane in ["mqtt", "http"] {
             drop(metrics.auth_failures.get_or_create(&PlaneLabel { plane: plane.to_owned() }));
             drop(metrics.auth_throttled.get_or_create(&PlaneLabel { plane: plane.to_owned() }));
+        }
+        for reason in ["telemetry", "snapshot", "event"] {
+            drop(metrics.outbox_dropped.get_or_create(&ReasonText { reason: reason.to_owned() }));
         }
         for kind in ["dlt645_garbage", "dlms_unmatched", "invalid_meter_id"] {
             drop(metrics.parse_errors.get_or_create(&KindLabel { kind: kind.to_owned() }));
@@ -374,6 +398,13 @@ impl Metrics {
             store_written: Counter::default(),
             store_queue: Gauge::default(),
             store_bytes: Gauge::default(),
+            outbox_depth: Gauge::default(),
+            outbox_oldest_age_seconds: Gauge::default(),
+            outbox_dropped: Family::default(),
+            upstream_connected: Gauge::default(),
+            upstream_reconnects: Counter::default(),
+            upstream_published: Counter::default(),
+            upstream_acked: Counter::default(),
         }
     }
 }
@@ -520,6 +551,21 @@ impl Metrics {
         r.register("store_written", "Readings written to the store", m.store_written.clone());
         r.register("store_queue", "Hub events waiting for the store writer", m.store_queue.clone());
         r.register("store_bytes", "Bytes of live data in the store", m.store_bytes.clone());
+        r.register("outbox_depth", "Messages in the upstream outbox waiting for PUBACK", m.outbox_depth.clone());
+        r.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest message in the upstream outbox",
+            m.outbox_oldest_age_seconds.clone(),
+        );
+        r.register("outbox_dropped", "Messages dropped from the full outbox, by class", m.outbox_dropped.clone());
+        r.register("upstream_connected", "Connected to the upstream broker (0/1)", m.upstream_connected.clone());
+        r.register(
+            "upstream_reconnects",
+            "Upstream connections lost and connection attempts that failed",
+            m.upstream_reconnects.clone(),
+        );
+        r.register("upstream_published", "Messages published upstream", m.upstream_published.clone());
+        r.register("upstream_acked", "Upstream messages acknowledged by the broker", m.upstream_acked.clone());
         r
     }
 

@@ -127,8 +127,12 @@ pub struct StatusChange {
     pub ip: Option<String>,
     /// Protocol family when online.
     pub protocol: Option<Source>,
-    /// When the connection was identified (ms).
+    /// When the connection this status is about was identified (ms): on an online status the new connection, on an
+    /// offline status the connection that ended. With `gateway_id`, it orders connections of one meter across
+    /// gateways (see `upstream::ownership`). `None` only when unknown (a status restored at start).
     pub connected_at: Option<u64>,
+    /// The gateway that holds (online) or held (offline) the connection: `gateway.gateway_id`, when set.
+    pub gateway_id: Option<String>,
     /// Why it went offline.
     pub reason: Option<String>,
     /// When (ms).

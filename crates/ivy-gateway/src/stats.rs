@@ -6,6 +6,7 @@ use crate::hub::Hub;
 use crate::meters::registry::Registry;
 use crate::metrics::{Metrics, PollOutcome, ReasonLabel, RejectReason};
 use crate::model::now_ms;
+use crate::mqtt::outbox::UpstreamShared;
 use crate::mqtt::topics::TopicPrefix;
 use crate::mqtt::{BrokerCounters, OutboundMessage, Publisher, Qos};
 use serde_json::{Map, Value, json};
@@ -22,6 +23,7 @@ pub struct Stats {
     metrics: Arc<Metrics>,
     broker: Arc<BrokerCounters>,
     started: Instant,
+    upstream: Option<UpstreamShared>,
 }
 
 impl Stats {
@@ -34,7 +36,51 @@ impl Stats {
         broker: Arc<BrokerCounters>,
         started: Instant,
     ) -> Self {
-        Stats { config, registry, hub, metrics, broker, started }
+        Stats { config, registry, hub, metrics, broker, started, upstream: None }
+    }
+
+    /// Adds the figures of the upstream client and its outbox.
+    pub fn with_upstream(mut self, upstream: UpstreamShared) -> Self {
+        self.upstream = Some(upstream);
+        self
+    }
+
+    /// The upstream client's and the outbox's handles, when upstream MQTT is on.
+    pub fn upstream(&self) -> Option<&UpstreamShared> {
+        self.upstream.as_ref()
+    }
+
+    /// The `outbox` figures: `{queued, dropped, oldestAgeSecs}` (all 0 without upstream MQTT), plus `bytes` and
+    /// `droppedByClass`.
+    pub fn outbox(&self) -> Value {
+        let f = self.upstream.as_ref().map(|u| u.outbox.figures(now_ms())).unwrap_or_default();
+        json!({
+            "queued": f.queued,
+            "dropped": f.dropped,
+            "oldestAgeSecs": f.oldest_age_secs,
+            "bytes": f.bytes,
+            "droppedByClass": {
+                "telemetry": f.dropped_by_class[0],
+                "snapshot": f.dropped_by_class[1],
+                "event": f.dropped_by_class[2],
+            },
+        })
+    }
+
+    /// The `upstream` figures (`null` without upstream MQTT).
+    pub fn upstream_figures(&self) -> Value {
+        let Some(u) = &self.upstream else { return Value::Null };
+        let c = &u.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        json!({
+            "connected": c.connected.load(std::sync::atomic::Ordering::Relaxed),
+            "reconnects": load(&c.reconnects),
+            "published": load(&c.published),
+            "acked": load(&c.acked),
+            "superseded": load(&c.superseded),
+            "commands": load(&c.commands),
+            "dropped": load(&c.dropped),
+        })
     }
 
     /// Seconds since start.
@@ -81,8 +127,8 @@ impl Stats {
             },
             "readings": m.readings.get(),
             "alarms": {"active": m.alarms_active.get()},
-            // The contract's upstream outbox (SPEC 6) does not exist yet: nothing is queued or dropped there.
-            "outbox": {"queued": 0, "dropped": 0},
+            "outbox": self.outbox(),
+            "upstream": self.upstream_figures(),
             "hub": {
                 "dropped": self.hub.dropped(),
                 "sinks": self.hub.stats().iter().map(|s| (s.name.to_owned(), json!({

@@ -119,6 +119,19 @@ pub(crate) async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
         m.store_queue.set(store.status.queued.load(Ordering::Relaxed) as i64);
         m.store_bytes.set(store.status.used_bytes.load(Ordering::Relaxed) as i64);
     }
+    if let Some(up) = s.stats.upstream() {
+        let f = up.outbox.figures(now_ms());
+        m.outbox_depth.set(f.queued as i64);
+        m.outbox_oldest_age_seconds.set(f.oldest_age_secs as i64);
+        for (reason, n) in ["telemetry", "snapshot", "event"].iter().zip(f.dropped_by_class) {
+            sync(&m.outbox_dropped.get_or_create(&crate::metrics::ReasonText { reason: (*reason).to_owned() }), n);
+        }
+        let c = &up.counters;
+        m.upstream_connected.set(i64::from(c.connected.load(Ordering::Relaxed)));
+        sync(&m.upstream_reconnects, load(&c.reconnects));
+        sync(&m.upstream_published, load(&c.published));
+        sync(&m.upstream_acked, load(&c.acked));
+    }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
 }
 

@@ -282,15 +282,7 @@ impl Conn {
             Claim::New => {
                 tracing::info!(meter = %meter_id, peer = %self.peer, protocol = protocol.as_str(), "meter online");
                 self.ctx.metrics.meters_total.set(self.ctx.registry.seen_total() as i64);
-                self.ctx.hub.publish(HubEvent::Status(StatusChange {
-                    meter_id: meter_id.clone(),
-                    online: true,
-                    ip: Some(ip.to_string()),
-                    protocol: Some(protocol),
-                    connected_at: Some(connected_at),
-                    reason: None,
-                    ts,
-                }));
+                self.publish_online(meter_id, protocol, connected_at, ts);
                 self.ctx.hub.publish(HubEvent::Event(MeterEvent {
                     meter_id: meter_id.clone(),
                     event: "meter_connected".into(),
@@ -303,7 +295,7 @@ impl Conn {
                 // The previous connection's session had already ended: an ordinary reconnect, nothing contested.
                 tracing::info!(meter = %meter_id, peer = %self.peer, old_conn = old.conn_id(), "meter reconnected");
                 old.close_replaced();
-                self.publish_reconnected(meter_id, protocol, ts);
+                self.publish_reconnected(meter_id, protocol, connected_at, ts);
             }
             Claim::Held(holder, holder_info) => {
                 let policy = m.duplicate_identity;
@@ -331,7 +323,7 @@ impl Conn {
                 if let Some(old) = old {
                     old.close_replaced();
                 }
-                self.publish_reconnected(meter_id, protocol, ts);
+                self.publish_reconnected(meter_id, protocol, connected_at, ts);
             }
         }
         self.note_held(meter_id);
@@ -346,7 +338,29 @@ impl Conn {
         }
     }
 
-    fn publish_reconnected(&self, meter_id: &MeterId, protocol: Source, ts: u64) {
+    /// The online status of this connection.
+    fn publish_online(&self, meter_id: &MeterId, protocol: Source, connected_at: u64, ts: u64) {
+        self.ctx.hub.publish(HubEvent::Status(StatusChange {
+            meter_id: meter_id.clone(),
+            online: true,
+            ip: Some(self.peer.ip().to_string()),
+            protocol: Some(protocol),
+            connected_at: Some(connected_at),
+            gateway_id: self.ctx.config.gateway.gateway_id.clone(),
+            reason: None,
+            ts,
+        }));
+    }
+
+    /// A meter moved to this connection while it stayed online. A lone gateway publishes no new status (the meter
+    /// never went offline). With `gateway.gateway_id` set (several gateways on one broker) the status names the
+    /// connection, so the new one is published: another gateway may hold, and announce, a connection of the same
+    /// meter that is newer than the one this gateway announced last, and only a status carrying this connection's
+    /// `connectedAt` outranks it.
+    fn publish_reconnected(&self, meter_id: &MeterId, protocol: Source, connected_at: u64, ts: u64) {
+        if self.ctx.config.gateway.gateway_id.is_some() {
+            self.publish_online(meter_id, protocol, connected_at, ts);
+        }
         self.ctx.hub.publish(HubEvent::Event(MeterEvent {
             meter_id: meter_id.clone(),
             event: "meter_reconnected".into(),
@@ -490,16 +504,15 @@ impl Conn {
         }
         let ts = now_ms();
         for meter_id in &self.meters {
-            if !self.ctx.registry.unregister(meter_id, self.conn_id) {
-                continue;
-            }
+            let Some(ended) = self.ctx.registry.unregister(meter_id, self.conn_id) else { continue };
             tracing::info!(meter = %meter_id, peer = %self.peer, reason = %reason.as_str(), "meter offline");
             self.ctx.hub.publish(HubEvent::Status(StatusChange {
                 meter_id: meter_id.clone(),
                 online: false,
                 ip: None,
                 protocol: self.protocol,
-                connected_at: None,
+                connected_at: Some(ended.connected_at),
+                gateway_id: self.ctx.config.gateway.gateway_id.clone(),
                 reason: Some(reason.as_str()),
                 ts,
             }));

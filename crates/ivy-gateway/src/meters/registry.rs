@@ -155,15 +155,13 @@ impl Registry {
         self.map().get(meter_id).and_then(|e| e.contested_at).is_some_and(|t| t.elapsed() < window)
     }
 
-    /// Removes `meter_id` if, and only if, connection `conn_id` still holds it. Returns whether it did.
-    pub fn unregister(&self, meter_id: &MeterId, conn_id: u64) -> bool {
+    /// Removes `meter_id` if, and only if, connection `conn_id` still holds it. Returns what the registry knew of
+    /// that connection (its `connected_at` names it in the offline status), or `None` when it did not hold it.
+    pub fn unregister(&self, meter_id: &MeterId, conn_id: u64) -> Option<MeterInfo> {
         let mut map = self.map();
         match map.get(meter_id) {
-            Some(e) if e.handle.conn_id() == conn_id => {
-                map.remove(meter_id);
-                true
-            }
-            _ => false,
+            Some(e) if e.handle.conn_id() == conn_id => map.remove(meter_id).map(|e| e.info),
+            _ => None,
         }
     }
 

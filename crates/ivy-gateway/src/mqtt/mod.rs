@@ -4,7 +4,8 @@
 //! [`InboundCommand`] values, so another transport (an upstream broker) can provide the same two ends.
 
 pub mod broker;
-pub(crate) mod sink;
+pub mod outbox;
+pub mod sink;
 pub mod topics;
 
 use bytes::Bytes;

@@ -84,8 +84,18 @@ impl TopicPrefix {
 
     /// The meter id of a `{p}/meters/{id}/command/request` topic (the id is not validated here).
     pub fn parse_command_request<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        self.parse_meter_topic(topic, "/command/request")
+    }
+
+    /// The meter id of a `{p}/meters/{id}/status` topic (the id is not validated here).
+    pub fn parse_status<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        self.parse_meter_topic(topic, "/status")
+    }
+
+    /// The `{id}` of `{p}/meters/{id}{leaf}`: one non-empty level.
+    fn parse_meter_topic<'a>(&self, topic: &'a str, leaf: &str) -> Option<&'a str> {
         let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/meters/")?;
-        let id = rest.strip_suffix("/command/request")?;
+        let id = rest.strip_suffix(leaf)?;
         (!id.is_empty() && !id.contains('/')).then_some(id)
     }
 
@@ -153,6 +163,10 @@ mod tests {
         assert_eq!(TopicPrefix::new("ivy/v1", Some("gw1")).unwrap().gateway_stats(), "ivy/v1/gateways/gw1/stats");
         assert_eq!(p().parse_command_request("ivy/v1/meters/m1/command/request"), Some("m1"));
         assert_eq!(p().parse_command_request("ivy/v1/meters/a/b/command/request"), None);
+        assert_eq!(p().parse_status("ivy/v1/meters/m1/status"), Some("m1"));
+        assert_eq!(p().parse_status("ivy/v1/meters//status"), None);
+        assert_eq!(p().parse_status("ivy/v1/meters/m1/command/request"), None);
+        assert_eq!(p().parse_status("other/meters/m1/status"), None);
         assert!(TopicPrefix::new("a/+/b", None).is_err());
         assert!(TopicPrefix::new("a//b", None).is_err());
     }

@@ -7,6 +7,7 @@
 //! counts them. Readers (HTTP, CLI) open their own connections: WAL readers never block the writer.
 
 pub mod db;
+pub mod outbox;
 pub mod query;
 pub mod schema;
 pub mod writer;

@@ -82,6 +82,24 @@ pub const MIGRATIONS: &[&str] = &[
         sent_at    INTEGER
     );
     "#,
+    // 2: the outbox as the upstream client uses it. Step 1's table was never written (no upstream client
+    // existed), so it is replaced: AUTOINCREMENT ids never go back (the client reads `id > last sent`, even after
+    // the table emptied), `class` drives the drop policy (telemetry first; status and alarms never), `size` keeps
+    // the byte bound exact without re-measuring rows.
+    r#"
+    DROP TABLE outbox;
+    CREATE TABLE outbox (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        class      INTEGER NOT NULL,
+        topic      TEXT NOT NULL,
+        payload    BLOB NOT NULL,
+        qos        INTEGER NOT NULL,
+        retain     INTEGER NOT NULL,
+        size       INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX outbox_class ON outbox (class, id);
+    "#,
 ];
 
 /// Why the schema could not be brought to this binary's version.

@@ -72,6 +72,8 @@ pub struct Writer {
     ids: Ids,
     config: StoreConfig,
     status: Arc<StoreStatus>,
+    /// With an upstream broker: the messages of every batch go into the outbox in the same transaction.
+    outbox: Option<super::outbox::OutboxWriter>,
 }
 
 /// What a prune pass deleted.
@@ -90,11 +92,46 @@ pub struct PruneReport {
 impl Writer {
     /// A writer on an open (migrated) connection.
     pub fn new(conn: Connection, config: StoreConfig, status: Arc<StoreStatus>) -> Self {
-        Writer { conn, ids: Ids::default(), config, status }
+        Writer { conn, ids: Ids::default(), config, status, outbox: None }
     }
 
-    /// Writes `events` in one transaction; returns the readings stored.
+    /// The writer's connection (for set-up before the writer thread starts).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Also fills the upstream outbox (see [`super::outbox`]).
+    pub fn with_outbox(mut self, outbox: super::outbox::OutboxWriter) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    /// Writes `events` in one transaction (with their upstream messages when the outbox is on); returns the
+    /// readings stored.
     pub fn write_batch(&mut self, events: &[Arc<HubEvent>]) -> Result<usize, StoreError> {
+        let result = self.write_transaction(events);
+        if let Some(outbox) = &mut self.outbox {
+            match &result {
+                Ok(_) => {
+                    if let Err(e) = outbox.committed(&self.conn) {
+                        tracing::warn!(error = %e, "outbox: figures not refreshed");
+                    }
+                }
+                Err(_) => outbox.rolled_back(),
+            }
+        }
+        result
+    }
+
+    /// Deletes the outbox rows the upstream broker acknowledged.
+    pub fn delete_acknowledged(&mut self) -> Result<(), StoreError> {
+        match &mut self.outbox {
+            Some(outbox) => outbox.delete_acknowledged(&self.conn),
+            None => Ok(()),
+        }
+    }
+
+    fn write_transaction(&mut self, events: &[Arc<HubEvent>]) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
         let mut readings = 0;
         let mut written_events = 0;
@@ -109,6 +146,9 @@ impl Writer {
                     written_events += 1;
                 }
             }
+        }
+        if let Some(outbox) = &mut self.outbox {
+            outbox.append(&tx, events, now_ms())?;
         }
         tx.commit()?;
         self.status.readings_written.fetch_add(readings as u64, Ordering::Relaxed);
@@ -213,6 +253,9 @@ impl Writer {
                         }
                     }
                 }
+            }
+            if let Err(e) = self.delete_acknowledged() {
+                tracing::warn!(error = %e, "outbox: acknowledged messages not deleted");
             }
             let now = std::time::Instant::now();
             if stopping || now >= next_snapshot {

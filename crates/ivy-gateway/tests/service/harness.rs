@@ -22,7 +22,7 @@ impl TestGateway {
         self.gw.addrs().meters
     }
     pub fn mqtt(&self) -> SocketAddr {
-        self.gw.addrs().mqtt
+        self.gw.addrs().mqtt.expect("the embedded broker is on")
     }
 }
 

@@ -105,6 +105,40 @@ async fn reconnect_events_once(policy: DuplicateIdentity, a_is_dead: bool) {
     drop(b);
 }
 
+/// With a gateway id (several gateways on one broker), statuses carry it, and a reconnection publishes an online
+/// status naming the new connection; the old connection's close still publishes nothing.
+#[tokio::test]
+async fn with_a_gateway_id_statuses_name_the_gateway_and_a_reconnection_names_the_new_connection() {
+    let gw = start(|c| {
+        c.gateway.gateway_id = Some("gw-7".into());
+        c.meters.duplicate_identity = DuplicateIdentity::NewestWins;
+    })
+    .await;
+    let mut c = client(gw.mqtt(), OPERATOR, &["ivy/v1/meters/#"]).await;
+    let cfg = || Dlt645Config::talk_first(vec![Arc::new(Dlt645Meter::new("000000004322".parse::<Address>().unwrap()))]);
+    let a = Dlt645Sim::connect(gw.meters(), cfg()).await.unwrap();
+    let first = c.wait("online", 10, |m| m.topic.ends_with("/status") && m.json["online"] == true).await;
+    assert_eq!(first.json["gatewayId"], "gw-7");
+    let first_at = first.json["connectedAt"].as_u64().expect("connectedAt");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let b = Dlt645Sim::connect(gw.meters(), cfg()).await.unwrap();
+    let mut msgs = c.until("reconnected", 10, |m| m.json["event"] == "meter_reconnected").await;
+    a.close().await;
+    msgs.extend(c.collect(1500).await);
+    let statuses: Vec<_> = msgs.iter().filter(|m| m.topic.ends_with("/status")).collect();
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    assert_eq!(statuses[0].json["online"], true);
+    assert_eq!(statuses[0].json["gatewayId"], "gw-7");
+    assert!(statuses[0].json["connectedAt"].as_u64().expect("connectedAt") > first_at, "{statuses:?}");
+    let late = retained(gw.mqtt(), "ivy/v1/meters/000000004322/status").await;
+    assert_eq!(late.json, statuses[0].json);
+    // The meter leaves: the offline names the connection that ended.
+    b.close().await;
+    let offline = c.wait("offline", 10, |m| m.topic.ends_with("/status") && m.json["online"] == false).await;
+    assert_eq!(offline.json["connectedAt"], statuses[0].json["connectedAt"]);
+    assert_eq!(offline.json["gatewayId"], "gw-7");
+}
+
 #[tokio::test]
 async fn overvoltage_raises_once_holds_in_the_band_and_clears_once() {
     let gw = start(|c| {

@@ -39,9 +39,13 @@ async fn a_meter_that_stops_sending_is_closed_at_the_idle_timeout() {
     let mut c = client(gw.mqtt(), OPERATOR, &["ivy/v1/meters/#"]).await;
     let cfg = Dlt645Config::talk_first(vec![Arc::new(Dlt645Meter::new("000000000042".parse::<Address>().unwrap()))]);
     let sim = Dlt645Sim::connect(gw.meters(), cfg).await.unwrap();
-    c.wait("online", 10, |m| m.topic.ends_with("/status") && m.json["online"] == true).await;
+    let online = c.wait("online", 10, |m| m.topic.ends_with("/status") && m.json["online"] == true).await;
     let offline = c.wait("offline", 10, |m| m.topic.ends_with("/status") && m.json["online"] == false).await;
     assert_eq!(offline.json["reason"], "idle_timeout");
+    // The offline status names the connection that ended; no gateway id is configured.
+    assert!(online.json["connectedAt"].as_u64().is_some(), "{:?}", online.json);
+    assert_eq!(offline.json["connectedAt"], online.json["connectedAt"]);
+    assert!(online.json.get("gatewayId").is_none() && offline.json.get("gatewayId").is_none());
     let ev = c.wait("meter_disconnected", 5, |m| m.json["event"] == "meter_disconnected").await;
     assert_eq!(ev.json["data"]["reason"], "idle_timeout");
     eventually("socket closed", 5, || sim.is_finished()).await;

@@ -1,6 +1,8 @@
 //! Integration tests of the gateway service: the real gateway in-process on ephemeral ports, simulated meters over
 //! TCP, and real MQTT clients.
 
+#[path = "../common/ca.rs"]
+mod ca;
 mod commands;
 mod dlms_field;
 mod fleet;

@@ -173,6 +173,7 @@ async fn restart_lists_meters_with_last_values_and_keeps_alarms_and_acknowledgem
     // Retained topics say what the store knows: offline now, last snapshot.
     let status = retained(gw.mqtt(), &format!("ivy/v1/meters/{METER}/status")).await;
     assert_eq!(status.json["online"], false, "{:?}", status.json);
+    assert!(status.json["connectedAt"].as_u64().is_some(), "names the last connection: {:?}", status.json);
     let snapshot = retained(gw.mqtt(), &format!("ivy/v1/meters/{METER}/snapshot")).await;
     assert_eq!(snapshot.json["readings"]["VOLTAGE_A"]["value"], 262.5, "{:?}", snapshot.json);
 
