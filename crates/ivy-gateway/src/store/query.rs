@@ -490,7 +490,7 @@ pub struct CheckReport {
     pub alarms: i64,
     /// Alarms not cleared.
     pub active_alarms: i64,
-    /// Outbox messages not sent.
+    /// Outbox messages waiting for the upstream broker's PUBACK (rows are deleted once acknowledged).
     pub outbox_pending: i64,
     /// Pages in use × page size.
     pub used_bytes: u64,
@@ -524,7 +524,7 @@ pub fn check(conn: &Connection) -> Result<CheckReport, StoreError> {
         events: count("SELECT count(*) FROM events")?,
         alarms: count("SELECT count(*) FROM alarms")?,
         active_alarms: count("SELECT count(*) FROM alarms WHERE cleared_at IS NULL")?,
-        outbox_pending: count("SELECT count(*) FROM outbox WHERE sent_at IS NULL")?,
+        outbox_pending: count("SELECT count(*) FROM outbox")?,
         used_bytes: used_bytes(conn)?,
     })
 }

@@ -57,6 +57,12 @@ async fn stats(gw: &GatewayProcess) -> Value {
     body
 }
 
+/// `/metrics` of a gateway.
+async fn metrics(gw: &GatewayProcess) -> String {
+    let r = reqwest::Client::new().get(format!("http://{}/metrics", gw.http)).basic_auth(USER.0, Some(USER.1));
+    r.send().await.unwrap().text().await.unwrap()
+}
+
 /// Readings the gateway decoded, after checking the store took every one of them (so each has its outbox rows).
 async fn produced(gw: &GatewayProcess) -> u64 {
     let s = stats(gw).await;
@@ -152,15 +158,7 @@ async fn telemetry_status_and_events_arrive_upstream_and_commands_are_answered_t
     let stats_msg = sub.wait("gateway stats", 10, |m| m.topic == "ivy/v1/gateways/gw-basic/stats").await;
     assert!(stats_msg.json["outbox"]["queued"].is_u64(), "{}", stats_msg.json);
     assert_eq!(stats_msg.json["upstream"]["connected"], true);
-    let metrics = reqwest::Client::new()
-        .get(format!("http://{}/metrics", gw.http))
-        .basic_auth(USER.0, Some(USER.1))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&gw).await;
     for name in
         ["ivy_outbox_depth", "ivy_outbox_oldest_age_seconds", "ivy_outbox_dropped_total", "ivy_upstream_connected 1"]
     {
@@ -335,15 +333,7 @@ async fn a_full_outbox_drops_the_oldest_telemetry_and_keeps_every_status_and_ala
         "the oldest telemetry went first: the oldest kept is {} ms after the meters came online",
         oldest_kept.saturating_sub(online_at.as_u64().unwrap())
     );
-    let metrics = reqwest::Client::new()
-        .get(format!("http://{}/metrics", gw.http))
-        .basic_auth(USER.0, Some(USER.1))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&gw).await;
     let line = metrics.lines().find(|l| l.starts_with("ivy_outbox_dropped_total{reason=\"telemetry\"}")).unwrap();
     assert!(!line.ends_with(" 0"), "{line}");
 }
