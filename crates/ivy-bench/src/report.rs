@@ -186,29 +186,44 @@ pub fn rows(results: &[Value]) -> Vec<[String; 5]> {
     }
     if let Some(st) = find(results, "store") {
         for (name, label) in [("store_off", "store off"), ("store_on", "store on")] {
-            let p = format!("/push/{name}");
-            let p99 = f(st, &format!("{p}/latency_p99_ms"));
-            let lost = f(st, &format!("{p}/lost"));
+            let steps =
+                st.pointer(&format!("/push/{name}/steps")).and_then(Value::as_array).cloned().unwrap_or_default();
+            let best = st.pointer(&format!("/push/{name}/best_rate")).and_then(Value::as_u64);
             row(
                 "store",
-                &format!("push at {} readings/s, {label}: offered, lost, p99 (ms)", num(st, "/push_rate")),
-                format!(
-                    "{} / {} / {}",
-                    num(st, &format!("{p}/offered_per_s")),
-                    num(st, &format!("{p}/lost")),
-                    num(st, &format!("{p}/latency_p99_ms"))
+                &format!(
+                    "{label}: highest push rate with 0 lost, p99 < 50 ms{} (readings/s)",
+                    if name == "store_on" { " and every reading stored" } else { "" }
                 ),
-                "0 lost, p99 < 50",
-                p99.zip(lost).map(|(p, l)| p < 50.0 && l == 0.0),
+                best.map_or("none of the steps".into(), |b| b.to_string()),
+                "≥ 100,000",
+                Some(best.is_some_and(|b| b >= 100_000)),
             );
+            for step in &steps {
+                let stored = match step.get("stored") {
+                    Some(n) => format!(", stored {n}"),
+                    None => String::new(),
+                };
+                row(
+                    "store",
+                    &format!(
+                        "{label} at {} readings/s: offered, lost, p50 / p99 (ms), gateway CPU (%){}",
+                        num(step, "/target_rate"),
+                        if name == "store_on" { ", stored" } else { "" }
+                    ),
+                    format!(
+                        "{} / {} / {} / {} / {}{stored}",
+                        num(step, "/offered_per_s"),
+                        num(step, "/lost"),
+                        num(step, "/latency_p50_ms"),
+                        num(step, "/latency_p99_ms"),
+                        num(step, "/gateway_cpu_percent")
+                    ),
+                    "0 lost, p99 < 50",
+                    step.get("met").and_then(Value::as_bool),
+                );
+            }
         }
-        row(
-            "store",
-            "store on: readings stored / delivered",
-            format!("{} / {}", num(st, "/push/store_on/stored"), num(st, "/push/store_on/delivered")),
-            "all",
-            st.pointer("/push/store_on/stored_all").and_then(Value::as_bool),
-        );
         row("store", "writer alone: insert rate (rows/s)", num(st, "/database/insert_rows_per_s"), "–", None);
         let bytes = f(st, "/database/bytes_per_reading");
         row(

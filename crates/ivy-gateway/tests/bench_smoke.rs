@@ -70,11 +70,11 @@ async fn hold_scenario_keeps_every_meter_online_and_answers_commands() {
 async fn store_scenario_stores_every_delivered_reading_and_measures_the_database() {
     let r = scenarios::store(gateway(), &Scale::smoke()).await.unwrap();
     for side in ["store_off", "store_on"] {
-        let p = &r["push"][side];
+        let p = &r["push"][side]["steps"][0];
         assert!(n(p, "/expected") > 0, "{r}");
         assert_eq!(n(p, "/delivered"), n(p, "/expected"), "{side}: {r}");
     }
-    assert_eq!(r["push"]["store_on"]["stored_all"], true, "{r}");
+    assert_eq!(r["push"]["store_on"]["steps"][0]["stored_all"], true, "{r}");
     let db = &r["database"];
     // 2 meters x 10 registers x 2 days of minutes.
     assert_eq!(n(db, "/readings"), 2 * 10 * 2 * 1440, "{r}");
