@@ -183,9 +183,13 @@ async fn push_step(
     let values_per_push = 10u64;
     let interval_us = (meters as u64 * values_per_push * 1_000_000 / rate.max(1)).max(1000);
     bus.reset(None, false);
-    // Readings the gateway knows it lost: broker drops (messages) and the MQTT sink's hub drops (readings).
-    let counted =
-        |bus: &Bus| bus.stat("/mqtt/dropped").unwrap_or(0) + bus.stat("/hub/sinks/mqtt/droppedReadings").unwrap_or(0);
+    // Readings the gateway knows it lost: broker drops (messages; the subscriber's session queue included) and the
+    // MQTT sink's hub drops (readings).
+    let counted = |bus: &Bus| {
+        bus.stat("/mqtt/dropped").unwrap_or(0)
+            + bus.stat("/mqtt/sessionDropped").unwrap_or(0)
+            + bus.stat("/hub/sinks/mqtt/droppedReadings").unwrap_or(0)
+    };
     let dropped_before = counted(bus);
     let fleet = Fleet::start(FleetConfig {
         gateway: gw.meters,

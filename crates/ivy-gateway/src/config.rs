@@ -1115,6 +1115,8 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         c.mqtt.users = non_empty(v);
         Ok(())
     }),
+    ("MQTT_MAX_CONNECTIONS", "mqtt.max_connections", |c, v| set(&mut c.mqtt.max_connections, v)),
+    ("MQTT_SESSION_QUEUE_MESSAGES", "mqtt.session_queue_messages", |c, v| set(&mut c.mqtt.session_queue_messages, v)),
     ("MQTT_TLS_PORT", "mqtt.tls_port", |c, v| set(&mut c.mqtt.tls_port, v)),
     ("MQTT_WSS_PORT", "mqtt.wss_port", |c, v| set(&mut c.mqtt.wss_port, v)),
     ("MQTT_TLS_CERT", "mqtt.tls_cert", |c, v| {
@@ -1165,6 +1167,7 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("HTTP_HOST", "http.host", |c, v| set(&mut c.http.host, v)),
     ("HTTP_PORT", "http.port", |c, v| set(&mut c.http.port, v)),
     ("HTTP_RATE_LIMIT", "http.rate_limit_per_minute", |c, v| set(&mut c.http.rate_limit_per_minute, v)),
+    ("HTTP_MAX_CONNECTIONS", "http.max_connections", |c, v| set(&mut c.http.max_connections, v)),
     ("HTTP_TLS_CERT", "http.tls_cert", |c, v| {
         c.http.tls_cert = non_empty(v).map(PathBuf::from);
         Ok(())

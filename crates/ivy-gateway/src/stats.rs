@@ -118,7 +118,13 @@ impl Stats {
                 "rejected": rejected,
                 "unknownProtocol": m.connections_unknown_protocol.get(),
             },
-            "mqtt": {"clients": broker.clients, "published": broker.published, "dropped": broker.dropped, "denied": broker.denied_publishes},
+            "mqtt": {
+                "clients": broker.clients,
+                "published": broker.published,
+                "dropped": broker.dropped,
+                "denied": broker.denied_publishes,
+                "sessionDropped": broker.session_dropped,
+            },
             "polling": {
                 "enabled": self.config.polling.enabled,
                 "intervalMs": self.config.polling.interval_ms,
