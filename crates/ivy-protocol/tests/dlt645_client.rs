@@ -212,7 +212,7 @@ fn follow_up_frames_are_read_and_concatenated() {
     // A repeated reply for frame 1 (late duplicate) is not frame 2.
     let stale = follow_up_reply(meter(), di, &[4, 5], 1, true);
     c.handle_frame(stale.clone());
-    assert_eq!(events(&mut c), vec![Event::Unmatched(stale)]);
+    assert_eq!(events(&mut c), vec![Event::Unmatched(Box::new(stale))]);
     c.handle_frame(follow_up_reply(meter(), di, &[6], 2, false));
     assert_eq!(done(&mut c), (id, Ok(Ok(Response::Data { di, value: vec![1, 2, 3, 4, 5, 6] }))));
 }
@@ -321,7 +321,7 @@ fn wrong_address_reply_is_ignored() {
     c.handle_frame(wrong.clone());
     let wrong_error = Frame::error_reply(other_meter(), function::READ, ErrorFlags(0x02));
     c.handle_frame(wrong_error.clone());
-    assert_eq!(events(&mut c), vec![Event::Unmatched(wrong), Event::Unmatched(wrong_error)]);
+    assert_eq!(events(&mut c), vec![Event::Unmatched(Box::new(wrong)), Event::Unmatched(Box::new(wrong_error))]);
     assert_eq!(c.in_flight(), Some(id));
     c.handle_frame(Frame::read_reply(meter(), VOLTAGE_A, &[0x05, 0x22], false).unwrap());
     assert_eq!(done(&mut c), (id, Ok(Ok(Response::Data { di: VOLTAGE_A, value: vec![0x05, 0x22] }))));
@@ -341,10 +341,10 @@ fn other_functions_dis_and_requests_do_not_answer() {
     assert_eq!(
         events(&mut c),
         vec![
-            Event::Unmatched(echo),
-            Event::Unmatched(other_di),
-            Event::Unmatched(other_function),
-            Event::Unmatched(other_error)
+            Event::Unmatched(Box::new(echo)),
+            Event::Unmatched(Box::new(other_di)),
+            Event::Unmatched(Box::new(other_function)),
+            Event::Unmatched(Box::new(other_error))
         ]
     );
     assert_eq!(c.in_flight(), Some(id));
@@ -359,12 +359,12 @@ fn late_reply_after_timeout_is_unmatched() {
     assert_eq!(done(&mut c), (id, Err(TransportError::Timeout { attempts: 1 })));
     let late = Frame::read_reply(meter(), VOLTAGE_A, &[0x05, 0x22], false).unwrap();
     c.handle_frame(late.clone());
-    assert_eq!(events(&mut c), vec![Event::Unmatched(late.clone())]);
+    assert_eq!(events(&mut c), vec![Event::Unmatched(Box::new(late.clone()))]);
     // Also while the next request (another register) is in flight.
     let next = c.request(Request::Read { address: meter(), di: Di::new(0x0201_0200) }).unwrap();
     sent(&mut c, t0() + ms(1100));
     c.handle_frame(late.clone());
-    assert_eq!(events(&mut c), vec![Event::Unmatched(late)]);
+    assert_eq!(events(&mut c), vec![Event::Unmatched(Box::new(late))]);
     assert_eq!(c.in_flight(), Some(next));
 }
 
@@ -455,7 +455,7 @@ fn late_error_reply_after_a_timeout_is_not_taken_for_the_next_request() {
     sent(&mut c, t0() + ms(1000));
     let late = Frame::error_reply(meter(), function::READ, ErrorFlags(0x02));
     c.handle_frame(late.clone());
-    assert_eq!(events(&mut c), vec![Event::Unmatched(late)]);
+    assert_eq!(events(&mut c), vec![Event::Unmatched(Box::new(late))]);
     assert_eq!(c.in_flight(), Some(second));
     c.handle_frame(Frame::read_reply(meter(), VOLTAGE_A, &[0x05, 0x22], false).unwrap());
     assert_eq!(done(&mut c), (second, Ok(Ok(Response::Data { di: VOLTAGE_A, value: vec![0x05, 0x22] }))));
@@ -491,7 +491,7 @@ fn a_real_refusal_taken_for_a_late_reply_is_asked_again() {
     sent(&mut c, t1);
     let refusal = Frame::error_reply(meter(), function::RELAY_CONTROL, ErrorFlags(0x04));
     c.handle_frame(refusal.clone());
-    assert_eq!(events(&mut c), vec![Event::Unmatched(refusal.clone())]);
+    assert_eq!(events(&mut c), vec![Event::Unmatched(Box::new(refusal.clone()))]);
     c.handle_timeout(t1 + ms(1000));
     // The first attempt of the first command (sent at t0) is now past its window; the retry is sent.
     sent(&mut c, t1 + ms(1000));
@@ -529,7 +529,7 @@ fn the_other_reply_of_a_retried_frame_is_late_for_the_next_request() {
     sent(&mut c, t0() + ms(1100));
     let second_ack = Frame::ack_reply(meter(), function::WRITE);
     c.handle_frame(second_ack.clone());
-    assert_eq!(events(&mut c), vec![Event::Unmatched(second_ack.clone())]);
+    assert_eq!(events(&mut c), vec![Event::Unmatched(Box::new(second_ack.clone()))]);
     c.handle_frame(second_ack);
     assert_eq!(done(&mut c), (second, Ok(Ok(Response::Accepted))));
 }

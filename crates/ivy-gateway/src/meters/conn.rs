@@ -99,6 +99,9 @@ pub(crate) enum ReadOutcome {
     End(EndReason),
 }
 
+/// Ids a connection looks up by scanning its list before it builds a set.
+const LINEAR_LOOKUP: usize = 16;
+
 /// The connection half of a session.
 pub(crate) struct Conn {
     /// What every session shares.
@@ -115,8 +118,10 @@ pub(crate) struct Conn {
     close: CancellationToken,
     /// Meters identified on this connection, in order.
     pub meters: Vec<MeterId>,
-    /// The same ids, for lookups (a connection may hold up to `meters.max_ids_per_connection`).
-    known: HashSet<MeterId>,
+    /// The same ids for lookups, built only once a connection holds more than [`LINEAR_LOOKUP`] (a DTU with many
+    /// meters behind it): almost every connection holds one meter, and an empty-but-used set kept ~150 bytes per
+    /// connection of the 19,000 held.
+    known: Option<HashSet<MeterId>>,
     /// When the meter last sent bytes.
     pub last_rx: Instant,
     /// Protocol family once known.
@@ -166,7 +171,7 @@ impl Conn {
             handle,
             close,
             meters: Vec::new(),
-            known: HashSet::new(),
+            known: None,
             last_rx: Instant::now(),
             protocol: None,
         };
@@ -252,7 +257,7 @@ impl Conn {
     pub(crate) async fn identify(&mut self, meter_id: &MeterId, protocol: Source) -> Result<bool, Refusal> {
         let ip = self.peer.ip();
         let m = &self.ctx.config.meters;
-        let refusal = if !self.known.contains(meter_id) && self.meters.len() >= m.max_ids_per_connection.get() {
+        let refusal = if !self.identified_here(meter_id) && self.meters.len() >= m.max_ids_per_connection.get() {
             Some((Refusal::TooManyIds, IdentityRefusal::TooManyIds))
         } else if !self.ctx.meter_source_allowed(meter_id.as_str(), ip) {
             Some((Refusal::SourceNotAllowed, IdentityRefusal::SourceNotAllowed))
@@ -332,9 +337,25 @@ impl Conn {
         Ok(true)
     }
 
+    /// Whether `meter_id` was identified on this connection (held now or not).
+    fn identified_here(&self, meter_id: &MeterId) -> bool {
+        match &self.known {
+            Some(set) => set.contains(meter_id),
+            None => self.meters.contains(meter_id),
+        }
+    }
+
     fn note_held(&mut self, meter_id: &MeterId) {
-        if self.known.insert(meter_id.clone()) {
-            self.meters.push(meter_id.clone());
+        if self.identified_here(meter_id) {
+            return;
+        }
+        self.meters.push(meter_id.clone());
+        match &mut self.known {
+            Some(set) => {
+                set.insert(meter_id.clone());
+            }
+            None if self.meters.len() > LINEAR_LOOKUP => self.known = Some(self.meters.iter().cloned().collect()),
+            None => {}
         }
     }
 
