@@ -77,6 +77,7 @@ impl Stats {
             "reconnects": load(&c.reconnects),
             "published": load(&c.published),
             "acked": load(&c.acked),
+            "refused": load(&c.refused),
             "superseded": load(&c.superseded),
             "commands": load(&c.commands),
             "dropped": load(&c.dropped),

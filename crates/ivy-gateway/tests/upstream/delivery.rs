@@ -104,11 +104,25 @@ fn env_with(mut env: Vec<(&'static str, String)>, more: &[(&'static str, &str)])
 
 #[tokio::test]
 async fn telemetry_status_and_events_arrive_upstream_and_commands_are_answered_there() {
+    basics("3.1.1").await;
+}
+
+#[tokio::test]
+async fn the_same_over_mqtt_5() {
+    basics("5").await;
+}
+
+async fn basics(protocol: &str) {
     let broker = Mosquitto::start();
     let mut sub = Subscriber::connect(&broker, Login::anonymous("backend"), &["ivy/v1/#"]).await;
     let env = env_with(
         upstream_env(&broker, "gw-basic", None),
-        &[("POLLING_ENABLED", "true"), ("POLLING_INTERVAL_MS", "1000"), ("MQTT_EMBEDDED", "false")],
+        &[
+            ("POLLING_ENABLED", "true"),
+            ("POLLING_INTERVAL_MS", "1000"),
+            ("MQTT_EMBEDDED", "false"),
+            ("MQTT_UPSTREAM_PROTOCOL", protocol),
+        ],
     );
     let gw = gateway(&env);
     let birth = sub.wait("the gateway's birth", 15, |m| m.topic == "ivy/v1/gateways/gw-basic/status").await;
@@ -185,23 +199,32 @@ async fn bad_credentials_are_logged_clearly_and_retried_with_backoff() {
 
 #[tokio::test]
 async fn a_30_second_broker_outage_loses_no_reading() {
+    outage(100, 30, "3.1.1").await;
+}
+
+#[tokio::test]
+async fn a_broker_outage_over_mqtt_5_loses_no_reading() {
+    outage(20, 5, "5").await;
+}
+
+async fn outage(meters: usize, secs: u64, protocol: &str) {
     let mut broker = Mosquitto::start();
     let mut sub = Subscriber::connect(&broker, Login::anonymous("backend-outage"), &["ivy/v1/meters/#"]).await;
     let env = env_with(
         upstream_env(&broker, "gw-outage", None),
-        &[("POLLING_ENABLED", "true"), ("POLLING_INTERVAL_MS", "1000")],
+        &[("POLLING_ENABLED", "true"), ("POLLING_INTERVAL_MS", "1000"), ("MQTT_UPSTREAM_PROTOCOL", protocol)],
     );
     let gw = gateway(&env);
-    let fleet = fleet(&gw, 100);
-    assert!(fleet.wait_connected(100, Duration::from_secs(30)).await, "100 meters connected");
+    let fleet = fleet(&gw, meters);
+    assert!(fleet.wait_connected(meters as u64, Duration::from_secs(30)).await, "{meters} meters connected");
     let mut tally = Tally::default();
     tally.drain(&mut sub, 200, 3).await;
 
     broker.stop();
     let outage = tokio::time::Instant::now();
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
     let backlog = stats(&gw).await["outbox"].clone();
-    assert!(backlog["queued"].as_u64().unwrap() > 1000, "the outbox holds the outage's messages: {backlog}");
+    assert!(backlog["queued"].as_u64().unwrap() > 100, "the outbox holds the outage's messages: {backlog}");
     assert_eq!(stats(&gw).await["upstream"]["connected"], false);
     broker.restart();
     let down = outage.elapsed();
@@ -215,8 +238,8 @@ async fn a_30_second_broker_outage_loses_no_reading() {
     let (delivered, duplicates) = (tally.distinct(), tally.duplicates());
     let lost = produced.saturating_sub(delivered);
     println!(
-        "broker outage {:.1} s, 100 meters ({} pushes, {} poll replies): backlog {} messages; readings produced \
-         {produced}, delivered {delivered}, duplicates {duplicates}, lost {lost}",
+        "MQTT {protocol}: broker outage {:.1} s, {meters} meters ({} pushes, {} poll replies): backlog {} messages; \
+         readings produced {produced}, delivered {delivered}, duplicates {duplicates}, lost {lost}",
         down.as_secs_f64(),
         summary.pushes,
         summary.replies,
