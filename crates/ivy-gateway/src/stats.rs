@@ -132,6 +132,7 @@ impl Stats {
             "upstream": self.upstream_figures(),
             "hub": {
                 "dropped": self.hub.dropped(),
+                "readings": self.hub.published_readings(),
                 "sinks": self.hub.stats().iter().map(|s| (s.name.to_owned(), json!({
                     "delivered": s.delivered, "dropped": s.dropped, "droppedReadings": s.dropped_readings,
                     "reserved": s.reserved,

@@ -63,12 +63,13 @@ async fn metrics(gw: &GatewayProcess) -> String {
     r.send().await.unwrap().text().await.unwrap()
 }
 
-/// Readings the gateway decoded, after checking the store took every one of them (so each has its outbox rows).
+/// Readings the gateway published (to the hub), after checking the store took every one of them (so each has its
+/// outbox rows). Readings decoded in a poll cycle cut short by the meter leaving are not published.
 async fn produced(gw: &GatewayProcess) -> u64 {
     let s = stats(gw).await;
     let store = &s["hub"]["sinks"]["store"];
     assert_eq!(store["droppedReadings"], 0, "the store took every reading: {s}");
-    s["readings"].as_u64().unwrap()
+    s["hub"]["readings"].as_u64().unwrap()
 }
 
 /// Waits until the gateway's reading count stops moving (the fleet stopped, the last pushes are in).
@@ -359,4 +360,26 @@ async fn a_full_outbox_drops_the_oldest_telemetry_and_keeps_every_status_and_ala
     let metrics = metrics(&gw).await;
     let line = metrics.lines().find(|l| l.starts_with("ivy_outbox_dropped_total{reason=\"telemetry\"}")).unwrap();
     assert!(!line.ends_with(" 0"), "{line}");
+}
+
+#[tokio::test]
+async fn after_kill_9_the_meters_it_held_are_retained_offline_upstream() {
+    let broker = Mosquitto::start();
+    let mut sub = Subscriber::connect(&broker, Login::anonymous("backend-stale"), &["ivy/v1/meters/+/status"]).await;
+    let mut gw = gateway(&env_with(upstream_env(&broker, "gw-stale", None), &[]));
+    let fleet = fleet(&gw, 2);
+    assert!(fleet.wait_connected(2, Duration::from_secs(30)).await);
+    let online = sub.wait("a meter online", 20, |m| m.json["online"] == true).await;
+    // Let the store commit the online statuses, then crash: nobody says the meters went offline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.kill();
+    let _ = fleet.stop().await;
+    let still = retained(&broker, Login::anonymous("stale-reader-1"), &online.topic, 5.0).await.unwrap();
+    assert_eq!(still.json["online"], true, "the crash left it online at the broker");
+    gw.restart().unwrap();
+    let offline = sub.wait("its offline status", 20, |m| m.topic == online.topic && m.json["online"] == false).await;
+    assert_eq!(offline.json["reason"], "not connected since the gateway started");
+    assert_eq!(offline.json["connectedAt"], online.json["connectedAt"], "it names the connection that ended");
+    let kept = retained(&broker, Login::anonymous("stale-reader-2"), &online.topic, 5.0).await.unwrap();
+    assert_eq!(kept.json["online"], false);
 }
