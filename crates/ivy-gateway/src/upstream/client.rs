@@ -818,6 +818,110 @@ async fn read_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::sink::MessageClass;
+    use std::sync::Mutex;
+
+    /// A link that records what was queued.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Link for Arc<Recorder> {
+        fn publish(&self, msg: &OutboundMessage) -> Result<(), String> {
+            self.0.lock().unwrap().push(msg.topic.clone());
+            Ok(())
+        }
+        fn subscribe(&self, filters: &[String]) -> Result<(), String> {
+            self.0.lock().unwrap().push(format!("SUB {}", filters.join(",")));
+            Ok(())
+        }
+        fn unsubscribe(&self, filter: &str) -> Result<(), String> {
+            self.0.lock().unwrap().push(format!("UNSUB {filter}"));
+            Ok(())
+        }
+        fn disconnect(&self) {}
+    }
+
+    fn row(id: i64) -> OutboxRow {
+        OutboxRow {
+            id,
+            class: MessageClass::Telemetry,
+            message: OutboundMessage::json(format!("ivy/v1/meters/m1/telemetry/{id}"), &id, Qos::AtLeastOnce, false),
+        }
+    }
+
+    fn books(window: usize) -> (Books, Arc<Recorder>, Arc<OutboxShared>) {
+        let prefix = TopicPrefix::new("ivy/v1", Some("gw")).unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let outbox = Arc::new(OutboxShared::default());
+        let status: GatewayStatus = Arc::new(|online| serde_json::json!({ "online": online }));
+        let ownership = Ownership::new(prefix.clone(), Some("gw".into()));
+        let b = Books::new(
+            window,
+            prefix,
+            outbox.clone(),
+            Box::new(recorder.clone()),
+            Arc::new(UpstreamCounters::default()),
+            status,
+            ownership,
+        );
+        (b, recorder, outbox)
+    }
+
+    #[tokio::test]
+    async fn rows_are_acknowledged_in_order_and_sent_again_from_the_oldest_open_one_after_a_loss() {
+        let (mut b, sent, outbox) = books(8);
+        let (inbound, _rx) = mpsc::channel(1);
+        b.ready.extend((1..=10).map(row));
+        b.read_upto = 10;
+        b.on_connected(true);
+        let mut reader = None;
+        b.fill(&mut reader, Path::new("/nonexistent"), 10).await;
+        // The birth and rows 1..=5: six of eight, a quarter of the window stays for responses.
+        assert_eq!(sent.0.lock().unwrap().len(), 6);
+        assert_eq!(sent.0.lock().unwrap()[0], "ivy/v1/gateways/gw/status");
+        for pkid in 1..=6 {
+            b.on_driven(Driven::Sent(pkid), &inbound);
+        }
+        // Out of order: row 2 (packet 3) first; row 1 still open, nothing may be deleted.
+        b.on_driven(Driven::Acked { pkid: 3, refused: None }, &inbound);
+        assert_eq!(outbox.acknowledged_upto(), 0);
+        b.on_driven(Driven::Acked { pkid: 2, refused: None }, &inbound);
+        assert_eq!(outbox.acknowledged_upto(), 2, "rows 1 and 2 are done");
+        // A rumqttc collision: a publish held back under packet 4 goes out when 4 is acknowledged.
+        b.fill(&mut reader, Path::new("/nonexistent"), 10).await;
+        b.on_driven(Driven::Held(4), &inbound);
+        b.on_driven(Driven::Acked { pkid: 4, refused: None }, &inbound);
+        b.on_driven(Driven::Sent(4), &inbound);
+        assert_eq!(outbox.acknowledged_upto(), 3, "packet 4 was row 3; row 4 is the oldest open one");
+        assert!(b.inflight.get(&4).is_some_and(|s| matches!(s, Sent::Row(6))));
+
+        // The connection drops: the birth waits for the next connection, rows go back to the outbox reading.
+        b.on_lost();
+        assert!(!b.connected && b.queued.is_empty() && b.inflight.is_empty() && b.open_rows.is_empty());
+        assert_eq!(b.read_upto, 3, "read again after the last row everything before is acknowledged for");
+        assert_eq!(b.retry.len(), 1);
+        b.on_connected(true);
+        let queued = sent.0.lock().unwrap().len();
+        assert!(
+            sent.0.lock().unwrap()[queued - 2..].iter().all(|t| t == "ivy/v1/gateways/gw/status"),
+            "birth, then the retried one"
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_dropped_from_a_full_outbox_do_not_hold_the_acknowledgements_back() {
+        let (mut b, _sent, outbox) = books(8);
+        b.on_connected(true);
+        b.read_upto = 0;
+        b.handed = 0;
+        // Rows up to 50 were committed and dropped before they were read: the reading finds none.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ivy.db");
+        drop(crate::store::open_writer(&path).unwrap());
+        let mut reader = None;
+        b.fill(&mut reader, &path, 50).await;
+        assert_eq!(outbox.acknowledged_upto(), 50);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
