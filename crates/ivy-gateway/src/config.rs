@@ -810,7 +810,7 @@ pub struct UpstreamConfig {
     pub key: Option<PathBuf>,
     /// MQTT keepalive in seconds (`MQTT_UPSTREAM_KEEPALIVE`).
     pub keepalive_secs: u64,
-    /// `"3.1.1"` (`MQTT_UPSTREAM_PROTOCOL`; MQTT 5 upstream is not supported yet and refused with a clear error).
+    /// `"3.1.1"` or `"5"` (`MQTT_UPSTREAM_PROTOCOL`).
     pub protocol: String,
     /// First reconnect delay in ms; doubled per failed attempt up to `reconnect_max_ms`, with jitter.
     pub reconnect_min_ms: u64,
@@ -1585,9 +1585,9 @@ impl Config {
         );
         check(
             &mut e,
-            up.protocol == "3.1.1",
+            matches!(up.protocol.as_str(), "3.1.1" | "5"),
             "mqtt.upstream.protocol",
-            "must be \"3.1.1\" (MQTT 5 to the upstream broker is not supported yet)",
+            "must be \"3.1.1\" or \"5\"",
         );
         check(&mut e, (5..=3600).contains(&up.keepalive_secs), "mqtt.upstream.keepalive_secs", "must be 5..=3600");
         check(&mut e, up.reconnect_min_ms >= 10, "mqtt.upstream.reconnect_min_ms", "must be at least 10");
@@ -1806,7 +1806,7 @@ mod tests {
         assert!(err.contains("mqtt.upstream.url") && err.contains("store"), "{err}");
         let err = load_with(None, None, &[("MQTT_EMBEDDED", "false")]).unwrap_err().to_string();
         assert!(err.contains("mqtt.embedded"), "{err}");
-        let err = load_with(None, None, &[("MQTT_UPSTREAM_URL", "mqtt://b"), ("MQTT_UPSTREAM_PROTOCOL", "5")])
+        let err = load_with(None, None, &[("MQTT_UPSTREAM_URL", "mqtt://b"), ("MQTT_UPSTREAM_PROTOCOL", "4")])
             .unwrap_err()
             .to_string();
         assert!(err.contains("mqtt.upstream.protocol"), "{err}");

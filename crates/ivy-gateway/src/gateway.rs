@@ -230,12 +230,22 @@ impl Gateway {
                 if let Some(settings) = upstream_settings {
                     let outbox = Arc::new(crate::mqtt::outbox::OutboxShared::default());
                     let counters = Arc::new(crate::mqtt::outbox::UpstreamCounters::default());
-                    let outbox_writer = crate::store::outbox::OutboxWriter::open(
+                    let mut outbox_writer = crate::store::outbox::OutboxWriter::open(
                         writer.connection(),
                         prefix.clone(),
                         &config.outbox,
                         outbox.clone(),
                     )?;
+                    // Meters the gateway last said were online (it stopped or crashed): their retained status at
+                    // the upstream broker says so still. They are offline until they reconnect.
+                    let stale: Vec<Arc<crate::hub::HubEvent>> = restored
+                        .meters
+                        .iter()
+                        .filter(|m| m.last_status.as_ref().is_some_and(|s| s["online"] == true))
+                        .filter_map(|m| not_connected_since_start(m, config.gateway.gateway_id.as_deref(), now))
+                        .map(|s| Arc::new(crate::hub::HubEvent::Status(s)))
+                        .collect();
+                    outbox_writer.append_committed(writer.connection(), &stale, now)?;
                     writer = writer.with_outbox(outbox_writer);
                     let name = config.gateway.name.clone();
                     let gateway_status: crate::upstream::client::GatewayStatus =
@@ -680,6 +690,28 @@ fn open_store(config: &Config, acks_file: &std::path::Path) -> Result<Restored, 
     Ok(Restored { path, conn, meters, active_alarms, acknowledged })
 }
 
+/// The offline status of a meter the store knows and nothing has connected yet (`None` for an id that is not
+/// valid any more).
+fn not_connected_since_start(
+    m: &crate::store::query::StoredMeter,
+    gateway_id: Option<&str>,
+    now: u64,
+) -> Option<crate::model::StatusChange> {
+    let id = ivy_protocol::registration::MeterId::new(m.meter_id.clone()).ok()?;
+    // The connection the stored status was about (the last one before the stop), when it said.
+    let connected_at = m.last_status.as_ref().and_then(|s| s.get("connectedAt")).and_then(serde_json::Value::as_u64);
+    Some(crate::model::StatusChange {
+        meter_id: id,
+        online: false,
+        ip: None,
+        protocol: None,
+        connected_at,
+        gateway_id: gateway_id.map(str::to_owned),
+        reason: Some("not connected since the gateway started".into()),
+        ts: now,
+    })
+}
+
 /// Re-publishes the retained status (offline: nothing is connected yet) and the last snapshot of every meter the
 /// store knows, so subscribers that arrive after a restart see the truth rather than a stale retained message.
 async fn republish(
@@ -691,20 +723,8 @@ async fn republish(
 ) {
     use crate::mqtt::{OutboundMessage, Qos};
     for m in meters {
-        let Ok(id) = ivy_protocol::registration::MeterId::new(m.meter_id.clone()) else { continue };
-        // The connection the stored status was about (the last one before the stop), when it said.
-        let connected_at =
-            m.last_status.as_ref().and_then(|s| s.get("connectedAt")).and_then(serde_json::Value::as_u64);
-        let status = crate::model::StatusChange {
-            meter_id: id.clone(),
-            online: false,
-            ip: None,
-            protocol: None,
-            connected_at,
-            gateway_id: gateway_id.map(str::to_owned),
-            reason: Some("not connected since the gateway started".into()),
-            ts: now,
-        };
+        let Some(status) = not_connected_since_start(m, gateway_id, now) else { continue };
+        let id = status.meter_id.clone();
         let payload = crate::mqtt::sink::status_payload(&status);
         let _ = publisher.publish(OutboundMessage::json(prefix.status(&id), &payload, Qos::AtLeastOnce, true)).await;
         if !m.snapshot.is_empty() {

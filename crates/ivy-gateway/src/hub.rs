@@ -187,6 +187,7 @@ pub struct Hub {
     sinks: Arc<std::sync::RwLock<Vec<Arc<SinkSlot>>>>,
     observers: Arc<std::sync::RwLock<Vec<Observer>>>,
     published: Arc<AtomicU64>,
+    published_readings: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -252,6 +253,9 @@ impl Hub {
     /// sink, except for status transitions and lifecycle events, which wait in the sink's reserve.
     pub fn publish(&self, event: HubEvent) {
         self.published.fetch_add(1, Ordering::Relaxed);
+        if let HubEvent::Readings { readings, .. } = &event {
+            self.published_readings.fetch_add(readings.len() as u64, Ordering::Relaxed);
+        }
         if let Ok(observers) = self.observers.read() {
             for observe in observers.iter() {
                 observe(&event);
@@ -290,6 +294,12 @@ impl Hub {
     /// Events published so far.
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
+    }
+
+    /// Readings published so far (what every sink was offered; a reading decoded in a poll cycle that ended with
+    /// its connection is counted in `ivy_readings_total` but never published).
+    pub fn published_readings(&self) -> u64 {
+        self.published_readings.load(Ordering::Relaxed)
     }
 
     /// Counters of every sink.

@@ -77,6 +77,7 @@ impl Stats {
             "reconnects": load(&c.reconnects),
             "published": load(&c.published),
             "acked": load(&c.acked),
+            "refused": load(&c.refused),
             "superseded": load(&c.superseded),
             "commands": load(&c.commands),
             "dropped": load(&c.dropped),
@@ -137,6 +138,7 @@ impl Stats {
             "upstream": self.upstream_figures(),
             "hub": {
                 "dropped": self.hub.dropped(),
+                "readings": self.hub.published_readings(),
                 "sinks": self.hub.stats().iter().map(|s| (s.name.to_owned(), json!({
                     "delivered": s.delivered, "dropped": s.dropped, "droppedReadings": s.dropped_readings,
                     "reserved": s.reserved,

@@ -98,6 +98,8 @@ pub struct UpstreamCounters {
     pub published: AtomicU64,
     /// Messages the broker acknowledged (PUBACK).
     pub acked: AtomicU64,
+    /// Of those, messages an MQTT 5 broker refused in its PUBACK (not delivered; its ACL, quota...).
+    pub refused: AtomicU64,
     /// Messages not sent: a newer connection of the meter owns its retained status (multi-gateway).
     pub superseded: AtomicU64,
     /// Command requests received from the broker.

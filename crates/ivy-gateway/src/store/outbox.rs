@@ -151,6 +151,27 @@ impl OutboxWriter {
         self.enforce_bound(tx)
     }
 
+    /// `events`' messages in a transaction of their own (before the writer thread starts).
+    pub fn append_committed(
+        &mut self,
+        conn: &Connection,
+        events: &[Arc<HubEvent>],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let tx = conn.unchecked_transaction()?;
+        let appended = self.append(&tx, events, now).and_then(|()| Ok(tx.commit()?));
+        match appended {
+            Ok(()) => self.committed(conn),
+            Err(e) => {
+                self.rolled_back();
+                Err(e)
+            }
+        }
+    }
+
     fn over(&self) -> bool {
         self.depth > self.max_messages || self.bytes > self.max_bytes
     }

@@ -1,5 +1,5 @@
-//! The upstream MQTT client (SPEC 4.1): the gateway as a client of an external broker or cluster, fed by the
-//! durable outbox.
+//! The upstream MQTT client (SPEC 4.1): the gateway as a client of an external broker or cluster (MQTT 3.1.1 or 5,
+//! see [`super::link`]), fed by the durable outbox.
 //!
 //! - Telemetry, snapshots, status and events come from the outbox (the store's writer put them there, in the
 //!   transaction of their readings), oldest first, at QoS 1, at most `mqtt.upstream.inflight` unacknowledged. A
@@ -19,10 +19,12 @@
 //!
 //! Two tasks: one drives rumqttc's event loop (nothing else may poll it: cancelling `poll` mid-write would lose
 //! a packet), the other keeps the books (which outbox row went out under which packet id) and feeds the client.
-//! rumqttc reports `Outgoing::Publish(pkid)` in the order requests were queued, which maps packet ids to rows.
+//! rumqttc reports a queued publish as sent (`Outgoing::Publish(pkid)`) in the order requests were queued, which
+//! maps packet ids to rows.
 //! After a connection loss the books task resets first, then the driver drops what rumqttc would resend, so a
 //! packet id is never mapped to the wrong row.
 
+use super::link::{ConnectOptions, Driven, Link, Protocol, Session, SessionKind};
 use super::ownership::{Action, Ownership};
 use crate::config::{UpstreamConfig, UpstreamUrl};
 use crate::hub::HubEvent;
@@ -30,10 +32,6 @@ use crate::mqtt::outbox::{OutboxShared, UpstreamCounters};
 use crate::mqtt::topics::TopicPrefix;
 use crate::mqtt::{BrokerCounters, InboundCommand, OutboundMessage, Publisher, Qos};
 use crate::store::outbox::{OutboxRow, read_after};
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    Transport,
-};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,8 +49,6 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 const MAX_DIRECT_RETRY: usize = 10_000;
 /// Topic filters per SUBSCRIBE or UNSUBSCRIBE packet (thousands of meters resubscribe after a session loss).
 const FILTERS_PER_PACKET: usize = 100;
-/// Largest packet sent or accepted (snapshots of meters with many registers exceed rumqttc's 10 KiB default).
-const MAX_PACKET: usize = 1024 * 1024;
 
 /// Why the upstream client cannot be set up (a configuration problem: the gateway does not start).
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +67,7 @@ pub enum UpstreamError {
 /// Everything the client needs, checked at start.
 #[derive(Clone)]
 pub struct UpstreamSettings {
+    protocol: Protocol,
     host: String,
     port: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -88,6 +85,7 @@ impl std::fmt::Debug for UpstreamSettings {
         f.debug_struct("UpstreamSettings")
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("protocol", &self.protocol)
             .field("tls", &self.tls.is_some())
             .field("client_id", &self.client_id)
             .finish_non_exhaustive()
@@ -101,7 +99,12 @@ impl UpstreamSettings {
         let url = UpstreamUrl::parse(url).map_err(UpstreamError::Url)?;
         let tls = if url.tls { Some(client_tls(cfg)?) } else { None };
         let client_id = cfg.client_id.clone().unwrap_or_else(|| default_client_id(gateway_id));
+        let protocol = match cfg.protocol.as_str() {
+            "5" => Protocol::V5,
+            _ => Protocol::V311,
+        };
         Ok(UpstreamSettings {
+            protocol,
             host: url.host,
             port: url.port,
             tls,
@@ -228,48 +231,32 @@ impl std::fmt::Debug for UpstreamClient {
     }
 }
 
-/// What the driver tells the books task.
-#[derive(Debug)]
-enum Driven {
-    Connected {
-        session_present: bool,
-    },
-    Event(Event),
-    /// The connection is gone (or an attempt failed); the driver waits for the books to reset.
-    Lost,
-}
-
 impl UpstreamClient {
     /// Starts the client (see [`Wiring`]).
     pub fn start(settings: UpstreamSettings, wiring: Wiring) -> Self {
         let Wiring { prefix, gateway_id, outbox, store, gateway_status, counters, statuses, direct_queue } = wiring;
-        let mut options = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
-        options
-            .set_keep_alive(settings.keepalive)
-            .set_clean_session(false)
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-            .set_inflight(u16::try_from(settings.window.saturating_mul(2)).unwrap_or(u16::MAX))
-            .set_last_will(LastWill::new(
-                prefix.gateway_status(),
-                serde_json::to_vec(&gateway_status(false)).unwrap_or_default(),
-                QoS::AtLeastOnce,
-                true,
-            ));
-        if let Some((user, password)) = &settings.credentials {
-            options.set_credentials(user.clone(), password.clone());
-        }
-        if let Some(tls) = &settings.tls {
-            options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone())));
-        }
+        let options = ConnectOptions {
+            protocol: settings.protocol,
+            host: settings.host.clone(),
+            port: settings.port,
+            tls: settings.tls.clone(),
+            client_id: settings.client_id.clone(),
+            credentials: settings.credentials.clone(),
+            keepalive: settings.keepalive,
+            window: settings.window,
+            will: (prefix.gateway_status(), serde_json::to_vec(&gateway_status(false)).unwrap_or_default()),
+        };
         // The request channel holds at most the window plus control requests: the books never queue more.
-        let (client, eventloop) = AsyncClient::new(options, settings.window + 1024);
+        let (client, session) = super::link::connect(&options, settings.window + 1024);
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (resume_tx, resume_rx) = mpsc::channel(1);
         let (direct_tx, direct_rx) = mpsc::channel(direct_queue.max(16));
         let (inbound_tx, inbound_rx) = mpsc::channel(4096);
         let stop = CancellationToken::new();
-        let driver =
-            tokio::spawn(drive(eventloop, events_tx, resume_rx, settings.clone(), counters.clone(), stop.clone()));
+        let driver = match session {
+            SessionKind::V311(s) => tokio::spawn(drive(*s, events_tx, resume_rx, settings.clone(), counters.clone())),
+            SessionKind::V5(s) => tokio::spawn(drive(*s, events_tx, resume_rx, settings.clone(), counters.clone())),
+        };
         let ownership = Ownership::new(prefix.clone(), gateway_id);
         let books =
             Books::new(settings.window, prefix, outbox.clone(), client, counters.clone(), gateway_status, ownership);
@@ -277,7 +264,7 @@ impl UpstreamClient {
             Channels { events: events_rx, resume: resume_tx, direct: direct_rx, inbound: inbound_tx, statuses };
         let books = tokio::spawn(books.run(channels, store, stop.clone()));
         let publisher = Publisher::new(direct_tx, Arc::new(BrokerCounters::default()));
-        tracing::info!(broker = %settings.address(), tls = settings.tls.is_some(), client_id = %settings.client_id, "upstream MQTT client started");
+        tracing::info!(broker = %settings.address(), protocol = ?settings.protocol, tls = settings.tls.is_some(), client_id = %settings.client_id, "upstream MQTT client started");
         UpstreamClient { publisher, outbox, inbound: Some(inbound_rx), counters, stop, books, driver }
     }
 
@@ -318,32 +305,32 @@ impl UpstreamClient {
     }
 }
 
-/// Drives rumqttc's event loop: connects, reconnects with backoff, forwards every event to the books.
-async fn drive(
-    mut eventloop: EventLoop,
+/// Drives the session's event loop: connects, reconnects with backoff, forwards what the books need.
+async fn drive<S: Session>(
+    mut session: S,
     events: mpsc::Sender<Driven>,
     mut resume: mpsc::Receiver<()>,
     settings: UpstreamSettings,
     counters: Arc<UpstreamCounters>,
-    stop: CancellationToken,
 ) {
     let mut failures: u32 = 0;
     let mut connected_at: Option<tokio::time::Instant> = None;
     loop {
         let polled = tokio::select! {
-            polled = eventloop.poll() => polled,
+            polled = session.next() => polled,
             // The books task ends first on shutdown (after its DISCONNECT went out); stop polling then.
             _ = events.closed() => return,
         };
         let sent = match polled {
-            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+            Ok(Some(Driven::Connected { session_present })) => {
                 connected_at = Some(tokio::time::Instant::now());
                 counters.connected.store(true, Ordering::Relaxed);
-                tracing::info!(broker = %settings.address(), session_present = ack.session_present, "upstream MQTT connected");
-                events.send(Driven::Connected { session_present: ack.session_present }).await
+                tracing::info!(broker = %settings.address(), session_present, "upstream MQTT connected");
+                events.send(Driven::Connected { session_present }).await
             }
-            Ok(event) => events.send(Driven::Event(event)).await,
-            Err(e) => {
+            Ok(Some(driven)) => events.send(driven).await,
+            Ok(None) => Ok(()),
+            Err(problem) => {
                 counters.connected.store(false, Ordering::Relaxed);
                 counters.reconnects.fetch_add(1, Ordering::Relaxed);
                 if connected_at.take().is_some_and(|t| t.elapsed() >= STABLE_AFTER) {
@@ -351,22 +338,17 @@ async fn drive(
                 }
                 let delay = backoff(settings.reconnect_min, settings.reconnect_max, failures);
                 failures = failures.saturating_add(1);
-                if stop.is_cancelled() {
-                    return;
-                }
                 tracing::warn!(
                     broker = %settings.address(),
                     retry_in_ms = delay.as_millis() as u64,
-                    "upstream MQTT: {}",
-                    describe(&e, &settings)
+                    "upstream MQTT: {problem}"
                 );
                 if events.send(Driven::Lost).await.is_err() || resume.recv().await.is_none() {
                     return;
                 }
                 // The books have forgotten everything in flight and will send it again from the outbox: drop
-                // what rumqttc would resend (and any request queued before the books learnt of the loss).
-                eventloop.clean();
-                eventloop.pending.clear();
+                // what the library would resend (and any request queued before the books learnt of the loss).
+                session.forget();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = events.closed() => return,
@@ -386,39 +368,6 @@ pub fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
     let half = base / 2;
     let jitter = rand::random_range(0..=half.as_millis() as u64);
     half + Duration::from_millis(jitter)
-}
-
-/// One line saying what is wrong with a connection attempt.
-fn describe(e: &ConnectionError, settings: &UpstreamSettings) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword) => {
-            "the broker refused the user name or password (check MQTT_UPSTREAM_USERNAME / MQTT_UPSTREAM_PASSWORD)"
-                .to_owned()
-        }
-        ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => {
-            // Mosquitto answers a wrong password with this code (MQTT 3.1.1 leaves the choice to the broker).
-            "the broker refused the connection as not authorized: wrong user name or password, or not allowed by \
-             its ACL (check MQTT_UPSTREAM_USERNAME / MQTT_UPSTREAM_PASSWORD)"
-                .to_owned()
-        }
-        ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => {
-            format!("the broker refused the client id '{}' (set MQTT_UPSTREAM_CLIENT_ID)", settings.client_id)
-        }
-        ConnectionError::ConnectionRefused(code) => format!("the broker refused the connection: {code:?}"),
-        ConnectionError::Tls(e) => format!(
-            "TLS with the broker failed: {e} (the broker's certificate must chain to MQTT_UPSTREAM_CA and name the \
-             host '{}')",
-            settings.host
-        ),
-        ConnectionError::Io(e) if settings.tls.is_some() && e.kind() == std::io::ErrorKind::InvalidData => format!(
-            "TLS with the broker failed: {e} (the broker's certificate must chain to MQTT_UPSTREAM_CA and name the \
-             host '{}')",
-            settings.host
-        ),
-        ConnectionError::Io(e) => format!("connection failed or lost: {e}"),
-        ConnectionError::NetworkTimeout => "connecting timed out".to_owned(),
-        other => format!("connection lost: {other}"),
-    }
 }
 
 /// What a queued request or an unacknowledged publish stands for.
@@ -454,7 +403,7 @@ struct Books {
     window: usize,
     prefix: TopicPrefix,
     outbox: Arc<OutboxShared>,
-    client: AsyncClient,
+    client: Box<dyn Link>,
     counters: Arc<UpstreamCounters>,
     gateway_status: GatewayStatus,
     ownership: Ownership,
@@ -485,7 +434,7 @@ impl Books {
         window: usize,
         prefix: TopicPrefix,
         outbox: Arc<OutboxShared>,
-        client: AsyncClient,
+        client: Box<dyn Link>,
         counters: Arc<UpstreamCounters>,
         gateway_status: GatewayStatus,
         ownership: Ownership,
@@ -523,13 +472,13 @@ impl Books {
                 _ = stop.cancelled() => break,
                 driven = ch.events.recv() => match driven {
                     Some(Driven::Connected { session_present }) => self.on_connected(session_present),
-                    Some(Driven::Event(event)) => self.on_event(event, &ch.inbound),
                     Some(Driven::Lost) => {
                         self.on_lost();
                         if ch.resume.send(()).await.is_err() {
                             return;
                         }
                     }
+                    Some(other) => self.on_driven(other, &ch.inbound),
                     None => return,
                 },
                 status = ch.statuses.recv(), if statuses_open => match status {
@@ -599,11 +548,9 @@ impl Books {
                 self.controls.push_front(Control { subscribe: false, filters: rest });
             }
             let queued = if control.subscribe {
-                let filters =
-                    control.filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                self.client.try_subscribe_many(filters)
+                self.client.subscribe(&control.filters)
             } else {
-                self.client.try_unsubscribe(control.filters.concat())
+                self.client.unsubscribe(&control.filters.concat())
             };
             match queued {
                 Ok(()) => self.queued.push_back(Sent::Control(control)),
@@ -688,8 +635,7 @@ impl Books {
     }
 
     fn hand_direct(&mut self, msg: OutboundMessage) {
-        let qos = mqtt_qos(msg.qos);
-        match self.client.try_publish(msg.topic.clone(), qos, msg.retain, msg.payload.to_vec()) {
+        match self.client.publish(&msg) {
             Ok(()) => self.queued.push_back(Sent::Direct(msg)),
             Err(e) => {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -698,9 +644,9 @@ impl Books {
         }
     }
 
-    fn on_event(&mut self, event: Event, inbound: &mpsc::Sender<InboundCommand>) {
-        match event {
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
+    fn on_driven(&mut self, driven: Driven, inbound: &mpsc::Sender<InboundCommand>) {
+        match driven {
+            Driven::Sent(pkid) => {
                 let sent = match self.collided.take() {
                     Some((id, sent)) if id == pkid => Some(sent),
                     other => {
@@ -719,42 +665,45 @@ impl Books {
                 }
                 self.inflight.insert(pkid, sent);
             }
-            Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
+            Driven::Held(pkid) => {
                 if let Some(sent) = self.queued.pop_front() {
                     self.collided = Some((pkid, sent));
                 }
             }
-            Event::Outgoing(Outgoing::Subscribe(_) | Outgoing::Unsubscribe(_)) => {
+            Driven::ControlSent => {
                 self.queued.pop_front();
             }
-            Event::Incoming(Incoming::PubAck(ack)) => {
-                let Some(sent) = self.inflight.remove(&ack.pkid) else { return };
+            Driven::Acked { pkid, refused } => {
+                let Some(sent) = self.inflight.remove(&pkid) else { return };
                 self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                if let Some(reason) = refused {
+                    // Sending it again would be refused again: it is done, and said so.
+                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%reason, "upstream MQTT: the broker refused a message (check its ACL)");
+                }
                 if let Sent::Row(id) = sent {
                     self.open_rows.remove(&id);
                     self.outbox.acknowledge_upto(self.acknowledged_upto());
                 }
             }
-            Event::Incoming(Incoming::SubAck(ack)) => {
-                let refused = ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
-                if refused {
-                    tracing::warn!("upstream MQTT: the broker refused a command subscription (check its ACL)");
-                }
+            Driven::SubscriptionRefused => {
+                tracing::warn!("upstream MQTT: the broker refused a subscription (check its ACL)");
             }
-            Event::Incoming(Incoming::Publish(p)) => {
+            Driven::Received { topic, payload } => {
                 // Statuses of the meters this gateway holds (another gateway may hold a newer connection).
-                if self.ownership.remote_publish(&p.topic, &p.payload, &mut self.actions) {
+                if self.ownership.remote_publish(&topic, &payload, &mut self.actions) {
                     self.apply_actions();
                     return;
                 }
-                let Some(meter) = self.prefix.parse_command_request(&p.topic) else { return };
+                let Some(meter) = self.prefix.parse_command_request(&topic) else { return };
                 self.counters.commands.fetch_add(1, Ordering::Relaxed);
-                let cmd = InboundCommand { meter: meter.to_owned(), payload: p.payload };
+                let cmd = InboundCommand { meter: meter.to_owned(), payload };
                 if inbound.try_send(cmd).is_err() {
                     self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            _ => {}
+            Driven::Connected { session_present } => self.on_connected(session_present),
+            Driven::Lost => self.on_lost(),
         }
     }
 
@@ -800,7 +749,7 @@ impl Books {
                 }
                 continue;
             }
-            match self.client.try_publish(msg.topic.clone(), mqtt_qos(msg.qos), msg.retain, msg.payload.to_vec()) {
+            match self.client.publish(msg) {
                 Ok(()) => {
                     self.queued.push_back(Sent::Row(row.id));
                     self.open_rows.insert(row.id);
@@ -827,29 +776,22 @@ impl Books {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while self.in_window() > 0 {
             match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(Driven::Event(event))) => {
-                    let (closed, _) = mpsc::channel(1);
-                    self.on_event(event, &closed);
-                }
                 Ok(Some(Driven::Lost)) => {
                     self.on_lost();
                     let _ = resume.try_send(());
                     return;
                 }
                 Ok(Some(Driven::Connected { .. })) => {}
+                Ok(Some(other)) => {
+                    let (closed, _) = mpsc::channel(1);
+                    self.on_driven(other, &closed);
+                }
                 Ok(None) | Err(_) => break,
             }
         }
-        let _ = self.client.try_disconnect();
+        self.client.disconnect();
         // Let the driver write the DISCONNECT.
         let _ = tokio::time::timeout(Duration::from_millis(200), events.recv()).await;
-    }
-}
-
-fn mqtt_qos(q: Qos) -> QoS {
-    match q {
-        Qos::AtMostOnce => QoS::AtMostOnce,
-        Qos::AtLeastOnce => QoS::AtLeastOnce,
     }
 }
 
@@ -876,6 +818,110 @@ async fn read_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::sink::MessageClass;
+    use std::sync::Mutex;
+
+    /// A link that records what was queued.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Link for Arc<Recorder> {
+        fn publish(&self, msg: &OutboundMessage) -> Result<(), String> {
+            self.0.lock().unwrap().push(msg.topic.clone());
+            Ok(())
+        }
+        fn subscribe(&self, filters: &[String]) -> Result<(), String> {
+            self.0.lock().unwrap().push(format!("SUB {}", filters.join(",")));
+            Ok(())
+        }
+        fn unsubscribe(&self, filter: &str) -> Result<(), String> {
+            self.0.lock().unwrap().push(format!("UNSUB {filter}"));
+            Ok(())
+        }
+        fn disconnect(&self) {}
+    }
+
+    fn row(id: i64) -> OutboxRow {
+        OutboxRow {
+            id,
+            class: MessageClass::Telemetry,
+            message: OutboundMessage::json(format!("ivy/v1/meters/m1/telemetry/{id}"), &id, Qos::AtLeastOnce, false),
+        }
+    }
+
+    fn books(window: usize) -> (Books, Arc<Recorder>, Arc<OutboxShared>) {
+        let prefix = TopicPrefix::new("ivy/v1", Some("gw")).unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let outbox = Arc::new(OutboxShared::default());
+        let status: GatewayStatus = Arc::new(|online| serde_json::json!({ "online": online }));
+        let ownership = Ownership::new(prefix.clone(), Some("gw".into()));
+        let b = Books::new(
+            window,
+            prefix,
+            outbox.clone(),
+            Box::new(recorder.clone()),
+            Arc::new(UpstreamCounters::default()),
+            status,
+            ownership,
+        );
+        (b, recorder, outbox)
+    }
+
+    #[tokio::test]
+    async fn rows_are_acknowledged_in_order_and_sent_again_from_the_oldest_open_one_after_a_loss() {
+        let (mut b, sent, outbox) = books(8);
+        let (inbound, _rx) = mpsc::channel(1);
+        b.ready.extend((1..=10).map(row));
+        b.read_upto = 10;
+        b.on_connected(true);
+        let mut reader = None;
+        b.fill(&mut reader, Path::new("/nonexistent"), 10).await;
+        // The birth and rows 1..=5: six of eight, a quarter of the window stays for responses.
+        assert_eq!(sent.0.lock().unwrap().len(), 6);
+        assert_eq!(sent.0.lock().unwrap()[0], "ivy/v1/gateways/gw/status");
+        for pkid in 1..=6 {
+            b.on_driven(Driven::Sent(pkid), &inbound);
+        }
+        // Out of order: row 2 (packet 3) first; row 1 still open, nothing may be deleted.
+        b.on_driven(Driven::Acked { pkid: 3, refused: None }, &inbound);
+        assert_eq!(outbox.acknowledged_upto(), 0);
+        b.on_driven(Driven::Acked { pkid: 2, refused: None }, &inbound);
+        assert_eq!(outbox.acknowledged_upto(), 2, "rows 1 and 2 are done");
+        // A rumqttc collision: a publish held back under packet 4 goes out when 4 is acknowledged.
+        b.fill(&mut reader, Path::new("/nonexistent"), 10).await;
+        b.on_driven(Driven::Held(4), &inbound);
+        b.on_driven(Driven::Acked { pkid: 4, refused: None }, &inbound);
+        b.on_driven(Driven::Sent(4), &inbound);
+        assert_eq!(outbox.acknowledged_upto(), 3, "packet 4 was row 3; row 4 is the oldest open one");
+        assert!(b.inflight.get(&4).is_some_and(|s| matches!(s, Sent::Row(6))));
+
+        // The connection drops: the birth waits for the next connection, rows go back to the outbox reading.
+        b.on_lost();
+        assert!(!b.connected && b.queued.is_empty() && b.inflight.is_empty() && b.open_rows.is_empty());
+        assert_eq!(b.read_upto, 3, "read again after the last row everything before is acknowledged for");
+        assert_eq!(b.retry.len(), 1);
+        b.on_connected(true);
+        let queued = sent.0.lock().unwrap().len();
+        assert!(
+            sent.0.lock().unwrap()[queued - 2..].iter().all(|t| t == "ivy/v1/gateways/gw/status"),
+            "birth, then the retried one"
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_dropped_from_a_full_outbox_do_not_hold_the_acknowledgements_back() {
+        let (mut b, _sent, outbox) = books(8);
+        b.on_connected(true);
+        b.read_upto = 0;
+        b.handed = 0;
+        // Rows up to 50 were committed and dropped before they were read: the reading finds none.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ivy.db");
+        drop(crate::store::open_writer(&path).unwrap());
+        let mut reader = None;
+        b.fill(&mut reader, &path, 50).await;
+        assert_eq!(outbox.acknowledged_upto(), 50);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {

@@ -4,4 +4,5 @@
 //! MQTT client that carries it out and delivers the durable outbox (QoS 1, deleted after PUBACK).
 
 pub mod client;
+pub mod link;
 pub mod ownership;
