@@ -101,13 +101,54 @@ pub struct Bus {
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>,
 }
 
+/// Where and how the bus connects.
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    /// The broker.
+    pub broker: SocketAddr,
+    /// User and password, if the broker wants them.
+    pub user: Option<(String, String)>,
+    /// QoS of the telemetry subscription.
+    pub telemetry_qos: QoS,
+    /// Keep the session at the broker (clean session off): messages published while the bus is disconnected (a
+    /// broker restart) are kept for it.
+    pub persistent: bool,
+    /// Client id.
+    pub client_id: String,
+}
+
 impl Bus {
-    /// Connects to the gateway's broker, subscribes to telemetry, status, stats and command responses.
+    /// Connects to the gateway's embedded broker, subscribes to telemetry (QoS 0), status, stats and command
+    /// responses.
     pub async fn connect(mqtt: SocketAddr, user: (&str, &str)) -> Result<Bus, BusError> {
-        let mut o = MqttOptions::new(format!("ivy-bench-{}", std::process::id()), mqtt.ip().to_string(), mqtt.port());
-        o.set_credentials(user.0, user.1);
+        Self::connect_with(BusOptions {
+            broker: mqtt,
+            user: Some((user.0.to_owned(), user.1.to_owned())),
+            // QoS 0 for telemetry: the subscriber measures the gateway, not its own acknowledgements.
+            telemetry_qos: QoS::AtMostOnce,
+            persistent: false,
+            client_id: format!("ivy-bench-{}", std::process::id()),
+        })
+        .await
+    }
+
+    /// Connects as `options` says, subscribes to telemetry, status, stats (both gateway topic forms) and command
+    /// responses, and keeps reconnecting after a connection loss.
+    pub async fn connect_with(options: BusOptions) -> Result<Bus, BusError> {
+        let mut o = MqttOptions::new(options.client_id.clone(), options.broker.ip().to_string(), options.broker.port());
+        if let Some((user, password)) = &options.user {
+            o.set_credentials(user, password);
+        }
+        o.set_clean_session(!options.persistent);
         o.set_keep_alive(Duration::from_secs(60));
         o.set_max_packet_size(1 << 20, 1 << 20);
+        let filters = [
+            ("ivy/v1/meters/+/telemetry", options.telemetry_qos),
+            ("ivy/v1/meters/+/status", QoS::AtLeastOnce),
+            ("ivy/v1/meters/+/command/response", QoS::AtLeastOnce),
+            ("ivy/v1/gateway/stats", QoS::AtMostOnce),
+            ("ivy/v1/gateways/+/stats", QoS::AtMostOnce),
+        ];
         let (client, mut ev) = AsyncClient::new(o, 10_000);
         ev.network_options.set_tcp_nodelay(true);
         let tally = Arc::new(Mutex::new(Tally::default()));
@@ -146,7 +187,9 @@ impl Bus {
                                         t.online.remove(id);
                                     }
                                 }
-                            } else if topic.ends_with("/gateway/stats") {
+                            } else if topic.ends_with("/stats")
+                                && (topic.contains("/gateway/") || topic.contains("/gateways/"))
+                            {
                                 let v = serde_json::from_slice::<Value>(&p.payload).ok();
                                 if let Ok(mut t) = t.lock() {
                                     t.stats = v;
@@ -155,7 +198,7 @@ impl Bus {
                         }
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
                             subacks += 1;
-                            if subacks == 4
+                            if subacks == filters.len()
                                 && let Some(r) = ready.take()
                             {
                                 let _ = r.send(Ok(()));
@@ -177,13 +220,7 @@ impl Bus {
         if let Err(e) = spawned {
             return Err(BusError::Mqtt(format!("subscriber thread: {e}")));
         }
-        // QoS 0 for telemetry: the subscriber measures the gateway, not its own acknowledgements.
-        for (filter, qos) in [
-            ("ivy/v1/meters/+/telemetry", QoS::AtMostOnce),
-            ("ivy/v1/meters/+/status", QoS::AtLeastOnce),
-            ("ivy/v1/meters/+/command/response", QoS::AtLeastOnce),
-            ("ivy/v1/gateway/stats", QoS::AtMostOnce),
-        ] {
+        for (filter, qos) in filters {
             client.subscribe(filter, qos).await.map_err(|e| BusError::Mqtt(e.to_string()))?;
         }
         match tokio::time::timeout(Duration::from_secs(10), ready_rx).await {

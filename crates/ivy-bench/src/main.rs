@@ -61,6 +61,7 @@ enum Which {
     Push,
     Hold,
     Store,
+    Upstream,
 }
 
 fn output(cmd: &str, args: &[&str]) -> String {
@@ -119,7 +120,8 @@ fn main() -> anyhow::Result<()> {
             return saved;
         }
         let mut results = Vec::new();
-        for which in [Which::Idle, Which::Command, Which::Poll, Which::Push, Which::Hold, Which::Store] {
+        for which in [Which::Idle, Which::Command, Which::Poll, Which::Push, Which::Hold, Which::Store, Which::Upstream]
+        {
             if !wanted(which) {
                 continue;
             }
@@ -131,6 +133,7 @@ fn main() -> anyhow::Result<()> {
                 Which::Push => scenarios::push(&bin, &scale).await,
                 Which::Hold => scenarios::hold(&bin, &scale).await,
                 Which::Store => scenarios::store(&bin, &scale).await,
+                Which::Upstream => scenarios::upstream(&bin, &scale).await,
             };
             let value = match r {
                 Ok(v) => v,

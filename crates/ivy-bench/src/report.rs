@@ -120,6 +120,53 @@ pub fn rows(results: &[Value]) -> Vec<[String; 5]> {
             rss.map(|r| r < 300.0 && p.get("gateway_survived_overload") == Some(&Value::Bool(true))),
         );
     }
+    if let Some(u) = find(results, "upstream") {
+        let best = u.get("best_zero_loss").cloned().unwrap_or(Value::Null);
+        let rate = f(&best, "/offered_per_s");
+        row(
+            "upstream",
+            "highest sustained rate to Mosquitto, QoS 1, outbox on: 0 lost, caught up within 2 s (readings/s); CPU gateway / Mosquitto (%)",
+            format!(
+                "{} ({} / {})",
+                num(&best, "/offered_per_s"),
+                num(&best, "/gateway_cpu_percent"),
+                num(&best, "/broker_cpu_percent")
+            ),
+            ">= 50,000",
+            rate.map(|r| r >= 50_000.0),
+        );
+        row(
+            "upstream",
+            "at that rate: latency p50 / p99 (ms), catch-up after the meters stop (ms), duplicates",
+            format!(
+                "{} / {}, {}, {}",
+                num(&best, "/latency_p50_ms"),
+                num(&best, "/latency_p99_ms"),
+                num(&best, "/catch_up_ms"),
+                num(&best, "/duplicates")
+            ),
+            "–",
+            None,
+        );
+        let o = u.get("outage").cloned().unwrap_or(Value::Null);
+        row(
+            "upstream",
+            &format!(
+                "{} s broker outage at {} readings/s: backlog, drain rate (readings/s), lost, duplicates",
+                num(&o, "/outage_secs"),
+                num(&o, "/rate")
+            ),
+            format!(
+                "{} / {} / {} / {}",
+                num(&o, "/backlog"),
+                num(&o, "/drain_per_s"),
+                num(&o, "/lost"),
+                num(&o, "/duplicates")
+            ),
+            "0 lost",
+            f(&o, "/lost").map(|l| l == 0.0),
+        );
+    }
     if let Some(p) = find(results, "poll") {
         for run in p.get("runs").and_then(Value::as_array).cloned().unwrap_or_default() {
             let meters = num(&run, "/meters");
@@ -369,6 +416,23 @@ mod tests {
         assert_eq!(rows[0][4], "met");
         assert_eq!(rows[1][2], "12.5");
         assert_eq!(rows[2][4], "**missed**");
+    }
+
+    #[test]
+    fn upstream_rows_judge_the_rate_and_the_outage() {
+        let results = vec![json!({
+            "scenario": "upstream",
+            "best_zero_loss": {"offered_per_s": 60000.0, "gateway_cpu_percent": 90.0, "broker_cpu_percent": 70.0,
+                               "latency_p50_ms": 3.0, "latency_p99_ms": 20.0, "catch_up_ms": 5, "duplicates": 0},
+            "outage": {"outage_secs": 60, "rate": 25000, "backlog": 1500000, "drain_per_s": 40000.0, "lost": 0,
+                       "duplicates": 3},
+        })];
+        let rows = rows(&results);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0][2], "60000.0 (90.0 / 70.0)");
+        assert_eq!(rows[0][4], "met");
+        assert_eq!(rows[2][2], "1500000 / 40000.0 / 0 / 3");
+        assert_eq!(rows[2][4], "met");
     }
 
     #[test]

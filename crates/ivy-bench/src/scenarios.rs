@@ -2,7 +2,7 @@
 //! through the [`Bus`]; each returns one JSON object. The same code runs at full size (`ivy-bench`) and at smoke
 //! size (the test suite, which checks counts and loss, never speed).
 
-use crate::bus::{Bus, quantile};
+use crate::bus::{Bus, BusOptions, quantile};
 use crate::process::{GatewayProcess, USER, Usage};
 use ivy_sim::ReplyLatency;
 use ivy_sim::dlms::PushForm;
@@ -61,6 +61,12 @@ pub struct Scale {
     pub store_db_days: u64,
     /// Queries of each kind timed on it.
     pub store_queries: usize,
+    /// Offered rates of the upstream scenario, readings/s, ascending.
+    pub upstream_rates: Vec<u64>,
+    /// Seconds the upstream broker is down in the outage step.
+    pub upstream_outage_secs: u64,
+    /// Highest push rate during the outage (the backlog must fit the outbox), readings/s.
+    pub upstream_outage_rate_max: u64,
 }
 
 impl Scale {
@@ -84,6 +90,9 @@ impl Scale {
             store_db_meters: 116,
             store_db_days: 30,
             store_queries: 200,
+            upstream_rates: vec![10_000, 25_000, 50_000, 75_000, 100_000, 125_000, 150_000],
+            upstream_outage_secs: 60,
+            upstream_outage_rate_max: 25_000,
         }
     }
 
@@ -106,6 +115,9 @@ impl Scale {
             store_db_meters: 2,
             store_db_days: 2,
             store_queries: 10,
+            upstream_rates: vec![500],
+            upstream_outage_secs: 3,
+            upstream_outage_rate_max: 500,
         }
     }
 }
@@ -171,27 +183,12 @@ struct PushStep {
     sustained: bool,
 }
 
-async fn push_step(
-    gw: &GatewayProcess,
-    bus: &Bus,
-    meters: usize,
-    rate: u64,
-    secs: u64,
-    first: u64,
-) -> Result<PushStep, ScenarioError> {
+/// DLMS meters pushing stamped DataNotifications at `rate` readings/s in all (ten values per push).
+fn push_fleet(gw: &GatewayProcess, meters: usize, rate: u64, first: u64) -> Fleet {
     // Ten values per push: the EM114070's nine registers and the stamp.
     let values_per_push = 10u64;
     let interval_us = (meters as u64 * values_per_push * 1_000_000 / rate.max(1)).max(1000);
-    bus.reset(None, false);
-    // Readings the gateway knows it lost: broker drops (messages; the subscriber's session queue included) and the
-    // MQTT sink's hub drops (readings).
-    let counted = |bus: &Bus| {
-        bus.stat("/mqtt/dropped").unwrap_or(0)
-            + bus.stat("/mqtt/sessionDropped").unwrap_or(0)
-            + bus.stat("/hub/sinks/mqtt/droppedReadings").unwrap_or(0)
-    };
-    let dropped_before = counted(bus);
-    let fleet = Fleet::start(FleetConfig {
+    Fleet::start(FleetConfig {
         gateway: gw.meters,
         dlt645_meters: 0,
         dlms_meters: meters,
@@ -201,7 +198,37 @@ async fn push_step(
         sources: sources(meters),
         ramp_per_sec: 2000,
         ..FleetConfig::default()
-    });
+    })
+}
+
+/// Readings the gateway knows it lost: broker drops (messages; the subscriber's session queue included), the MQTT
+/// sink's hub drops (readings) and the upstream outbox's drops.
+fn counted_drops(bus: &Bus) -> u64 {
+    bus.stat("/mqtt/dropped").unwrap_or(0)
+        + bus.stat("/mqtt/sessionDropped").unwrap_or(0)
+        + bus.stat("/hub/sinks/mqtt/droppedReadings").unwrap_or(0)
+        + bus.stat("/outbox/dropped").unwrap_or(0)
+}
+
+/// Telemetry received, duplicates among it, and the distinct readings (with `dedup`, duplicates are found by
+/// meter, register and time; without, only repeated stamps are).
+fn tally_counts(bus: &Bus) -> Result<(u64, u64, u64, Vec<u64>), ScenarioError> {
+    let t = bus.tally.lock().map_err(|_| ScenarioError::Setup("tally poisoned".into()))?;
+    Ok((t.telemetry, t.duplicates, t.telemetry.saturating_sub(t.duplicates), t.latencies_us.clone()))
+}
+
+async fn push_step(
+    gw: &GatewayProcess,
+    bus: &Bus,
+    meters: usize,
+    rate: u64,
+    secs: u64,
+    first: u64,
+    dedup: bool,
+) -> Result<PushStep, ScenarioError> {
+    bus.reset(None, dedup);
+    let dropped_before = counted_drops(bus);
+    let fleet = push_fleet(gw, meters, rate, first);
     if !fleet.wait_connected(meters as u64, Duration::from_secs(60)).await {
         return Err(ScenarioError::Setup("push meters did not connect".into()));
     }
@@ -217,21 +244,28 @@ async fn push_step(
     let cpu = usage.cpu_percent(gw);
     let offered = (fleet.summary().pushed_values - pushed_before) as f64 / window.elapsed().as_secs_f64();
     let summary = fleet.stop().await;
-    bus.drain(Duration::from_millis(1500), Duration::from_secs(30)).await;
+    let stopped = Instant::now();
+    bus.drain(Duration::from_millis(1500), Duration::from_secs(120)).await;
+    // How long after the meters stopped the last reading arrived: a gateway that keeps up needs no time.
+    let catch_up_ms = bus
+        .tally
+        .lock()
+        .ok()
+        .and_then(|t| t.last_message)
+        .map(|last| last.saturating_duration_since(stopped).as_millis() as u64);
     // Let the next stats message carry the drop counters of this step.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let dropped = counted(bus).saturating_sub(dropped_before);
-    let (delivered, duplicates, mut lat) = {
-        let t = bus.tally.lock().map_err(|_| ScenarioError::Setup("tally poisoned".into()))?;
-        (t.telemetry, t.duplicates, t.latencies_us.clone())
-    };
+    let dropped = counted_drops(bus).saturating_sub(dropped_before);
+    let (delivered, duplicates, distinct, mut lat) = tally_counts(bus)?;
     lat.sort_unstable();
     let expected = summary.pushed_values;
-    let lost = expected.saturating_sub(delivered);
+    // With deduplication (QoS 1 paths), a repeated reading is counted, not lost.
+    let lost = expected.saturating_sub(if dedup { distinct } else { delivered });
     let p99 = quantile(&lat, 0.99).unwrap_or(u64::MAX);
+    let zero_loss = lost == 0 && (dedup || duplicates == 0) && expected > 0;
     Ok(PushStep {
-        zero_loss: lost == 0 && duplicates == 0 && expected > 0,
-        sustained: lost == 0 && duplicates == 0 && expected > 0 && p99 < 50_000,
+        zero_loss,
+        sustained: zero_loss && p99 < 50_000,
         result: json!({
             "target_rate": rate,
             "offered_per_s": offered.round(),
@@ -242,6 +276,7 @@ async fn push_step(
             "dropped_counted": dropped,
             "latency_p50_ms": ms(quantile(&lat, 0.5)),
             "latency_p99_ms": ms(quantile(&lat, 0.99)),
+            "catch_up_ms": catch_up_ms,
             "gateway_cpu_percent": cpu.round(),
             "gateway_rss_mb_max": mb(Some(rss_max)),
         }),
@@ -256,7 +291,8 @@ pub async fn push(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
     let mut best: Option<PushStep> = None;
     let mut highest_zero_loss: Option<Value> = None;
     for (i, rate) in scale.push_rates.iter().enumerate() {
-        let step = push_step(&gw, &bus, scale.push_meters, *rate, scale.push_step_secs, 1 + i as u64 * 100_000).await?;
+        let step =
+            push_step(&gw, &bus, scale.push_meters, *rate, scale.push_step_secs, 1 + i as u64 * 100_000, false).await?;
         eprintln!("push {rate}/s: {}", step.result);
         steps.push(step.result.clone());
         if !step.zero_loss {
@@ -274,7 +310,7 @@ pub async fn push(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
         .or(scale.push_rates.first().copied())
         .unwrap_or(1000)
         * 2;
-    let overload = push_step(&gw, &bus, scale.push_meters, overload_rate, scale.push_step_secs, 900_000).await?;
+    let overload = push_step(&gw, &bus, scale.push_meters, overload_rate, scale.push_step_secs, 900_000, false).await?;
     eprintln!("push overload {overload_rate}/s: {}", overload.result);
     let alive = gw.rss_bytes().is_some();
     gw.stop();
@@ -286,6 +322,147 @@ pub async fn push(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
         "overload": overload.result,
         "gateway_survived_overload": alive,
         "steps": steps,
+    }))
+}
+
+/// CPU use of process `pid` (percent of one core) over a window.
+struct CpuWindow {
+    pid: Option<u32>,
+    wall: Instant,
+    cpu: f64,
+}
+
+impl CpuWindow {
+    fn start(pid: Option<u32>) -> Self {
+        CpuWindow { pid, wall: Instant::now(), cpu: pid.and_then(crate::process::cpu_secs_of).unwrap_or(0.0) }
+    }
+
+    fn percent(&self) -> Option<f64> {
+        let now = crate::process::cpu_secs_of(self.pid?)?;
+        Some(((now - self.cpu) / self.wall.elapsed().as_secs_f64().max(1e-3) * 100.0).round())
+    }
+}
+
+/// Longest catch-up after the meters stop for an upstream rate to count as sustained (ms).
+const UPSTREAM_CATCH_UP_MS: u64 = 2000;
+
+/// Publishing to an upstream broker (SPEC 4.1): a real Mosquitto started here, the gateway with its embedded broker
+/// off and the durable outbox on, a QoS 1 subscriber with a persistent session at Mosquitto. DLMS meters push at
+/// rising rates: the highest rate with 0 loss (duplicates counted, not lost) and where the CPU goes (gateway or
+/// Mosquitto); a rate counts only when the readings still in flight when the meters stop arrive within
+/// [`UPSTREAM_CATCH_UP_MS`]. Then Mosquitto is stopped for `upstream_outage_secs` while the meters push, the
+/// backlog waits in the outbox, and after the restart the time to deliver it gives the drain rate.
+pub async fn upstream(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
+    use crate::mosquitto::{Mosquitto, MosquittoOptions};
+    let broker_setup = |e: crate::mosquitto::MosquittoError| ScenarioError::Setup(e.to_string());
+    let mut broker = Mosquitto::start(&MosquittoOptions {
+        // Let the subscriber's QoS 1 window be wider than Mosquitto's default of 20.
+        extra: "max_inflight_messages 1000\n".into(),
+        ..MosquittoOptions::default()
+    })
+    .map_err(broker_setup)?;
+    let gw = GatewayProcess::spawn(
+        bin,
+        &[
+            ("MQTT_UPSTREAM_URL", broker.url()),
+            ("MQTT_EMBEDDED", "false".into()),
+            ("GATEWAY_ID", "bench".into()),
+            // Room for the outage's backlog: nothing may be dropped for lack of space.
+            ("OUTBOX_MAX_MESSAGES", "5000000".into()),
+            ("OUTBOX_MAX_MB", "4096".into()),
+        ],
+    )?;
+    let bus = Bus::connect_with(BusOptions {
+        broker: std::net::SocketAddr::from(([127, 0, 0, 1], broker.port())),
+        user: None,
+        telemetry_qos: rumqttc::QoS::AtLeastOnce,
+        persistent: true,
+        client_id: format!("ivy-bench-upstream-{}", std::process::id()),
+    })
+    .await?;
+    let mut steps = Vec::new();
+    let mut best: Option<Value> = None;
+    for (i, rate) in scale.upstream_rates.iter().enumerate() {
+        let broker_cpu = CpuWindow::start(broker.pid());
+        let step =
+            push_step(&gw, &bus, scale.push_meters, *rate, scale.push_step_secs, 1 + i as u64 * 100_000, true).await?;
+        let mut result = step.result;
+        result["broker_cpu_percent"] = json!(broker_cpu.percent());
+        // Sustained: nothing lost, and no backlog left to catch up when the meters stop (a rate the path cannot
+        // keep up with only grows the outbox).
+        let kept_up = result["catch_up_ms"].as_u64().is_some_and(|ms| ms <= UPSTREAM_CATCH_UP_MS);
+        result["sustained"] = json!(step.zero_loss && kept_up);
+        eprintln!("upstream {rate}/s: {result}");
+        steps.push(result.clone());
+        if !(step.zero_loss && kept_up) {
+            break;
+        }
+        best = Some(result);
+    }
+
+    // The outage: meters push while the broker is down; then it comes back and the backlog drains.
+    let best_rate = best.as_ref().and_then(|b| b.get("target_rate")).and_then(Value::as_u64);
+    let rate =
+        best_rate.unwrap_or(scale.upstream_rates.first().copied().unwrap_or(1000)).min(scale.upstream_outage_rate_max);
+    bus.reset(None, true);
+    let fleet = push_fleet(&gw, scale.push_meters, rate, 800_000);
+    if !fleet.wait_connected(scale.push_meters as u64, Duration::from_secs(60)).await {
+        return Err(ScenarioError::Setup("outage meters did not connect".into()));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.stop();
+    let before_outage = tally_counts(&bus)?.2;
+    let pushed_before = fleet.summary().pushed_values;
+    tokio::time::sleep(Duration::from_secs(scale.upstream_outage_secs)).await;
+    let summary = fleet.stop().await;
+    let backlog = summary.pushed_values.saturating_sub(pushed_before);
+    let expected = summary.pushed_values;
+    let restarted = Instant::now();
+    broker.restart().map_err(broker_setup)?;
+    // The drain runs from the first reading that arrives after the restart (the gateway's reconnect back-off
+    // comes first, measured apart) to the last one.
+    let limit = Duration::from_secs(scale.upstream_outage_secs * 20 + 120);
+    while tally_counts(&bus)?.2 <= before_outage && restarted.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reconnect_secs = restarted.elapsed().as_secs_f64();
+    let first_after = tally_counts(&bus)?.2;
+    let (gw_cpu, broker_cpu) = (Usage::start(&gw), CpuWindow::start(broker.pid()));
+    let draining = Instant::now();
+    while tally_counts(&bus)?.2 < expected && restarted.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drain_secs = draining.elapsed().as_secs_f64();
+    let (gateway_cpu, mosquitto_cpu) = (gw_cpu.cpu_percent(&gw).round(), broker_cpu.percent());
+    // Late duplicates (QoS 1 redelivery) still count as duplicates.
+    bus.drain(Duration::from_millis(1500), Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (delivered, duplicates, distinct, _) = tally_counts(&bus)?;
+    let drained = distinct.min(expected).saturating_sub(first_after);
+    let outage = json!({
+        "rate": rate,
+        "outage_secs": scale.upstream_outage_secs,
+        "expected": expected,
+        "backlog": backlog,
+        "delivered": delivered,
+        "duplicates": duplicates,
+        "lost": expected.saturating_sub(distinct),
+        "dropped_counted": counted_drops(&bus),
+        "reconnect_secs": (reconnect_secs * 10.0).round() / 10.0,
+        "drain_secs": (drain_secs * 10.0).round() / 10.0,
+        "drain_per_s": (drained as f64 / drain_secs.max(1e-3)).round(),
+        "gateway_cpu_percent": gateway_cpu,
+        "broker_cpu_percent": mosquitto_cpu,
+    });
+    eprintln!("upstream outage: {outage}");
+    gw.stop();
+    Ok(json!({
+        "scenario": "upstream",
+        "meters": scale.push_meters,
+        "qos": 1,
+        "best_zero_loss": best,
+        "steps": steps,
+        "outage": outage,
     }))
 }
 
@@ -507,7 +684,8 @@ pub async fn store(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
         for (i, rate) in scale.store_push_rates.iter().enumerate() {
             let stored_before = stored_readings(&db).unwrap_or(0);
             let step =
-                push_step(&gw, &bus, scale.push_meters, *rate, scale.push_step_secs, 1 + i as u64 * 100_000).await?;
+                push_step(&gw, &bus, scale.push_meters, *rate, scale.push_step_secs, 1 + i as u64 * 100_000, false)
+                    .await?;
             let mut result = step.result;
             let mut met = step.sustained;
             if enabled == "true" {

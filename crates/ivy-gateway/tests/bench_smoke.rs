@@ -82,6 +82,19 @@ async fn store_scenario_stores_every_delivered_reading_and_measures_the_database
     assert!(db["step_1h_p99_ms"].as_f64().is_some() && db["raw_24h_p99_ms"].as_f64().is_some(), "{r}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_scenario_delivers_through_mosquitto_and_drains_an_outage_backlog() {
+    let r = scenarios::upstream(gateway(), &Scale::smoke()).await.unwrap();
+    // Counts only: a debug build on a busy machine says nothing about speed.
+    let best = &r["best_zero_loss"];
+    assert!(n(best, "/expected") > 0, "{r}");
+    assert_eq!(n(best, "/lost"), 0, "{r}");
+    let o = &r["outage"];
+    assert!(n(o, "/backlog") > 0, "the meters pushed while the broker was down: {r}");
+    assert_eq!(n(o, "/lost"), 0, "every reading of the outage delivered: {r}");
+    assert!(o["drain_per_s"].as_f64().is_some_and(|d| d > 0.0), "{r}");
+}
+
 /// Builds the `ivy-sim` binary of the same profile as this test and returns its path.
 fn ivy_sim() -> PathBuf {
     let dir = gateway().parent().unwrap().to_path_buf();

@@ -26,7 +26,10 @@
 //! the meter has come back to it (its echo was delivered): then the broker already applied the newer status after
 //! everything this gateway said, and the offline would only overwrite it. While an online of ours is still in
 //! flight the offline is sent: our online could land after the newer status, and without the offline it would
-//! stay retained after the newer connection ends. Subscriptions must not set MQTT 5 `no_local` (echoes count).
+//! stay retained after the newer connection ends. Subscriptions must not set MQTT 5 `no_local` (echoes count). An
+//! echo is recognised by its exact bytes; a re-asserted status carries [`REASSERTED_FIELD`] (1, 2, ...) so that no
+//! two statuses this gateway sends are alike, and a retained copy of an earlier one, delivered again on a new
+//! subscription, cannot pass for the echo of a later one.
 //!
 //! **Bounds.** State exists only for meters this gateway holds, plus at most [`RECENT_CAPACITY`] meters it held
 //! recently (the oldest forgotten first: a forgotten meter's offline is simply sent). Publishes for other meters are
@@ -47,6 +50,11 @@ pub const RECENT_CAPACITY: usize = 100_000;
 /// Own online statuses awaiting their echo that are remembered per meter; past this, offlines of the meter are
 /// always sent (the safe side).
 const MAX_UNECHOED: usize = 8;
+
+/// The field a re-asserted status carries (1 for the first re-assertion of a connection's status, then 2, ...):
+/// it tells the backend the status was repaired, and makes every status this gateway sends distinct, so an echo
+/// names the one publish it comes from (a retained copy of an earlier one cannot pass for it).
+pub const REASSERTED_FIELD: &str = "reasserted";
 
 /// What the upstream client must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,8 +131,10 @@ impl StatusView {
 #[derive(Debug)]
 struct Held {
     key: ConnectionKey,
-    /// Its retained online status, as published (re-asserted byte for byte).
-    online: Bytes,
+    /// Its online status, as published.
+    online: serde_json::Map<String, Value>,
+    /// Re-assertions of it so far.
+    reasserted: u64,
 }
 
 /// What this gateway knows about one meter it holds or held.
@@ -135,9 +145,10 @@ struct MeterState {
     newest: ConnectionKey,
     /// The connection named by the last status delivered on the meter's topic.
     last_on_topic: Option<ConnectionKey>,
-    /// `connectedAt` of own online statuses published and not delivered back yet.
-    unechoed: Vec<u64>,
-    /// More than [`MAX_UNECHOED`] were outstanding at once: echoes are no longer tracked for this meter.
+    /// Own online statuses published and not delivered back yet (their exact bytes).
+    unechoed: Vec<Bytes>,
+    /// Echoes can no longer be told apart for this meter (more than [`MAX_UNECHOED`] outstanding, or two identical
+    /// statuses sent): its offlines are always sent.
     echoes_lost: bool,
     /// Position in the forgetting order while not held.
     stamp: Option<u64>,
@@ -148,9 +159,9 @@ impl MeterState {
         MeterState { held: None, newest, last_on_topic: None, unechoed: Vec::new(), echoes_lost: false, stamp: None }
     }
 
-    fn published_online(&mut self, connected_at: u64) {
-        if self.unechoed.len() < MAX_UNECHOED {
-            self.unechoed.push(connected_at);
+    fn published_online(&mut self, payload: Bytes) {
+        if self.unechoed.len() < MAX_UNECHOED && !self.unechoed.contains(&payload) {
+            self.unechoed.push(payload);
         } else {
             self.echoes_lost = true;
         }
@@ -200,7 +211,11 @@ impl Ownership {
         let key = ConnectionKey { connected_at: s.connected_at.unwrap_or(0), gateway_id: self.gateway_id.clone() };
         if s.online {
             let own = StatusChange { gateway_id: self.gateway_id.clone(), ..s.clone() };
-            let payload = Bytes::from(serde_json::to_vec(&crate::mqtt::sink::status_payload(&own)).unwrap_or_default());
+            let online = match crate::mqtt::sink::status_payload(&own) {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            };
+            let payload = Bytes::from(serde_json::to_vec(&online).unwrap_or_default());
             let state = self.meters.entry(s.meter_id.clone()).or_insert_with(|| MeterState::new(key.clone()));
             if let Some(stamp) = state.stamp.take() {
                 self.forget_order.remove(&stamp);
@@ -209,9 +224,9 @@ impl Ownership {
                 out.push(Action::Subscribe(self.prefix.command_request(&s.meter_id)));
                 out.push(Action::Subscribe(self.prefix.status(&s.meter_id)));
             }
-            state.published_online(key.connected_at);
+            state.published_online(payload);
             state.newest = state.newest.clone().max(key.clone());
-            state.held = Some(Held { key, online: payload });
+            state.held = Some(Held { key, online, reasserted: 0 });
             return;
         }
         let Some(state) = self.meters.get_mut(&s.meter_id) else { return };
@@ -250,25 +265,24 @@ impl Ownership {
             }
         };
         let Some(state) = self.meters.get_mut(&meter_id) else { return true };
-        if status.online
-            && status.key.gateway_id == self.gateway_id
-            && let Some(at) = state.unechoed.iter().position(|c| *c == status.key.connected_at)
-        {
+        if let Some(at) = state.unechoed.iter().position(|p| p.as_ref() == payload) {
             state.unechoed.remove(at);
         }
         state.newest = state.newest.clone().max(status.key.clone());
         state.last_on_topic = Some(status.key.clone());
-        let Some(held) = &state.held else { return true };
+        let Some(held) = state.held.as_mut() else { return true };
         if status.key < held.key && held.key >= state.newest {
-            let topic = self.prefix.status(&meter_id);
+            held.reasserted += 1;
+            let mut online = held.online.clone();
+            online.insert(REASSERTED_FIELD.into(), Value::from(held.reasserted));
+            let payload = Bytes::from(serde_json::to_vec(&online).unwrap_or_default());
             out.push(Action::Publish(OutboundMessage {
-                topic,
-                payload: held.online.clone(),
+                topic: self.prefix.status(&meter_id),
+                payload: payload.clone(),
                 qos: Qos::AtLeastOnce,
                 retain: true,
             }));
-            let connected_at = held.key.connected_at;
-            state.published_online(connected_at);
+            state.published_online(payload);
             self.reasserted += 1;
         }
         true
@@ -581,12 +595,34 @@ mod tests {
     }
 
     #[test]
-    fn the_reasserted_payload_is_the_online_status_with_gateway_id() {
+    fn the_reasserted_payload_is_the_online_status_with_gateway_id_and_a_count() {
         let mut b = gateway("gw-b");
         online(&mut b, 200);
-        let published = reasserts(&receive(&mut b, "gw-a", true, 100));
-        let expected: serde_json::Value = serde_json::from_slice(&payload("gw-b", &status(METER, true, 200))).unwrap();
-        assert_eq!(published, vec![expected]);
+        let mut expected: serde_json::Value =
+            serde_json::from_slice(&payload("gw-b", &status(METER, true, 200))).unwrap();
+        for n in 1..=2 {
+            let published = reasserts(&receive(&mut b, "gw-a", true, 100));
+            expected[REASSERTED_FIELD] = n.into();
+            assert_eq!(published, vec![expected.clone()]);
+        }
+    }
+
+    /// A retained copy of an earlier status (delivered again on a new subscription) is not the echo of a later,
+    /// still unconfirmed re-assertion: the offline is sent while that one may still land.
+    #[test]
+    fn a_retained_copy_of_the_first_online_does_not_confirm_a_later_reassertion() {
+        let mut a = gateway("gw-a");
+        online(&mut a, 100);
+        let first = payload("gw-a", &status(METER, true, 100));
+        let mut out = Vec::new();
+        a.remote_publish(STATUS, &first, &mut out);
+        // Something older makes A re-assert; the re-assertion is not back yet.
+        assert_eq!(reasserts(&receive(&mut a, "gw-c", false, 50)).len(), 1);
+        // A re-subscription delivers the retained first online again, then B's newer status comes.
+        a.remote_publish(STATUS, &first, &mut out);
+        receive(&mut a, "gw-b", true, 200);
+        offline(&mut a, 100);
+        assert!(a.should_send(STATUS, &offline_payload("gw-a", 100)), "the re-assertion may land after B's status");
     }
 
     // A model of two gateways and one broker: per-client FIFO queues both ways, a retained message per topic,

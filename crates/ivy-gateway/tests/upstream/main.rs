@@ -7,4 +7,6 @@
 mod ca;
 mod delivery;
 mod harness;
+mod scale;
 mod support;
+mod tls;
