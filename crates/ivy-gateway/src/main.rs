@@ -308,10 +308,11 @@ async fn run(config: config::Config, sources: Sources) -> anyhow::Result<()> {
         );
     }
     let addrs = gateway.addrs();
-    let mqtt = addrs.mqtt.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let mqtt = or_off(addrs.mqtt);
     println!(
-        "ivy-gateway listening: meters {} mqtt {} ws {:?} {} {:?} mqtt-tls {:?} wss {:?}",
-        addrs.meters,
+        "ivy-gateway listening: meters {} meters-tls {} mqtt {} ws {:?} {} {:?} mqtt-tls {:?} wss {:?}",
+        or_off(addrs.meters),
+        or_off(addrs.meters_tls),
         mqtt,
         addrs.mqtt_ws,
         if https { "https" } else { "http" },
@@ -319,7 +320,11 @@ async fn run(config: config::Config, sources: Sources) -> anyhow::Result<()> {
         addrs.mqtt_tls,
         addrs.mqtt_wss
     );
-    let service = ivy_gateway::systemd::ready(&format!("meters {} mqtt {mqtt}", addrs.meters));
+    let service = ivy_gateway::systemd::ready(&format!(
+        "meters {} meters-tls {} mqtt {mqtt}",
+        or_off(addrs.meters),
+        or_off(addrs.meters_tls)
+    ));
     loop {
         match signals.next().await {
             Signal::Stop => break,
@@ -388,4 +393,9 @@ impl Signals {
         let _ = tokio::signal::ctrl_c().await;
         Signal::Stop
     }
+}
+
+/// A listener's address, or `off`.
+fn or_off(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|| "off".to_owned(), |a| a.to_string())
 }

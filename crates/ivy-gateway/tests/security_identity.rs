@@ -7,6 +7,9 @@
 mod harness;
 
 use harness::*;
+
+#[path = "security_identity/meter_tls.rs"]
+mod meter_tls;
 use ivy_gateway::config::DuplicateIdentity;
 use ivy_gateway::metrics::{ConflictOutcome, IdentityRefusal, RejectReason};
 use ivy_protocol::dlms::Data;

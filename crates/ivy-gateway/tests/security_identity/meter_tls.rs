@@ -1,0 +1,352 @@
+//! TLS on the meter port (docs/SECURITY-identity.md, "TLS on the meter port"): a meter presents a client
+//! certificate of the configured CA and may identify only as a meter id the certificate names. Certificates are made
+//! here with rcgen: a CA, the gateway's server certificate, and meter certificates naming ids by DNS SAN or by CN.
+
+use super::{closed_by_gateway, em, online, voltage_push};
+use crate::harness::*;
+use ivy_gateway::metrics::{ConflictOutcome, IdentityRefusal};
+use ivy_protocol::dlt645::Frame;
+use ivy_sim::dlms::{DlmsSim, PushForm};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Ca {
+    der: CertificateDer<'static>,
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca { der: cert.der().clone(), pem: cert.pem(), issuer: Issuer::new(params, key) }
+    }
+
+    /// A certificate signed by this CA: `sans` as DNS SANs (none: no SAN extension), `cn` as the subject CN.
+    fn issue(&self, sans: &[&str], cn: &str, usage: ExtendedKeyUsagePurpose) -> (String, String) {
+        let mut params = CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A meter's client configuration: trusts `server_ca`, presents a certificate of this CA naming `sans`/`cn`.
+    fn meter(&self, server_ca: &Ca, sans: &[&str], cn: &str) -> Arc<rustls::ClientConfig> {
+        let (cert, key) = self.issue(sans, cn, ExtendedKeyUsagePurpose::ClientAuth);
+        let chain = vec![pem_der(&cert)];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pem_der(&key).to_vec()));
+        Arc::new(server_ca.client_builder().with_client_auth_cert(chain, key).unwrap())
+    }
+
+    fn client_builder(&self) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        rustls::ClientConfig::builder_with_provider(ivy_gateway::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+    }
+}
+
+/// The DER of the first PEM block.
+fn pem_der(pem: &str) -> CertificateDer<'static> {
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    CertificateDer::from(base64::engine::general_purpose::STANDARD.decode(body).unwrap())
+}
+
+/// A gateway with the TLS meter port on (CA `ca` for meters, server certificate from `ca` too), plain port kept.
+async fn start_tls(dir: &Path, ca: &Ca, tweak: impl FnOnce(&mut ivy_gateway::config::Config)) -> TestGateway {
+    let (cert, key) = ca.issue(&["127.0.0.1", "localhost"], "ivy-gateway meters", ExtendedKeyUsagePurpose::ServerAuth);
+    for (name, text) in [("meters.crt", &cert), ("meters.key", &key), ("meter-ca.crt", &ca.pem)] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    start(|c| {
+        c.meters.tls_port = 0;
+        c.meters.tls_cert = Some(dir.join("meters.crt"));
+        c.meters.tls_key = Some(dir.join("meters.key"));
+        c.meters.tls_client_ca = Some(dir.join("meter-ca.crt"));
+        c.meters.tls_handshake_timeout_secs = 1;
+        tweak(c);
+    })
+    .await
+}
+
+fn tls_addr(gw: &TestGateway) -> SocketAddr {
+    gw.gw.addrs().meters_tls.expect("the TLS meter port listens")
+}
+
+async fn tls_stream(
+    gw: &TestGateway,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    ivy_sim::connect_tls(tls_addr(gw), None, config, "127.0.0.1").await
+}
+
+/// Whether the gateway ends `s` within `secs` (EOF, a TLS alert or a reset).
+async fn ended<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, secs: u64) -> bool {
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+fn tls_failures(gw: &TestGateway, reason: &str) -> u64 {
+    gw.gw.meters().metrics.meter_tls_failures(reason)
+}
+
+/// The right certificate: an EM114070 over TLS whose certificate names it (DNS SAN) comes online, its pushes are
+/// published and a command reaches it; a DL/T 645 meter whose certificate names its address only in the CN
+/// (no SAN) identifies from its frames and its reading is published.
+#[tokio::test]
+async fn meter_with_a_certificate_naming_its_id_works_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("meter CA");
+    let gw = start_tls(dir.path(), &ca, |_| {}).await;
+    let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/#"]).await;
+
+    let mut cfg = em("IVY000000001", false);
+    cfg.push = Some((Duration::from_millis(200), PushForm::DataNotification));
+    let meter = ca.meter(&ca, &["IVY000000001"], "ignored when there are SANs");
+    let sim = DlmsSim::connect_tls(tls_addr(&gw), meter, "127.0.0.1", cfg).await.unwrap();
+    online(&mut c, "IVY000000001").await;
+    c.wait("a reading over TLS", 10, |m| m.topic == "ivy/v1/meters/IVY000000001/telemetry").await;
+    let r = c
+        .command("IVY000000001", json!({"id": "v", "method": "read_register", "params": {"register": "VOLTAGE_TOTAL"}}))
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    let id = ivy_protocol::registration::MeterId::new("IVY000000001").unwrap();
+    assert!(gw.gw.meters().registry.get(&id).unwrap().1.certified);
+
+    // DL/T 645, id in the CN only.
+    let meter = ca.meter(&ca, &[], "000000004321");
+    let mut s = tls_stream(&gw, meter).await.unwrap();
+    let frame = Frame::read_reply("000000004321".parse().unwrap(), 0x0201_0100.into(), &[0x99, 0x99], false).unwrap();
+    s.write_all(&frame.encode()).await.unwrap();
+    online(&mut c, "000000004321").await;
+    c.wait("the DL/T 645 reading", 10, |m| m.topic == "ivy/v1/meters/000000004321/telemetry").await;
+    assert_eq!(gw.gw.meters().metrics.meter_tls_handshakes.get(), 2);
+    assert_eq!(gw.gw.meters().metrics.identities_refused(IdentityRefusal::CertificateMismatch), 0);
+    println!("SECURITY meter TLS, right certificate: inputs tried 2 / survived 2 / lost 0");
+    sim.close().await;
+}
+
+/// A certificate of the gateway's CA used to claim another id: refused and closed, nothing published under the
+/// id, counted, and an `identity_conflict` event on the claimed id's events topic. Tried with an EM114070
+/// heartbeat (SAN names another meter) and a DL/T 645 address (CN names another address).
+#[tokio::test]
+async fn certificate_for_another_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("meter CA");
+    let gw = start_tls(dir.path(), &ca, |_| {}).await;
+    let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/#"]).await;
+    let mut lost = 0;
+
+    let mut s = tls_stream(&gw, ca.meter(&ca, &["IVY000000002"], "x")).await.unwrap();
+    s.write_all(&ivy_sim::dlms::heartbeat("IVY000000001")).await.unwrap();
+    // The gateway may have closed already.
+    let _ = s.write_all(&voltage_push(999)).await;
+    let event = c
+        .wait("identity_conflict", 10, |m| {
+            m.topic == "ivy/v1/meters/IVY000000001/events" && m.json["event"] == "identity_conflict"
+        })
+        .await;
+    assert_eq!(event.json["data"]["reason"], "certificate_mismatch");
+    assert_eq!(event.json["data"]["certificate"], json!(["IVY000000002"]));
+    lost += u32::from(!ended(&mut s, 5).await);
+
+    let mut s = tls_stream(&gw, ca.meter(&ca, &[], "000000000002")).await.unwrap();
+    s.write_all(&Frame::read_address_reply("000000000001".parse().unwrap()).encode()).await.unwrap();
+    lost += u32::from(!ended(&mut s, 5).await);
+
+    let msgs = c.collect(1000).await;
+    let published: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.topic.contains("/IVY000000001/") || m.topic.contains("/000000000001/"))
+        .filter(|m| !m.topic.ends_with("/events"))
+        .collect();
+    assert!(published.is_empty(), "published under a claimed id: {published:?}");
+    lost += published.len() as u32;
+    assert!(gw.gw.meters().registry.is_empty());
+    assert_eq!(gw.gw.meters().metrics.identities_refused(IdentityRefusal::CertificateMismatch), 2);
+    assert_eq!(gw.gw.meters().metrics.readings.get(), 0);
+    assert_eq!(lost, 0);
+    println!("SECURITY meter TLS, certificate for another id: inputs tried 2 / survived {} / lost {lost}", 2 - lost);
+}
+
+/// Connections that do not complete a verified handshake never reach protocol detection: no client certificate,
+/// a certificate of another CA, a server-only certificate, a plaintext heartbeat on the TLS port, and silence
+/// (closed at the handshake timeout). Each is counted by reason and is a strike for the rate limit; an honest TLS
+/// meter connected meanwhile keeps publishing.
+#[tokio::test]
+async fn handshakes_without_a_valid_client_certificate_are_refused_without_hurting_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("meter CA");
+    let other = Ca::new("someone else's CA");
+    // Strikes from 127.0.0.1 penalise it after 10: the honest meter below is identified and out of reach anyway.
+    let gw =
+        start_tls(dir.path(), &ca, |c| c.meters.max_connection_attempts = std::num::NonZeroU32::new(10).unwrap()).await;
+    let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/#"]).await;
+    let mut cfg = em("IVY000000001", false);
+    cfg.push = Some((Duration::from_millis(200), PushForm::DataNotification));
+    let honest =
+        DlmsSim::connect_tls(tls_addr(&gw), ca.meter(&ca, &["IVY000000001"], "x"), "127.0.0.1", cfg).await.unwrap();
+    online(&mut c, "IVY000000001").await;
+    let mut survived = 0;
+
+    // No client certificate (TLS 1.3 lets the client finish first; the gateway then refuses and closes).
+    if let Ok(mut s) = tls_stream(&gw, Arc::new(ca.client_builder().with_no_client_auth())).await {
+        let _ = s.write_all(&ivy_sim::dlms::heartbeat("IVY000000009")).await;
+        assert!(ended(&mut s, 5).await, "no client certificate: still open");
+    }
+    eventually("no_certificate counted", 5, || tls_failures(&gw, "no_certificate") == 1).await;
+    survived += 1;
+
+    // A certificate naming the id, issued by another CA.
+    if let Ok(mut s) = tls_stream(&gw, other.meter(&ca, &["IVY000000009"], "x")).await {
+        let _ = s.write_all(&ivy_sim::dlms::heartbeat("IVY000000009")).await;
+        assert!(ended(&mut s, 5).await, "another CA: still open");
+    }
+    eventually("bad_certificate counted", 5, || tls_failures(&gw, "bad_certificate") == 1).await;
+    survived += 1;
+
+    // A certificate of the right CA without the client-auth usage (a server certificate).
+    let (cert, key) = ca.issue(&["IVY000000009"], "x", ExtendedKeyUsagePurpose::ServerAuth);
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pem_der(&key).to_vec()));
+    let server_only = Arc::new(ca.client_builder().with_client_auth_cert(vec![pem_der(&cert)], key).unwrap());
+    if let Ok(mut s) = tls_stream(&gw, server_only).await {
+        let _ = s.write_all(&ivy_sim::dlms::heartbeat("IVY000000009")).await;
+        assert!(ended(&mut s, 5).await, "server-only certificate: still open");
+    }
+    eventually("bad_certificate counted twice", 5, || tls_failures(&gw, "bad_certificate") == 2).await;
+    survived += 1;
+
+    // Plaintext on the TLS port: the issue's impostor heartbeat for the honest meter's id.
+    let mut plain = TcpStream::connect(tls_addr(&gw)).await.unwrap();
+    plain.write_all(&super::IMPOSTOR_HEARTBEAT).await.unwrap();
+    let _ = plain.write_all(&voltage_push(999)).await;
+    assert!(closed_by_gateway(&mut plain, 5).await, "plaintext on the TLS port: still open");
+    eventually("protocol counted", 5, || tls_failures(&gw, "protocol") == 1).await;
+    survived += 1;
+
+    // Silence: closed at the handshake timeout (1 s here).
+    let mut silent: Vec<TcpStream> = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(tls_addr(&gw)).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    for s in &mut silent {
+        assert!(closed_by_gateway(s, 5).await, "a silent connection on the TLS port stayed open");
+        survived += 1;
+    }
+    assert!(started.elapsed() < Duration::from_secs(4), "closed after {:?}", started.elapsed());
+    eventually("timeouts counted", 5, || tls_failures(&gw, "timeout") == 3).await;
+
+    // Seven failed handshakes are seven strikes against 127.0.0.1.
+    eventually("strikes", 5, || gw.gw.meters().metrics.connections_unidentified.get() == 7).await;
+    // The honest meter was not hurt: still the holder, still publishing, no conflict.
+    let id = ivy_protocol::registration::MeterId::new("IVY000000001").unwrap();
+    assert!(gw.gw.meters().registry.get(&id).is_some_and(|(_, info)| info.certified));
+    c.collect(300).await;
+    c.wait("honest readings go on", 5, |m| m.topic == "ivy/v1/meters/IVY000000001/telemetry").await;
+    assert_eq!(gw.gw.meters().metrics.identity_conflicts(ConflictOutcome::Refused), 0);
+    assert_eq!(gw.gw.meters().registry.len(), 1);
+    assert!(!honest.is_finished());
+    println!(
+        "SECURITY meter TLS, handshakes without a valid client certificate: inputs tried 7 / survived {survived} / lost {}",
+        7 - survived
+    );
+    assert_eq!(survived, 7);
+}
+
+/// During a migration both ports are open. A certificate proves an id and plain TCP proves nothing: a plaintext
+/// claim of an id a certified meter holds is refused without a probe, and a certified meter takes its id back
+/// from a plaintext holder (an impostor that came first) even though that holder answers. Secrets go to the
+/// certified connection at once.
+#[tokio::test]
+async fn a_certificate_outranks_plain_tcp_for_the_same_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("meter CA");
+    let gw = start_tls(dir.path(), &ca, |_| {}).await;
+    let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/#"]).await;
+
+    // Certified holder, plaintext impostor.
+    let honest = DlmsSim::connect_tls(
+        tls_addr(&gw),
+        ca.meter(&ca, &["IVY000000001"], "x"),
+        "127.0.0.1",
+        em("IVY000000001", false),
+    )
+    .await
+    .unwrap();
+    online(&mut c, "IVY000000001").await;
+    let mut impostor = TcpStream::connect(gw.meters()).await.unwrap();
+    impostor.write_all(&super::IMPOSTOR_HEARTBEAT).await.unwrap();
+    let conflict = c.wait("conflict", 10, |m| m.json["event"] == "identity_conflict").await;
+    assert_eq!(conflict.json["data"]["probe"], "certificate");
+    assert_eq!(conflict.json["data"]["outcome"], "refused");
+    assert!(closed_by_gateway(&mut impostor, 5).await);
+    honest.close().await;
+    eventually("offline", 10, || gw.gw.meters().registry.is_empty()).await;
+
+    // Plaintext impostor first (answering), then the certified meter.
+    let impostor = DlmsSim::connect(gw.meters(), em("IVY000000002", false)).await.unwrap();
+    online(&mut c, "IVY000000002").await;
+    let honest = DlmsSim::connect_tls(
+        tls_addr(&gw),
+        ca.meter(&ca, &["IVY000000002"], "x"),
+        "127.0.0.1",
+        em("IVY000000002", false),
+    )
+    .await
+    .unwrap();
+    let conflict =
+        c.wait("take-back", 10, |m| m.json["event"] == "identity_conflict" && m.topic.contains("IVY000000002")).await;
+    assert_eq!(conflict.json["data"]["probe"], "certificate");
+    assert_eq!(conflict.json["data"]["outcome"], "taken_over");
+    let id = ivy_protocol::registration::MeterId::new("IVY000000002").unwrap();
+    eventually("certified holder", 5, || gw.gw.meters().registry.get(&id).is_some_and(|(_, i)| i.certified)).await;
+    eventually("impostor closed", 5, || impostor.is_finished()).await;
+    assert!(!honest.is_finished());
+    println!("SECURITY meter TLS, plain TCP against a certified id: inputs tried 2 / survived 2 / lost 0");
+}
+
+/// With `meters.plaintext = false` only the TLS port listens.
+#[tokio::test]
+async fn plaintext_port_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("meter CA");
+    let gw = start_tls(dir.path(), &ca, |c| c.meters.plaintext = false).await;
+    assert_eq!(gw.gw.addrs().meters, None);
+    let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/#"]).await;
+    let _sim = DlmsSim::connect_tls(
+        tls_addr(&gw),
+        ca.meter(&ca, &["IVY000000003"], "x"),
+        "127.0.0.1",
+        em("IVY000000003", false),
+    )
+    .await
+    .unwrap();
+    online(&mut c, "IVY000000003").await;
+}
