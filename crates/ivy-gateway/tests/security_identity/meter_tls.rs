@@ -3,73 +3,19 @@
 //! here with rcgen: a CA, the gateway's server certificate, and meter certificates naming ids by DNS SAN or by CN.
 
 use super::{closed_by_gateway, em, online, voltage_push};
+use crate::ca::{TestCa as Ca, with_certificate};
 use crate::harness::*;
 use ivy_gateway::metrics::{ConflictOutcome, IdentityRefusal};
 use ivy_protocol::dlt645::Frame;
 use ivy_sim::dlms::{DlmsSim, PushForm};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rcgen::ExtendedKeyUsagePurpose;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-struct Ca {
-    der: CertificateDer<'static>,
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { der: cert.der().clone(), pem: cert.pem(), issuer: Issuer::new(params, key) }
-    }
-
-    /// A certificate signed by this CA: `sans` as DNS SANs (none: no SAN extension), `cn` as the subject CN.
-    fn issue(&self, sans: &[&str], cn: &str, usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let mut params = CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// A meter's client configuration: trusts `server_ca`, presents a certificate of this CA naming `sans`/`cn`.
-    fn meter(&self, server_ca: &Ca, sans: &[&str], cn: &str) -> Arc<rustls::ClientConfig> {
-        let (cert, key) = self.issue(sans, cn, ExtendedKeyUsagePurpose::ClientAuth);
-        let chain = vec![pem_der(&cert)];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pem_der(&key).to_vec()));
-        Arc::new(server_ca.client_builder().with_client_auth_cert(chain, key).unwrap())
-    }
-
-    fn client_builder(&self) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        rustls::ClientConfig::builder_with_provider(ivy_gateway::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-    }
-}
-
-/// The DER of the first PEM block.
-fn pem_der(pem: &str) -> CertificateDer<'static> {
-    use base64::Engine;
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    CertificateDer::from(base64::engine::general_purpose::STANDARD.decode(body).unwrap())
-}
 
 /// A gateway with the TLS meter port on (CA `ca` for meters, server certificate from `ca` too), plain port kept.
 async fn start_tls(dir: &Path, ca: &Ca, tweak: impl FnOnce(&mut ivy_gateway::config::Config)) -> TestGateway {
@@ -99,19 +45,6 @@ async fn tls_stream(
     ivy_sim::connect_tls(tls_addr(gw), None, config, "127.0.0.1").await
 }
 
-/// Whether the gateway ends `s` within `secs` (EOF, a TLS alert or a reset).
-async fn ended<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, secs: u64) -> bool {
-    let mut buf = [0u8; 512];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => {}
-            Err(_) => return false,
-        }
-    }
-}
-
 fn tls_failures(gw: &TestGateway, reason: &str) -> u64 {
     gw.gw.meters().metrics.meter_tls_failures(reason)
 }
@@ -128,7 +61,7 @@ async fn meter_with_a_certificate_naming_its_id_works_end_to_end() {
 
     let mut cfg = em("IVY000000001", false);
     cfg.push = Some((Duration::from_millis(200), PushForm::DataNotification));
-    let meter = ca.meter(&ca, &["IVY000000001"], "ignored when there are SANs");
+    let meter = ca.meter_client(&ca, &["IVY000000001"], "ignored when there are SANs");
     let sim = DlmsSim::connect_tls(tls_addr(&gw), meter, "127.0.0.1", cfg).await.unwrap();
     online(&mut c, "IVY000000001").await;
     c.wait("a reading over TLS", 10, |m| m.topic == "ivy/v1/meters/IVY000000001/telemetry").await;
@@ -140,7 +73,7 @@ async fn meter_with_a_certificate_naming_its_id_works_end_to_end() {
     assert!(gw.gw.meters().registry.get(&id).unwrap().1.certified);
 
     // DL/T 645, id in the CN only.
-    let meter = ca.meter(&ca, &[], "000000004321");
+    let meter = ca.meter_client(&ca, &[], "000000004321");
     let mut s = tls_stream(&gw, meter).await.unwrap();
     let frame = Frame::read_reply("000000004321".parse().unwrap(), 0x0201_0100.into(), &[0x99, 0x99], false).unwrap();
     s.write_all(&frame.encode()).await.unwrap();
@@ -163,7 +96,7 @@ async fn certificate_for_another_id_is_refused() {
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/#"]).await;
     let mut lost = 0;
 
-    let mut s = tls_stream(&gw, ca.meter(&ca, &["IVY000000002"], "x")).await.unwrap();
+    let mut s = tls_stream(&gw, ca.meter_client(&ca, &["IVY000000002"], "x")).await.unwrap();
     s.write_all(&ivy_sim::dlms::heartbeat("IVY000000001")).await.unwrap();
     // The gateway may have closed already.
     let _ = s.write_all(&voltage_push(999)).await;
@@ -174,11 +107,11 @@ async fn certificate_for_another_id_is_refused() {
         .await;
     assert_eq!(event.json["data"]["reason"], "certificate_mismatch");
     assert_eq!(event.json["data"]["certificate"], json!(["IVY000000002"]));
-    lost += u32::from(!ended(&mut s, 5).await);
+    lost += u32::from(!closed_by_gateway(&mut s, 5).await);
 
-    let mut s = tls_stream(&gw, ca.meter(&ca, &[], "000000000002")).await.unwrap();
+    let mut s = tls_stream(&gw, ca.meter_client(&ca, &[], "000000000002")).await.unwrap();
     s.write_all(&Frame::read_address_reply("000000000001".parse().unwrap()).encode()).await.unwrap();
-    lost += u32::from(!ended(&mut s, 5).await);
+    lost += u32::from(!closed_by_gateway(&mut s, 5).await);
 
     let msgs = c.collect(1000).await;
     let published: Vec<_> = msgs
@@ -210,34 +143,34 @@ async fn handshakes_without_a_valid_client_certificate_are_refused_without_hurti
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/#"]).await;
     let mut cfg = em("IVY000000001", false);
     cfg.push = Some((Duration::from_millis(200), PushForm::DataNotification));
-    let honest =
-        DlmsSim::connect_tls(tls_addr(&gw), ca.meter(&ca, &["IVY000000001"], "x"), "127.0.0.1", cfg).await.unwrap();
+    let honest = DlmsSim::connect_tls(tls_addr(&gw), ca.meter_client(&ca, &["IVY000000001"], "x"), "127.0.0.1", cfg)
+        .await
+        .unwrap();
     online(&mut c, "IVY000000001").await;
     let mut survived = 0;
 
     // No client certificate (TLS 1.3 lets the client finish first; the gateway then refuses and closes).
     if let Ok(mut s) = tls_stream(&gw, Arc::new(ca.client_builder().with_no_client_auth())).await {
         let _ = s.write_all(&ivy_sim::dlms::heartbeat("IVY000000009")).await;
-        assert!(ended(&mut s, 5).await, "no client certificate: still open");
+        assert!(closed_by_gateway(&mut s, 5).await, "no client certificate: still open");
     }
     eventually("no_certificate counted", 5, || tls_failures(&gw, "no_certificate") == 1).await;
     survived += 1;
 
     // A certificate naming the id, issued by another CA.
-    if let Ok(mut s) = tls_stream(&gw, other.meter(&ca, &["IVY000000009"], "x")).await {
+    if let Ok(mut s) = tls_stream(&gw, other.meter_client(&ca, &["IVY000000009"], "x")).await {
         let _ = s.write_all(&ivy_sim::dlms::heartbeat("IVY000000009")).await;
-        assert!(ended(&mut s, 5).await, "another CA: still open");
+        assert!(closed_by_gateway(&mut s, 5).await, "another CA: still open");
     }
     eventually("bad_certificate counted", 5, || tls_failures(&gw, "bad_certificate") == 1).await;
     survived += 1;
 
     // A certificate of the right CA without the client-auth usage (a server certificate).
     let (cert, key) = ca.issue(&["IVY000000009"], "x", ExtendedKeyUsagePurpose::ServerAuth);
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pem_der(&key).to_vec()));
-    let server_only = Arc::new(ca.client_builder().with_client_auth_cert(vec![pem_der(&cert)], key).unwrap());
+    let server_only = with_certificate(&ca, &cert, &key);
     if let Ok(mut s) = tls_stream(&gw, server_only).await {
         let _ = s.write_all(&ivy_sim::dlms::heartbeat("IVY000000009")).await;
-        assert!(ended(&mut s, 5).await, "server-only certificate: still open");
+        assert!(closed_by_gateway(&mut s, 5).await, "server-only certificate: still open");
     }
     eventually("bad_certificate counted twice", 5, || tls_failures(&gw, "bad_certificate") == 2).await;
     survived += 1;
@@ -294,7 +227,7 @@ async fn a_certificate_outranks_plain_tcp_for_the_same_id() {
     // Certified holder, plaintext impostor.
     let honest = DlmsSim::connect_tls(
         tls_addr(&gw),
-        ca.meter(&ca, &["IVY000000001"], "x"),
+        ca.meter_client(&ca, &["IVY000000001"], "x"),
         "127.0.0.1",
         em("IVY000000001", false),
     )
@@ -315,7 +248,7 @@ async fn a_certificate_outranks_plain_tcp_for_the_same_id() {
     online(&mut c, "IVY000000002").await;
     let honest = DlmsSim::connect_tls(
         tls_addr(&gw),
-        ca.meter(&ca, &["IVY000000002"], "x"),
+        ca.meter_client(&ca, &["IVY000000002"], "x"),
         "127.0.0.1",
         em("IVY000000002", false),
     )
@@ -342,7 +275,7 @@ async fn plaintext_port_can_be_turned_off() {
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/#"]).await;
     let _sim = DlmsSim::connect_tls(
         tls_addr(&gw),
-        ca.meter(&ca, &["IVY000000003"], "x"),
+        ca.meter_client(&ca, &["IVY000000003"], "x"),
         "127.0.0.1",
         em("IVY000000003", false),
     )
