@@ -304,6 +304,8 @@ pub struct Metrics {
     pub mqtt_wills_refused: Counter,
     /// MQTT connections refused by `mqtt.max_sessions_per_user`.
     pub mqtt_sessions_refused: Counter,
+    /// MQTT connections closed at accept because their listener had `mqtt.max_connections` open.
+    pub mqtt_connections_refused: Counter,
     /// Messages dropped because a subscriber's session queue was full, by user and client id.
     pub mqtt_session_dropped: Family<ClientLabel, Counter>,
 }
@@ -417,6 +419,7 @@ impl Metrics {
             auth_throttled: Family::default(),
             mqtt_wills_refused: Counter::default(),
             mqtt_sessions_refused: Counter::default(),
+            mqtt_connections_refused: Counter::default(),
             mqtt_session_dropped: Family::default(),
             store_dropped: Counter::default(),
             store_written: Counter::default(),
@@ -585,6 +588,11 @@ impl Metrics {
             "mqtt_sessions_refused",
             "MQTT connections refused by the per-user session cap",
             m.mqtt_sessions_refused.clone(),
+        );
+        r.register(
+            "mqtt_connections_refused",
+            "MQTT connections closed at accept: their listener had max_connections open",
+            m.mqtt_connections_refused.clone(),
         );
         r.register(
             "mqtt_session_dropped",

@@ -180,5 +180,8 @@ async fn mqtt_connections_over_the_listener_cap_are_closed_at_accept() {
         assert!(closed_within(s, 5000).await, "a silent connection under the cap outlived the handshake timeout");
     }
     assert_eq!(connack(gw.mqtt(), OPERATOR).await, Ok(rumqttc::ConnectReturnCode::Success));
+    let metrics = reqwest::get(format!("http://{}/metrics", gw.gw.addrs().http.unwrap())).await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains("ivy_mqtt_connections_refused_total 10"), "{metrics}");
     report("MQTT connections over the listener cap (30 silent, cap 20)", 10, refused);
 }
