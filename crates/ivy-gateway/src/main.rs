@@ -184,8 +184,12 @@ fn main() -> ExitCode {
 fn tls_files(c: &config::Config) -> Result<(), String> {
     let q = &c.mqtt;
     let mqtt = (q.tls_port != 0 || q.wss_port != 0).then(|| q.tls_cert.as_deref().zip(q.tls_key.as_deref())).flatten();
-    for (cert, key) in c.http.tls().into_iter().chain(mqtt) {
+    let meters = c.meters.tls();
+    for (cert, key) in c.http.tls().into_iter().chain(mqtt).chain(meters.map(|m| (m.cert, m.key))) {
         ivy_gateway::tls::load_key_pair(cert, key).map_err(|e| e.to_string())?;
+    }
+    if let Some(m) = meters {
+        ivy_gateway::tls::client_verifier(m.client_ca).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

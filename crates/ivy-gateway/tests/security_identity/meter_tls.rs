@@ -283,3 +283,30 @@ async fn plaintext_port_can_be_turned_off() {
     .unwrap();
     online(&mut c, "IVY000000003").await;
 }
+
+/// `check-config` loads the TLS meter port's files as the start would: a client CA file without a certificate stops
+/// it, naming the file.
+#[test]
+fn check_config_loads_the_meter_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("meter CA");
+    let (cert, key, _) = ca.write_server(dir.path());
+    let client_ca = dir.path().join("meter-ca.pem");
+    std::fs::write(&client_ca, &ca.pem).unwrap();
+    let check = |client_ca: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ivy-gateway"))
+            .arg("check-config")
+            .current_dir(dir.path())
+            .env("TCP_TLS_CERT", &cert)
+            .env("TCP_TLS_KEY", &key)
+            .env("TCP_TLS_CLIENT_CA", client_ca)
+            .output()
+            .unwrap()
+    };
+    let good = check(&client_ca);
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    let wrong = check(&key);
+    assert_eq!(wrong.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("key.pem") && stderr.contains("CA"), "{stderr}");
+}
