@@ -137,9 +137,9 @@ async fn handshakes_without_a_valid_client_certificate_are_refused_without_hurti
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("meter CA");
     let other = Ca::new("someone else's CA");
-    // Strikes from 127.0.0.1 penalise it after 10: the honest meter below is identified and out of reach anyway.
+    // More than 5 strikes from 127.0.0.1 penalise it; the honest meter below is identified and out of reach.
     let gw =
-        start_tls(dir.path(), &ca, |c| c.meters.max_connection_attempts = std::num::NonZeroU32::new(10).unwrap()).await;
+        start_tls(dir.path(), &ca, |c| c.meters.max_connection_attempts = std::num::NonZeroU32::new(5).unwrap()).await;
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/#"]).await;
     let mut cfg = em("IVY000000001", false);
     cfg.push = Some((Duration::from_millis(200), PushForm::DataNotification));
@@ -196,8 +196,16 @@ async fn handshakes_without_a_valid_client_certificate_are_refused_without_hurti
     assert!(started.elapsed() < Duration::from_secs(4), "closed after {:?}", started.elapsed());
     eventually("timeouts counted", 5, || tls_failures(&gw, "timeout") == 3).await;
 
-    // Seven failed handshakes are seven strikes against 127.0.0.1.
+    // Seven failed handshakes are seven strikes against 127.0.0.1, which is now penalised.
     eventually("strikes", 5, || gw.gw.meters().metrics.connections_unidentified.get() == 7).await;
+    let penalised = gw
+        .gw
+        .meters()
+        .admission
+        .lock()
+        .unwrap()
+        .is_penalised(std::net::IpAddr::from([127, 0, 0, 1]), std::time::Instant::now());
+    assert!(penalised, "failed handshakes did not count as abuse for the rate limit");
     // The honest meter was not hurt: still the holder, still publishing, no conflict.
     let id = ivy_protocol::registration::MeterId::new("IVY000000001").unwrap();
     assert!(gw.gw.meters().registry.get(&id).is_some_and(|(_, info)| info.certified));
