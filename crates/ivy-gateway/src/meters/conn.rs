@@ -131,6 +131,8 @@ pub(crate) struct Conn {
     pub last_rx: Instant,
     /// Protocol family once known.
     pub protocol: Option<Source>,
+    /// Ids claimed on this connection that its client certificate does not name.
+    certificate_mismatches: usize,
 }
 
 /// What the probe of a contested id's holder found.
@@ -182,7 +184,14 @@ impl Conn {
             known: None,
             last_rx: Instant::now(),
             protocol: None,
+            certificate_mismatches: 0,
         }
+    }
+
+    /// Whether this connection claimed more ids its certificate does not name than a connection may hold: a
+    /// DL/T 645 DTU that does is closed rather than heard out address by address.
+    pub(crate) fn too_many_certificate_mismatches(&self) -> bool {
+        self.certificate_mismatches > self.ctx.config.meters.max_ids_per_connection.get()
     }
 
     /// When the idle timeout fires.
@@ -258,6 +267,7 @@ impl Conn {
             && !names.iter().any(|n| n == meter_id.as_str())
         {
             self.refuse_uncertified(meter_id, names);
+            self.certificate_mismatches += 1;
             return Err(Refusal::CertificateMismatch);
         }
         let refusal = if !self.identified_here(meter_id) && self.meters.len() >= m.max_ids_per_connection.get() {
@@ -439,12 +449,14 @@ impl Conn {
     /// gateway's CA claimed a meter it was not issued for).
     fn refuse_uncertified(&self, meter_id: &MeterId, names: &[String]) {
         self.ctx.metrics.identity_refused(IdentityRefusal::CertificateMismatch);
-        tracing::warn!(
-            meter = %meter_id,
-            peer = %self.peer,
-            certificate = ?names,
-            "identity_conflict: a TLS meter claimed an id its client certificate does not name; refused"
-        );
+        if lock(&self.ctx.admission).should_log(self.peer.ip(), std::time::Instant::now()) {
+            tracing::warn!(
+                meter = %meter_id,
+                peer = %self.peer,
+                certificate = ?names,
+                "identity_conflict: a TLS meter claimed an id its client certificate does not name; refused (logged once per IP per minute)"
+            );
+        }
         self.ctx.hub.publish(HubEvent::Event(MeterEvent {
             meter_id: meter_id.clone(),
             event: "identity_conflict".into(),

@@ -159,7 +159,8 @@ impl Dlt645Driver<'_> {
 
     /// Finds or registers the meter at `address`; `None` for addresses that cannot be meter ids, that this
     /// connection lost to another, or whose identification was refused. A refusal ends a connection that holds no
-    /// other meter (one DTU may hold several; the others keep working).
+    /// other meter (one DTU may hold several; the others keep working), and a TLS connection that claimed more ids
+    /// its certificate does not name than `meters.max_ids_per_connection`.
     async fn identify(&mut self, address: Address) -> Result<Option<usize>, EndReason> {
         if let Some(i) = self.meters.iter().position(|m| m.address == address) {
             // A later frame from a meter this connection lost to a reconnect elsewhere is not ours any more.
@@ -174,7 +175,7 @@ impl Dlt645Driver<'_> {
         }
         let Ok(id) = MeterId::new(address.to_string()) else { return Ok(None) };
         if let Err(refusal) = self.conn.identify(&id, Source::Dlt645).await {
-            if self.meters.is_empty() {
+            if self.meters.is_empty() || self.conn.too_many_certificate_mismatches() {
                 return Err(EndReason::IdentityRefused(refusal));
             }
             // Bounded like the ids themselves.

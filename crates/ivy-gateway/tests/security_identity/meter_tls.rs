@@ -318,3 +318,31 @@ fn check_config_loads_the_meter_tls_files() {
     let stderr = String::from_utf8_lossy(&wrong.stderr);
     assert!(stderr.contains("key.pem") && stderr.contains("CA"), "{stderr}");
 }
+
+/// A DTU whose certificate names one address and that claims 40 others: each claim is refused (the named meter
+/// keeps working meanwhile), and past `max_ids_per_connection` (here 8) refused claims the connection is closed
+/// instead of being heard out address by address; its meter goes offline with it.
+#[tokio::test]
+async fn a_dtu_spraying_addresses_its_certificate_does_not_name_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("meter CA");
+    let gw =
+        start_tls(dir.path(), &ca, |c| c.meters.max_ids_per_connection = std::num::NonZeroUsize::new(8).unwrap()).await;
+    let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/#"]).await;
+    let mut s = tls_stream(&gw, ca.meter_client(&ca, &["000000007777"], "x")).await.unwrap();
+    s.write_all(&Frame::read_address_reply("000000007777".parse().unwrap()).encode()).await.unwrap();
+    online(&mut c, "000000007777").await;
+    for n in 0..40 {
+        let frame = Frame::read_address_reply(format!("{:012}", 800_000 + n).parse().unwrap());
+        if s.write_all(&frame.encode()).await.is_err() {
+            break;
+        }
+    }
+    assert!(closed_by_gateway(&mut s, 5).await, "the spraying DTU is still connected");
+    let refused = gw.gw.meters().metrics.identities_refused(IdentityRefusal::CertificateMismatch);
+    assert_eq!(refused, 9, "refused claims before the close");
+    eventually("its meter offline", 5, || gw.gw.meters().registry.is_empty()).await;
+    println!(
+        "SECURITY meter TLS, DTU claiming addresses its certificate does not name: inputs tried 40 / survived 40 / lost 0"
+    );
+}
