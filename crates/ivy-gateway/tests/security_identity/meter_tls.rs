@@ -346,3 +346,34 @@ async fn a_dtu_spraying_addresses_its_certificate_does_not_name_is_closed() {
         "SECURITY meter TLS, DTU claiming addresses its certificate does not name: inputs tried 40 / survived 40 / lost 0"
     );
 }
+
+/// The TLS meter port's certificate is replaced on reload (SIGHUP): new connections get the new one, a meter
+/// connected before keeps its connection.
+#[tokio::test]
+async fn the_meter_port_certificate_is_replaced_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("meter CA");
+    let gw = start_tls(dir.path(), &ca, |_| {}).await;
+    let leaf = |s: &tokio_rustls::client::TlsStream<TcpStream>| s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/#"]).await;
+    let before = DlmsSim::connect_tls(
+        tls_addr(&gw),
+        ca.meter_client(&ca, &["IVY000000004"], "x"),
+        "127.0.0.1",
+        em("IVY000000004", false),
+    )
+    .await
+    .unwrap();
+    online(&mut c, "IVY000000004").await;
+    let first = leaf(&tls_stream(&gw, ca.meter_client(&ca, &["IVY000000005"], "x")).await.unwrap());
+
+    let (cert, key) = ca.issue(&["127.0.0.1"], "ivy-gateway meters, renewed", ExtendedKeyUsagePurpose::ServerAuth);
+    std::fs::write(dir.path().join("meters.key"), key).unwrap();
+    std::fs::write(dir.path().join("meters.crt"), cert).unwrap();
+    let report = gw.gw.reload((*gw.gw.meters().config).clone());
+    assert!(report.applied.iter().any(|a| a.contains("TLS meter port certificate replaced")), "{report:?}");
+    let second = leaf(&tls_stream(&gw, ca.meter_client(&ca, &["IVY000000005"], "x")).await.unwrap());
+    assert_ne!(first, second, "a new connection still gets the old certificate");
+    assert!(!before.is_finished(), "the meter connected before the reload lost its connection");
+    assert_eq!(gw.gw.meters().registry.len(), 1);
+}
