@@ -36,6 +36,33 @@ impl SimStream for tokio_rustls::client::TlsStream<TcpStream> {
 /// The client side of TLS on the gateway's meter port: what the meter trusts and the certificate it presents.
 pub type TlsClientConfig = Arc<tokio_rustls::rustls::ClientConfig>;
 
+/// A meter's TLS client configuration from PEM files: the CA that issued the gateway's certificate, and the meter's
+/// client certificate (chain, leaf first) and private key. The certificate must name the meter ids that use it.
+pub fn tls_client_config(
+    gateway_ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<TlsClientConfig, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |path: &std::path::Path| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs(gateway_ca)?);
+    if added == 0 {
+        return Err(format!("{}: no CA certificate", gateway_ca.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let config = tokio_rustls::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs(cert)?, key)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    Ok(Arc::new(config))
+}
+
 /// Opens a TCP connection to `gateway` and runs a TLS handshake with `config` (which carries the meter's client
 /// certificate), checking the gateway's certificate for `server_name`.
 pub async fn connect_tls(

@@ -377,3 +377,39 @@ async fn the_meter_port_certificate_is_replaced_on_reload() {
     assert!(!before.is_finished(), "the meter connected before the reload lost its connection");
     assert_eq!(gw.gw.meters().registry.len(), 1);
 }
+
+/// The simulator's fleet over TLS (what `ivy-sim --tls-ca --tls-cert --tls-key` runs): DLMS meters sharing a DTU-style
+/// certificate that names each of them come online on the TLS meter port.
+#[tokio::test]
+async fn a_simulated_fleet_dials_the_tls_meter_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("meter CA");
+    let gw = start_tls(dir.path(), &ca, |_| {}).await;
+    let ids: Vec<String> = (1..=3).map(|n| ivy_sim::fleet::dlms_id("IVY", n)).collect();
+    let (cert, key) =
+        ca.issue(&ids.iter().map(String::as_str).collect::<Vec<_>>(), "fleet", ExtendedKeyUsagePurpose::ClientAuth);
+    // Through the PEM files, as the command line reads them.
+    let files = [("gateway-ca.pem", &ca.pem), ("meter.pem", &cert), ("meter-key.pem", &key)];
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let tls = ivy_sim::tls_client_config(
+        &dir.path().join("gateway-ca.pem"),
+        &dir.path().join("meter.pem"),
+        &dir.path().join("meter-key.pem"),
+    )
+    .unwrap();
+    let fleet = ivy_sim::fleet::Fleet::start(ivy_sim::fleet::FleetConfig {
+        gateway: tls_addr(&gw),
+        dlt645_meters: 0,
+        dlms_meters: 3,
+        dlms_tls: Some((tls, "127.0.0.1".into())),
+        ..Default::default()
+    });
+    eventually("3 TLS meters online", 10, || gw.gw.meters().registry.len() == 3).await;
+    for id in &ids {
+        let id = ivy_protocol::registration::MeterId::new(id.as_str()).unwrap();
+        assert!(gw.gw.meters().registry.get(&id).is_some_and(|(_, info)| info.certified));
+    }
+    fleet.stop().await;
+}
