@@ -265,6 +265,21 @@ pub struct MetersConfig {
     pub host: IpAddr,
     /// Listen port for meters (`TCP_PORT`).
     pub port: u16,
+    /// Whether the plaintext meter port (`port`) listens (`TCP_PLAINTEXT`). With TLS on, turning it off is what
+    /// makes every meter id provable (docs/SECURITY-identity.md); both on is for migrating a fleet.
+    pub plaintext: bool,
+    /// Port of the TLS meter listener (`TCP_TLS_PORT`); it runs when `tls_cert`, `tls_key` and `tls_client_ca` are
+    /// set. Meters must present a client certificate issued by `tls_client_ca` that names their meter id.
+    pub tls_port: u16,
+    /// PEM certificate chain (leaf first) the TLS meter port presents (`TCP_TLS_CERT`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (`TCP_TLS_KEY`); keep it mode 0600.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that meter client certificates must chain to (`TCP_TLS_CLIENT_CA`).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Seconds a TLS meter connection has to complete its handshake; a timeout or a failed handshake is a strike
+    /// for the rate limit, like any connection that never identifies.
+    pub tls_handshake_timeout_secs: u64,
     /// Maximum concurrent meter connections.
     pub max_connections: NonZeroUsize,
     /// Maximum concurrent connections from one IP (DTUs behind carrier NAT share IPs).
@@ -327,6 +342,28 @@ pub struct MetersConfig {
     pub meter_overrides: BTreeMap<String, MeterOverride>,
 }
 
+impl MetersConfig {
+    /// The TLS meter port's files (certificate, key, client CA) when it is on.
+    pub fn tls(&self) -> Option<MeterTlsFiles<'_>> {
+        Some(MeterTlsFiles {
+            cert: self.tls_cert.as_deref()?,
+            key: self.tls_key.as_deref()?,
+            client_ca: self.tls_client_ca.as_deref()?,
+        })
+    }
+}
+
+/// The files of the TLS meter port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeterTlsFiles<'a> {
+    /// PEM certificate chain presented to meters.
+    pub cert: &'a std::path::Path,
+    /// Its PEM private key.
+    pub key: &'a std::path::Path,
+    /// PEM CA certificate(s) meter certificates must chain to.
+    pub client_ca: &'a std::path::Path,
+}
+
 /// One `[meters.meter_overrides.<id>]` entry.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -342,6 +379,12 @@ impl Default for MetersConfig {
         MetersConfig {
             host: IpAddr::from([0, 0, 0, 0]),
             port: 8899,
+            plaintext: true,
+            tls_port: 8898,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_handshake_timeout_secs: 10,
             max_connections: nz(10_000),
             max_connections_per_ip: nz(100),
             rate_limiting_enabled: true,
@@ -1041,6 +1084,20 @@ type Setter = fn(&mut Config, &str) -> Result<(), String>;
 pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("TCP_HOST", "meters.host", |c, v| set(&mut c.meters.host, v)),
     ("TCP_PORT", "meters.port", |c, v| set(&mut c.meters.port, v)),
+    ("TCP_PLAINTEXT", "meters.plaintext", |c, v| set_bool(&mut c.meters.plaintext, v)),
+    ("TCP_TLS_PORT", "meters.tls_port", |c, v| set(&mut c.meters.tls_port, v)),
+    ("TCP_TLS_CERT", "meters.tls_cert", |c, v| {
+        c.meters.tls_cert = non_empty(v).map(PathBuf::from);
+        Ok(())
+    }),
+    ("TCP_TLS_KEY", "meters.tls_key", |c, v| {
+        c.meters.tls_key = non_empty(v).map(PathBuf::from);
+        Ok(())
+    }),
+    ("TCP_TLS_CLIENT_CA", "meters.tls_client_ca", |c, v| {
+        c.meters.tls_client_ca = non_empty(v).map(PathBuf::from);
+        Ok(())
+    }),
     ("TCP_CONNECTION_TIMEOUT", "meters.idle_timeout_secs (ms)", |c, v| {
         c.meters.idle_timeout_secs = parse_u64(v)?.div_ceil(1000);
         Ok(())
@@ -1533,7 +1590,27 @@ impl Config {
             "mqtt.tls_cert",
             "TLS ports need tls_cert and tls_key",
         );
-        let mut ports = vec![("meters.port", m.port), ("mqtt.port", q.port)];
+        let tls_files = [&m.tls_cert, &m.tls_key, &m.tls_client_ca].iter().filter(|f| f.is_some()).count();
+        check(
+            &mut e,
+            tls_files == 0 || tls_files == 3,
+            "meters.tls_cert",
+            "TLS on the meter port needs tls_cert, tls_key and tls_client_ca together",
+        );
+        check(
+            &mut e,
+            m.plaintext || m.tls().is_some(),
+            "meters.plaintext",
+            "off needs the TLS meter port (tls_cert, tls_key, tls_client_ca)",
+        );
+        check(&mut e, m.tls_handshake_timeout_secs > 0, "meters.tls_handshake_timeout_secs", "must be at least 1");
+        let mut ports = vec![("mqtt.port", q.port)];
+        if m.plaintext {
+            ports.push(("meters.port", m.port));
+        }
+        if m.tls().is_some() {
+            ports.push(("meters.tls_port", m.tls_port));
+        }
         for (k, p) in [("mqtt.ws_port", q.ws_port), ("mqtt.tls_port", q.tls_port), ("mqtt.wss_port", q.wss_port)] {
             if p != 0 {
                 ports.push((k, p));

@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 /// Where the gateway listens (actual addresses; ports resolved when 0 was configured).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addresses {
-    /// Meters.
-    pub meters: std::net::SocketAddr,
+    /// Meters, plain TCP (`None` with `meters.plaintext = false`).
+    pub meters: Option<std::net::SocketAddr>,
+    /// Meters, TLS with client certificates (when `meters.tls_cert` and the rest are set).
+    pub meters_tls: Option<std::net::SocketAddr>,
     /// MQTT TCP of the embedded broker (`None` with `mqtt.embedded = false`).
     pub mqtt: Option<std::net::SocketAddr>,
     /// MQTT over WebSocket.
@@ -84,6 +86,8 @@ struct Reloadables {
     auth: Arc<crate::auth::Authenticator>,
     sessions: Option<Arc<crate::http::login::Logins>>,
     https: Option<Arc<crate::tls::CertStore>>,
+    /// The TLS meter port's certificate (its client CA is read at start only).
+    meter_certs: Option<Arc<crate::tls::CertStore>>,
     /// SHA-256 of the MQTT TLS certificate and key files as the broker loaded them.
     mqtt_tls_files: Option<[u8; 32]>,
 }
@@ -303,10 +307,31 @@ impl Gateway {
             tasks.push(tokio::spawn(router.clone().run_mqtt(prefix.clone(), up.publisher(), inbound)));
         }
 
-        let meter_addr = std::net::SocketAddr::new(config.meters.host, config.meters.port);
-        let listener = tokio::net::TcpListener::bind(meter_addr).await.map_err(|e| StartError::Bind(meter_addr, e))?;
-        let meters_addr = listener.local_addr().unwrap_or(meter_addr);
-        tasks.push(tokio::spawn(crate::meters::listener::run(listener, meters.clone())));
+        let meters_addr = if config.meters.plaintext {
+            let addr = std::net::SocketAddr::new(config.meters.host, config.meters.port);
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| StartError::Bind(addr, e))?;
+            let local = listener_addr(&listener, addr);
+            tasks.push(tokio::spawn(crate::meters::listener::run(listener, meters.clone(), None)));
+            Some(local)
+        } else {
+            None
+        };
+        let (meter_certs, meters_tls_addr) = match config.meters.tls() {
+            Some(files) => {
+                let certs = Arc::new(crate::tls::CertStore::load(files.cert, files.key)?);
+                let server = certs.server_config_with_clients(crate::tls::client_verifier(files.client_ca)?)?;
+                let tls = crate::meters::transport::MeterTls::new(
+                    server,
+                    Duration::from_secs(config.meters.tls_handshake_timeout_secs),
+                );
+                let addr = std::net::SocketAddr::new(config.meters.host, config.meters.tls_port);
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| StartError::Bind(addr, e))?;
+                let local = listener_addr(&listener, addr);
+                tasks.push(tokio::spawn(crate::meters::listener::run(listener, meters.clone(), Some(tls))));
+                (Some(certs), Some(local))
+            }
+            None => (None, None),
+        };
 
         let https = match config.http.tls().filter(|_| config.http.enabled) {
             Some((cert, key)) => Some(Arc::new(crate::tls::CertStore::load(cert, key)?)),
@@ -368,6 +393,7 @@ impl Gateway {
         let bound = broker.as_ref().map(|b| b.local_addrs());
         let addrs = Addresses {
             meters: meters_addr,
+            meters_tls: meters_tls_addr,
             mqtt: bound.map(|b| b.tcp),
             mqtt_ws: bound.and_then(|b| b.ws),
             mqtt_tls: bound.and_then(|b| b.tls),
@@ -397,6 +423,7 @@ impl Gateway {
             auth,
             sessions: config.http.enabled.then_some(sessions),
             https,
+            meter_certs,
             mqtt_tls_files,
         };
         if let Some(publisher) = &publisher {
@@ -422,7 +449,7 @@ impl Gateway {
             reload,
         };
         gateway.publish_gateway_status(true).await;
-        tracing::info!(meters = %addrs.meters, mqtt = ?addrs.mqtt, ws = ?addrs.mqtt_ws, http = ?addrs.http, "gateway started");
+        tracing::info!(meters = ?addrs.meters, meters_tls = ?addrs.meters_tls, mqtt = ?addrs.mqtt, ws = ?addrs.mqtt_ws, http = ?addrs.http, "gateway started");
         Ok(gateway)
     }
 
@@ -527,6 +554,17 @@ impl Gateway {
                 }
                 Ok(crate::tls::CertReload::Unchanged) => {}
                 Err(e) => report.failed.push(format!("HTTPS certificate: {e}; the previous one is still served")),
+            }
+        }
+        if let Some(certs) = &r.meter_certs {
+            match certs.reload() {
+                Ok(crate::tls::CertReload::Replaced) => {
+                    report.applied.push("TLS meter port certificate replaced (new connections get it)".into())
+                }
+                Ok(crate::tls::CertReload::Unchanged) => {}
+                Err(e) => {
+                    report.failed.push(format!("TLS meter port certificate: {e}; the previous one is still served"))
+                }
             }
         }
         let q = &in_effect.mqtt;
@@ -743,4 +781,9 @@ async fn republish(
                 publisher.publish(OutboundMessage::json(prefix.snapshot(&id), &payload, Qos::AtLeastOnce, true)).await;
         }
     }
+}
+
+/// Where `listener` listens (the port the system chose when `asked` had port 0).
+fn listener_addr(listener: &tokio::net::TcpListener, asked: std::net::SocketAddr) -> std::net::SocketAddr {
+    listener.local_addr().unwrap_or(asked)
 }

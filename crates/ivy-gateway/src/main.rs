@@ -184,8 +184,12 @@ fn main() -> ExitCode {
 fn tls_files(c: &config::Config) -> Result<(), String> {
     let q = &c.mqtt;
     let mqtt = (q.tls_port != 0 || q.wss_port != 0).then(|| q.tls_cert.as_deref().zip(q.tls_key.as_deref())).flatten();
-    for (cert, key) in c.http.tls().into_iter().chain(mqtt) {
+    let meters = c.meters.tls();
+    for (cert, key) in c.http.tls().into_iter().chain(mqtt).chain(meters.map(|m| (m.cert, m.key))) {
         ivy_gateway::tls::load_key_pair(cert, key).map_err(|e| e.to_string())?;
+    }
+    if let Some(m) = meters {
+        ivy_gateway::tls::client_verifier(m.client_ca).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -308,10 +312,11 @@ async fn run(config: config::Config, sources: Sources) -> anyhow::Result<()> {
         );
     }
     let addrs = gateway.addrs();
-    let mqtt = addrs.mqtt.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let mqtt = or_off(addrs.mqtt);
     println!(
-        "ivy-gateway listening: meters {} mqtt {} ws {:?} {} {:?} mqtt-tls {:?} wss {:?}",
-        addrs.meters,
+        "ivy-gateway listening: meters {} meters-tls {} mqtt {} ws {:?} {} {:?} mqtt-tls {:?} wss {:?}",
+        or_off(addrs.meters),
+        or_off(addrs.meters_tls),
         mqtt,
         addrs.mqtt_ws,
         if https { "https" } else { "http" },
@@ -319,7 +324,11 @@ async fn run(config: config::Config, sources: Sources) -> anyhow::Result<()> {
         addrs.mqtt_tls,
         addrs.mqtt_wss
     );
-    let service = ivy_gateway::systemd::ready(&format!("meters {} mqtt {mqtt}", addrs.meters));
+    let service = ivy_gateway::systemd::ready(&format!(
+        "meters {} meters-tls {} mqtt {mqtt}",
+        or_off(addrs.meters),
+        or_off(addrs.meters_tls)
+    ));
     loop {
         match signals.next().await {
             Signal::Stop => break,
@@ -388,4 +397,9 @@ impl Signals {
         let _ = tokio::signal::ctrl_c().await;
         Signal::Stop
     }
+}
+
+/// A listener's address, or `off`.
+fn or_off(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|| "off".to_owned(), |a| a.to_string())
 }

@@ -76,12 +76,18 @@ pub enum IdentityRefusal {
     NewIdRate,
     /// The meter's `meters.allowed_sources_by_meter` entry does not include the source address.
     SourceNotAllowed,
+    /// The connection's client certificate (TLS meter port) does not name the meter id.
+    CertificateMismatch,
 }
 
 impl IdentityRefusal {
     /// Every reason.
-    pub const ALL: [IdentityRefusal; 3] =
-        [IdentityRefusal::TooManyIds, IdentityRefusal::NewIdRate, IdentityRefusal::SourceNotAllowed];
+    pub const ALL: [IdentityRefusal; 4] = [
+        IdentityRefusal::TooManyIds,
+        IdentityRefusal::NewIdRate,
+        IdentityRefusal::SourceNotAllowed,
+        IdentityRefusal::CertificateMismatch,
+    ];
 
     /// The label value.
     pub fn as_str(&self) -> &'static str {
@@ -89,6 +95,7 @@ impl IdentityRefusal {
             IdentityRefusal::TooManyIds => "too_many_ids",
             IdentityRefusal::NewIdRate => "new_id_rate",
             IdentityRefusal::SourceNotAllowed => "source_not_allowed",
+            IdentityRefusal::CertificateMismatch => "certificate_mismatch",
         }
     }
 }
@@ -104,6 +111,13 @@ impl EncodeLabelValue for IdentityRefusal {
 pub struct RefusalLabel {
     /// Why.
     pub reason: IdentityRefusal,
+}
+
+/// Label: why a TLS handshake on the meter port failed (`crate::tls::HandshakeFailure`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabel {
+    /// `timeout`, `no_certificate`, `bad_certificate`, `protocol`, `io`.
+    pub reason: String,
 }
 
 /// Label: reason.
@@ -208,6 +222,10 @@ pub struct Metrics {
     pub identities_refused: Family<RefusalLabel, Counter>,
     /// Commands refused because they need a secret and the meter's identity was contested recently.
     pub secrets_withheld: Counter,
+    /// TLS handshakes completed on the meter port (a client certificate of the configured CA was presented).
+    pub meter_tls_handshakes: Counter,
+    /// TLS handshakes on the meter port that failed, by reason (each a strike against the source IP).
+    pub meter_tls_handshake_failures: Family<HandshakeLabel, Counter>,
     /// Bytes received from meters.
     pub bytes_received: Counter,
     /// Bytes sent to meters.
@@ -286,6 +304,8 @@ pub struct Metrics {
     pub mqtt_wills_refused: Counter,
     /// MQTT connections refused by `mqtt.max_sessions_per_user`.
     pub mqtt_sessions_refused: Counter,
+    /// MQTT connections closed at accept because their listener had `mqtt.max_connections` open.
+    pub mqtt_connections_refused: Counter,
     /// Messages dropped because a subscriber's session queue was full, by user and client id.
     pub mqtt_session_dropped: Family<ClientLabel, Counter>,
 }
@@ -338,6 +358,10 @@ impl Default for Metrics {
         for reason in IdentityRefusal::ALL {
             drop(metrics.identities_refused.get_or_create(&RefusalLabel { reason }));
         }
+        // The names of `tls::HandshakeFailure` (tls sits on this module's layer, so they are written out).
+        for reason in ["timeout", "no_certificate", "bad_certificate", "protocol", "io"] {
+            drop(metrics.meter_tls_handshake_failures.get_or_create(&HandshakeLabel { reason: reason.to_owned() }));
+        }
         for plane in ["mqtt", "http"] {
             drop(metrics.auth_failures.get_or_create(&PlaneLabel { plane: plane.to_owned() }));
             drop(metrics.auth_throttled.get_or_create(&PlaneLabel { plane: plane.to_owned() }));
@@ -365,6 +389,8 @@ impl Metrics {
             identity_conflicts: Family::default(),
             identities_refused: Family::default(),
             secrets_withheld: Counter::default(),
+            meter_tls_handshakes: Counter::default(),
+            meter_tls_handshake_failures: Family::default(),
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
             frames: Family::default(),
@@ -393,6 +419,7 @@ impl Metrics {
             auth_throttled: Family::default(),
             mqtt_wills_refused: Counter::default(),
             mqtt_sessions_refused: Counter::default(),
+            mqtt_connections_refused: Counter::default(),
             mqtt_session_dropped: Family::default(),
             store_dropped: Counter::default(),
             store_written: Counter::default(),
@@ -443,6 +470,16 @@ impl Metrics {
     /// Identifications refused for `reason` since start.
     pub fn identities_refused(&self, reason: IdentityRefusal) -> u64 {
         self.identities_refused.get_or_create(&RefusalLabel { reason }).get()
+    }
+
+    /// Counts a failed TLS handshake on the meter port (`reason`: a `tls::HandshakeFailure` name).
+    pub fn meter_tls_failed(&self, reason: &str) {
+        self.meter_tls_handshake_failures.get_or_create(&HandshakeLabel { reason: reason.to_owned() }).inc();
+    }
+
+    /// Failed TLS handshakes on the meter port for `reason` since start.
+    pub fn meter_tls_failures(&self, reason: &str) -> u64 {
+        self.meter_tls_handshake_failures.get_or_create(&HandshakeLabel { reason: reason.to_owned() }).get()
     }
 
     /// Records a finished command.
@@ -498,6 +535,16 @@ impl Metrics {
             "Commands refused because the meter's identity was contested recently",
             m.secrets_withheld.clone(),
         );
+        r.register(
+            "meter_tls_handshakes",
+            "TLS handshakes completed on the meter port",
+            m.meter_tls_handshakes.clone(),
+        );
+        r.register(
+            "meter_tls_handshake_failures",
+            "TLS handshakes on the meter port that failed, by reason",
+            m.meter_tls_handshake_failures.clone(),
+        );
         r.register("bytes_received", "Bytes received from meters", m.bytes_received.clone());
         r.register("bytes_sent", "Bytes sent to meters", m.bytes_sent.clone());
         r.register("frames", "Frames and APDUs received, by protocol", m.frames.clone());
@@ -541,6 +588,11 @@ impl Metrics {
             "mqtt_sessions_refused",
             "MQTT connections refused by the per-user session cap",
             m.mqtt_sessions_refused.clone(),
+        );
+        r.register(
+            "mqtt_connections_refused",
+            "MQTT connections closed at accept: their listener had max_connections open",
+            m.mqtt_connections_refused.clone(),
         );
         r.register(
             "mqtt_session_dropped",

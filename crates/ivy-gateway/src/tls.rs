@@ -1,6 +1,7 @@
-//! TLS for the HTTP listener (dashboard and API): PEM certificate loading, a certificate resolver whose key pair
-//! can be replaced while the gateway runs (SIGHUP), an accept loop that does handshakes off the accept path, and
-//! `ivy-gateway cert self-signed` (rcgen) for quick starts.
+//! TLS for the gateway's own listeners (HTTPS, and the TLS meter port with client certificates): PEM certificate
+//! and CA loading, a certificate resolver whose key pair can be replaced while the gateway runs (SIGHUP), a bounded
+//! handshake with its failure classified, an accept loop that does handshakes off the accept path (HTTPS), the
+//! names a client certificate gives its holder, and `ivy-gateway cert self-signed` (rcgen) for quick starts.
 //!
 //! Connections that are already open keep the certificate they were set up with; new handshakes get the current
 //! one. The MQTT TLS and WSS listeners are the broker's: it loads its certificate once (see `mqtt::broker`).
@@ -8,7 +9,8 @@
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,6 +69,111 @@ pub fn load_key_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> 
     })
 }
 
+/// Reads the CA certificate(s) of a PEM file as trust anchors for client certificates.
+pub fn load_client_ca(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Pem(path.to_path_buf(), e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem(path.to_path_buf(), e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(TlsError::Pem(path.to_path_buf(), "no usable CA CERTIFICATE in the file".into()));
+    }
+    Ok(roots)
+}
+
+/// A verifier that requires every client to present a certificate chaining to a CA in `client_ca` (PEM), checked
+/// by rustls' WebPKI verifier (signature chain, validity period, client-auth key usage).
+pub fn client_verifier(client_ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let roots = load_client_ca(client_ca)?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError::Pem(client_ca.to_path_buf(), e.to_string()))
+}
+
+/// The names a client certificate gives its holder: the `dNSName` entries of its subject alternative names when
+/// it has any, else its subject common names (RFC 6125 6.4.4: the CN only counts without SANs). Empty when the
+/// certificate names nothing usable or does not parse.
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return Vec::new() };
+    let sans: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(ext)) => ext
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(name) => Some((*name).to_owned()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !sans.is_empty() {
+        return sans;
+    }
+    cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok().map(str::to_owned)).collect()
+}
+
+/// Why a server-side handshake did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not complete within the timeout (a silent or slow peer).
+    Timeout,
+    /// Client certificates are required and the client sent none.
+    NoCertificate,
+    /// The client's certificate did not verify (another CA, expired, wrong key usage).
+    BadCertificate,
+    /// The peer does not speak TLS (plaintext on a TLS port) or broke the protocol.
+    Protocol,
+    /// The connection failed or closed during the handshake.
+    Io,
+}
+
+impl HandshakeFailure {
+    /// Every failure.
+    pub const ALL: [HandshakeFailure; 5] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::NoCertificate,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::Io,
+    ];
+
+    /// The snake_case name (a metric label).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::NoCertificate => "no_certificate",
+            HandshakeFailure::BadCertificate => "bad_certificate",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Io => "io",
+        }
+    }
+
+    fn of(error: &std::io::Error) -> Self {
+        match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::NoCertificatesPresented) => HandshakeFailure::NoCertificate,
+            Some(rustls::Error::InvalidCertificate(_)) => HandshakeFailure::BadCertificate,
+            Some(_) => HandshakeFailure::Protocol,
+            None => HandshakeFailure::Io,
+        }
+    }
+}
+
+/// Runs the server side of a handshake on `socket`, bounded by `timeout`.
+pub async fn handshake(
+    acceptor: &TlsAcceptor,
+    socket: TcpStream,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
+    match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(HandshakeFailure::of(&e)),
+        Err(_) => Err(HandshakeFailure::Timeout),
+    }
+}
+
 /// The HTTP listener's certificate: loaded from PEM files, replaced by [`CertStore::reload`].
 #[derive(Debug)]
 pub struct CertStore {
@@ -110,13 +217,24 @@ impl CertStore {
     /// A server configuration that resolves every handshake to this store's current certificate (HTTP/1.1 ALPN,
     /// TLS 1.2 and 1.3, no client certificates).
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
-        let mut config = ServerConfig::builder_with_provider(provider())
+        let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Generate(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let mut config = builder.with_no_client_auth().with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+
+    /// A server configuration like [`server_config`](Self::server_config) that requires every client to present a
+    /// certificate `verifier` accepts (the TLS meter port; no ALPN: meters speak their own protocols).
+    pub fn server_config_with_clients(
+        self: &Arc<Self>,
+        verifier: Arc<dyn ClientCertVerifier>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        Ok(Arc::new(builder.with_client_cert_verifier(verifier).with_cert_resolver(self.clone())))
     }
 }
 
@@ -166,12 +284,11 @@ impl TlsListener {
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
-                        Ok(Ok(stream)) => {
+                    match handshake(&acceptor, socket, HANDSHAKE_TIMEOUT).await {
+                        Ok(stream) => {
                             let _ = tx.send((stream, peer)).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Err(failure) => tracing::debug!(%peer, failure = failure.as_str(), "TLS handshake failed"),
                     }
                 });
             }

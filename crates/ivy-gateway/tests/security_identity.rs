@@ -7,6 +7,11 @@
 mod harness;
 
 use harness::*;
+
+#[path = "common/ca.rs"]
+mod ca;
+#[path = "security_identity/meter_tls.rs"]
+mod meter_tls;
 use ivy_gateway::config::DuplicateIdentity;
 use ivy_gateway::metrics::{ConflictOutcome, IdentityRefusal, RejectReason};
 use ivy_protocol::dlms::Data;
@@ -61,8 +66,8 @@ async fn connect_from(gateway: SocketAddr, local: IpAddr) -> TcpStream {
     socket.connect(gateway).await.unwrap()
 }
 
-/// Whether the gateway closes `s` within `secs` (reads until EOF or an error).
-async fn closed_by_gateway(s: &mut TcpStream, secs: u64) -> bool {
+/// Whether the gateway closes `s` within `secs` (reads until EOF or an error: a reset, a TLS alert).
+async fn closed_by_gateway(s: &mut (impl tokio::io::AsyncRead + Unpin), secs: u64) -> bool {
     let mut buf = [0u8; 512];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {

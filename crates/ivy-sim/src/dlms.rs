@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// Which push APDU to send.
@@ -349,9 +348,26 @@ impl DlmsSim {
         stats: Arc<SimStats>,
     ) -> std::io::Result<Self> {
         let stream = crate::connect(gateway, local).await?;
+        Ok(Self::attach(stream, cfg, stats))
+    }
+
+    /// Connects over TLS (the gateway's TLS meter port; `tls` carries the meter's client certificate) and serves
+    /// until closed. Fails when the handshake does.
+    pub async fn connect_tls(
+        gateway: SocketAddr,
+        tls: crate::TlsClientConfig,
+        server_name: &str,
+        cfg: DlmsConfig,
+    ) -> std::io::Result<Self> {
+        let stream = crate::connect_tls(gateway, None, tls, server_name).await?;
+        Ok(Self::attach(stream, cfg, Arc::new(SimStats::default())))
+    }
+
+    /// Serves an open connection until closed.
+    pub fn attach<S: crate::SimStream>(stream: S, cfg: DlmsConfig, stats: Arc<SimStats>) -> Self {
         let (tx, rx) = mpsc::channel(64);
         let task = tokio::spawn(serve(stream, cfg, stats.clone(), rx));
-        Ok(DlmsSim { stats, control: tx, task })
+        DlmsSim { stats, control: tx, task }
     }
 
     /// Sends a control command.
@@ -389,7 +405,12 @@ struct State {
     tick: u64,
 }
 
-async fn serve(mut stream: TcpStream, cfg: DlmsConfig, stats: Arc<SimStats>, mut control: mpsc::Receiver<Control>) {
+async fn serve<S: crate::SimStream>(
+    mut stream: S,
+    cfg: DlmsConfig,
+    stats: Arc<SimStats>,
+    mut control: mpsc::Receiver<Control>,
+) {
     let mut framer = Framer::default();
     let mut buf = vec![0u8; 8192];
     let mut state = State { associated: false, push_index: 0, tick: 0 };
@@ -418,7 +439,7 @@ async fn serve(mut stream: TcpStream, cfg: DlmsConfig, stats: Arc<SimStats>, mut
                     return;
                 }
                 Some(Control::Reset) => {
-                    let _ = stream.set_zero_linger();
+                    let _ = stream.tcp().set_zero_linger();
                     return;
                 }
                 Some(Control::Push(form)) => {
@@ -489,8 +510,8 @@ async fn serve(mut stream: TcpStream, cfg: DlmsConfig, stats: Arc<SimStats>, mut
     }
 }
 
-async fn send_push(
-    stream: &mut TcpStream,
+async fn send_push<S: crate::SimStream>(
+    stream: &mut S,
     cfg: &DlmsConfig,
     state: &mut State,
     form: PushForm,

@@ -91,6 +91,9 @@ pub struct FleetConfig {
     pub faults: FaultPlan,
     /// Simulate only meters `i` with `i % shard.1 == shard.0` (for several processes).
     pub shard: (usize, usize),
+    /// DLMS meters dial the gateway's TLS meter port with this client configuration, checking its certificate for
+    /// this server name (DL/T 645 meters stay on plain TCP).
+    pub dlms_tls: Option<(crate::TlsClientConfig, String)>,
 }
 
 impl Default for FleetConfig {
@@ -116,6 +119,7 @@ impl Default for FleetConfig {
             ramp_per_sec: 1000,
             faults: FaultPlan::default(),
             shard: (0, 1),
+            dlms_tls: None,
         }
     }
 }
@@ -599,9 +603,14 @@ async fn run_meter(
                 Plan::Dlt(c) => {
                     Dlt645Sim::connect_counted(cfg.gateway, source, c.clone(), stats.clone()).await.map(Sim::Dlt)
                 }
-                Plan::Dlms(c) => {
-                    DlmsSim::connect_counted(cfg.gateway, source, c.clone(), stats.clone()).await.map(Sim::Dlms)
-                }
+                Plan::Dlms(c) => match &cfg.dlms_tls {
+                    None => {
+                        DlmsSim::connect_counted(cfg.gateway, source, c.clone(), stats.clone()).await.map(Sim::Dlms)
+                    }
+                    Some((tls, name)) => crate::connect_tls(cfg.gateway, source, tls.clone(), name)
+                        .await
+                        .map(|stream| Sim::Dlms(DlmsSim::attach(stream, c.clone(), stats.clone()))),
+                },
             }
         };
         let sim = match attempt {

@@ -11,7 +11,71 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
+
+/// The byte stream a simulated meter talks over: a TCP connection, or a TLS session on one (the gateway's TLS
+/// meter port, see [`connect_tls`]).
+pub trait SimStream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
+    /// The TCP connection underneath (readiness for a slow reader, a reset).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl SimStream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl SimStream for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// The client side of TLS on the gateway's meter port: what the meter trusts and the certificate it presents.
+pub type TlsClientConfig = Arc<tokio_rustls::rustls::ClientConfig>;
+
+/// A meter's TLS client configuration from PEM files: the CA that issued the gateway's certificate, and the meter's
+/// client certificate (chain, leaf first) and private key. The certificate must name the meter ids that use it.
+pub fn tls_client_config(
+    gateway_ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<TlsClientConfig, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |path: &std::path::Path| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs(gateway_ca)?);
+    if added == 0 {
+        return Err(format!("{}: no CA certificate", gateway_ca.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let config = tokio_rustls::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs(cert)?, key)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    Ok(Arc::new(config))
+}
+
+/// Opens a TCP connection to `gateway` and runs a TLS handshake with `config` (which carries the meter's client
+/// certificate), checking the gateway's certificate for `server_name`.
+pub async fn connect_tls(
+    gateway: SocketAddr,
+    local: Option<IpAddr>,
+    config: TlsClientConfig,
+    server_name: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let tcp = connect(gateway, local).await?;
+    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+}
 
 /// How long a meter takes to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,14 +162,14 @@ pub async fn connect(gateway: SocketAddr, local: Option<IpAddr>) -> std::io::Res
 }
 
 /// Reads from the socket, first waiting `delay` when the meter is a slow reader.
-pub(crate) async fn read_slowly(
-    stream: &mut TcpStream,
+pub(crate) async fn read_slowly<S: SimStream>(
+    stream: &mut S,
     buf: &mut [u8],
     delay: Option<Duration>,
 ) -> std::io::Result<usize> {
     use tokio::io::AsyncReadExt;
     if let Some(d) = delay {
-        stream.readable().await?;
+        stream.tcp().readable().await?;
         tokio::time::sleep(d).await;
     }
     stream.read(buf).await

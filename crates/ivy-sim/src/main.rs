@@ -156,6 +156,24 @@ struct Args {
     #[arg(long)]
     storm_every_s: Option<f64>,
 
+    /// DLMS meters dial the gateway's TLS meter port (`--gateway` then names it): PEM file of the CA that issued the
+    /// gateway's certificate. Needs --tls-cert and --tls-key.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// The DLMS meters' client certificate (PEM, leaf first), issued by the gateway's `meters.tls_client_ca`; it must
+    /// name every simulated DLMS meter id (one DNS SAN each).
+    #[arg(long, requires = "tls_ca")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "tls_ca")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// The name the gateway's certificate is checked for (default: the host of --gateway).
+    #[arg(long)]
+    tls_server_name: Option<String>,
+
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -255,7 +273,16 @@ fn fleet_config(a: &Args) -> anyhow::Result<FleetConfig> {
         }
         None => (0, 1),
     };
+    let dlms_tls = match (&a.tls_ca, &a.tls_cert, &a.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let config = ivy_sim::tls_client_config(ca, cert, key).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+            let host = a.gateway.rsplit_once(':').map_or(a.gateway.as_str(), |(h, _)| h).trim_matches(['[', ']']);
+            Some((config, a.tls_server_name.clone().unwrap_or_else(|| host.to_owned())))
+        }
+        _ => None,
+    };
     Ok(FleetConfig {
+        dlms_tls,
         gateway,
         dlt645_meters: a.dlt645,
         addresses_per_connection: usize::from(a.addresses_per_connection),

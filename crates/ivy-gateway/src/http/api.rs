@@ -103,6 +103,7 @@ pub(crate) async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     sync(&m.mqtt_denied, b.denied_publishes);
     sync(&m.mqtt_wills_refused, b.denied_wills);
     sync(&m.mqtt_sessions_refused, b.denied_sessions);
+    sync(&m.mqtt_connections_refused, b.connections_refused);
     for ((user, client), n) in s.broker.session_drops() {
         sync(&m.mqtt_session_dropped.get_or_create(&crate::metrics::ClientLabel { user, client }), n);
     }

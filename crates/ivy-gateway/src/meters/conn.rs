@@ -3,6 +3,7 @@
 
 use super::context::MeterContext;
 use super::registry::{Claim, MeterInfo};
+use super::transport::MeterStream;
 use super::{CloseCause, MeterOp, QueuedRequest, SessionHandle, SessionRequest};
 use crate::config::{DuplicateIdentity, ZeroAddressAction};
 use crate::error::{ErrorCode, OpError};
@@ -16,8 +17,6 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +57,8 @@ pub(crate) enum Refusal {
     NewIdRate,
     /// The id may not identify from this source address (`meters.allowed_sources_by_meter`).
     SourceNotAllowed,
+    /// The connection's client certificate (TLS meter port) does not name the id.
+    CertificateMismatch,
 }
 
 impl Refusal {
@@ -68,6 +69,7 @@ impl Refusal {
             Refusal::TooManyIds => "too_many_ids",
             Refusal::NewIdRate => "new_id_rate",
             Refusal::SourceNotAllowed => "source_not_allowed",
+            Refusal::CertificateMismatch => "certificate_mismatch",
         }
     }
 }
@@ -110,7 +112,10 @@ pub(crate) struct Conn {
     pub conn_id: u64,
     /// The peer.
     pub peer: SocketAddr,
-    stream: TcpStream,
+    stream: MeterStream,
+    /// The meter ids this connection's client certificate names (TLS meter port); `None` on plain TCP, where
+    /// nothing proves an id.
+    certified: Option<Vec<String>>,
     /// The last bytes read.
     pub input: Vec<u8>,
     /// Handle given to the registry for the meters this connection holds.
@@ -126,6 +131,8 @@ pub(crate) struct Conn {
     pub last_rx: Instant,
     /// Protocol family once known.
     pub protocol: Option<Source>,
+    /// Ids claimed on this connection that its client certificate does not name.
+    certificate_mismatches: usize,
 }
 
 /// What the probe of a contested id's holder found.
@@ -137,6 +144,8 @@ enum ProbeResult {
     Silent,
     /// The policy decides without a probe.
     NotProbed,
+    /// A client certificate decided: a connection whose certificate names the id wins over one without.
+    Certificate,
 }
 
 impl ProbeResult {
@@ -145,28 +154,29 @@ impl ProbeResult {
             ProbeResult::Answered => "answered",
             ProbeResult::Silent => "silent",
             ProbeResult::NotProbed => "not_probed",
+            ProbeResult::Certificate => "certificate",
         }
     }
 }
 
-/// Bytes read from the socket at once.
-const READ_CHUNK: usize = 4096;
-
 impl Conn {
-    /// Wraps an accepted socket; also returns the receiving end of the session's request queue (kept apart so the
-    /// session can wait on the socket and the queue at the same time).
+    /// Wraps an accepted connection whose session `handle` (with its `close` token) the session created; the
+    /// receiving end of the request queue stays with the session (so it can wait on the socket and the queue at
+    /// the same time). `certified`: the meter ids its client certificate names (TLS), `None` on plain TCP.
     pub(crate) fn new(
         ctx: Arc<MeterContext>,
-        conn_id: u64,
         peer: SocketAddr,
-        stream: TcpStream,
-    ) -> (Self, mpsc::Receiver<QueuedRequest>) {
-        let (handle, requests, close) = SessionHandle::new(conn_id, ctx.config.commands.queue_depth.get());
-        let conn = Conn {
+        stream: MeterStream,
+        certified: Option<Vec<String>>,
+        handle: SessionHandle,
+        close: CancellationToken,
+    ) -> Self {
+        Conn {
             ctx,
-            conn_id,
+            conn_id: handle.conn_id(),
             peer,
             stream,
+            certified,
             input: Vec::new(),
             handle,
             close,
@@ -174,8 +184,14 @@ impl Conn {
             known: None,
             last_rx: Instant::now(),
             protocol: None,
-        };
-        (conn, requests)
+            certificate_mismatches: 0,
+        }
+    }
+
+    /// Whether this connection claimed more ids its certificate does not name than a connection may hold: a
+    /// DL/T 645 DTU that does is closed rather than heard out address by address.
+    pub(crate) fn too_many_certificate_mismatches(&self) -> bool {
+        self.certificate_mismatches > self.ctx.config.meters.max_ids_per_connection.get()
     }
 
     /// When the idle timeout fires.
@@ -208,31 +224,21 @@ impl Conn {
         let idle = self.idle_deadline();
         let close = self.close.clone();
         let shutdown = self.ctx.shutdown.clone();
-        loop {
-            tokio::select! {
-                r = self.stream.readable() => {
-                    if let Err(e) = r {
-                        return ReadOutcome::End(EndReason::IoError(e.kind().to_string()));
-                    }
-                    let mut buf = Vec::with_capacity(READ_CHUNK);
-                    match self.stream.try_read_buf(&mut buf) {
-                        Ok(0) => return ReadOutcome::End(EndReason::PeerClosed),
-                        Ok(n) => {
-                            self.input = buf;
-                            self.last_rx = Instant::now();
-                            self.handle.note_read();
-                            self.ctx.metrics.bytes_received.inc_by(n as u64);
-                            return ReadOutcome::Data;
-                        }
-                        // Readiness can be spurious.
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return ReadOutcome::End(EndReason::IoError(e.kind().to_string())),
-                    }
-                },
-                _ = tokio::time::sleep_until(idle) => return ReadOutcome::End(EndReason::IdleTimeout),
-                _ = close.cancelled() => return ReadOutcome::End(self.close_reason()),
-                _ = shutdown.cancelled() => return ReadOutcome::End(EndReason::Shutdown),
-            }
+        tokio::select! {
+            r = self.stream.read_some() => match r {
+                Ok(buf) if buf.is_empty() => ReadOutcome::End(EndReason::PeerClosed),
+                Ok(buf) => {
+                    self.ctx.metrics.bytes_received.inc_by(buf.len() as u64);
+                    self.input = buf;
+                    self.last_rx = Instant::now();
+                    self.handle.note_read();
+                    ReadOutcome::Data
+                }
+                Err(e) => ReadOutcome::End(EndReason::IoError(e.kind().to_string())),
+            },
+            _ = tokio::time::sleep_until(idle) => ReadOutcome::End(EndReason::IdleTimeout),
+            _ = close.cancelled() => ReadOutcome::End(self.close_reason()),
+            _ = shutdown.cancelled() => ReadOutcome::End(EndReason::Shutdown),
         }
     }
 
@@ -257,6 +263,13 @@ impl Conn {
     pub(crate) async fn identify(&mut self, meter_id: &MeterId, protocol: Source) -> Result<bool, Refusal> {
         let ip = self.peer.ip();
         let m = &self.ctx.config.meters;
+        if let Some(names) = &self.certified
+            && !names.iter().any(|n| n == meter_id.as_str())
+        {
+            self.refuse_uncertified(meter_id, names);
+            self.certificate_mismatches += 1;
+            return Err(Refusal::CertificateMismatch);
+        }
         let refusal = if !self.identified_here(meter_id) && self.meters.len() >= m.max_ids_per_connection.get() {
             Some((Refusal::TooManyIds, IdentityRefusal::TooManyIds))
         } else if !self.ctx.meter_source_allowed(meter_id.as_str(), ip) {
@@ -277,7 +290,8 @@ impl Conn {
         }
         self.protocol = Some(protocol);
         let connected_at = now_ms();
-        let info = MeterInfo { protocol, ip: ip.to_string(), port: self.peer.port(), connected_at };
+        let certified = self.certified.is_some();
+        let info = MeterInfo { protocol, ip: ip.to_string(), port: self.peer.port(), connected_at, certified };
         let ts = now_ms();
         match self.ctx.registry.claim(meter_id, self.handle.clone(), info.clone()) {
             Claim::Refreshed => {
@@ -304,15 +318,23 @@ impl Conn {
             }
             Claim::Held(holder, holder_info) => {
                 let policy = m.duplicate_identity;
-                let probe = match policy {
-                    DuplicateIdentity::NewestWins => ProbeResult::NotProbed,
-                    DuplicateIdentity::OldestWins => ProbeResult::NotProbed,
-                    DuplicateIdentity::Probe => self.probe(&holder, meter_id).await,
+                // A certificate proves the id and a plain connection proves nothing: where exactly one side has
+                // one, it decides (an impostor that got in first over plain TCP cannot keep out the real meter,
+                // and cannot take an id a certified meter holds). Otherwise the policy decides.
+                let probe = if holder_info.certified != certified {
+                    ProbeResult::Certificate
+                } else {
+                    match policy {
+                        DuplicateIdentity::NewestWins => ProbeResult::NotProbed,
+                        DuplicateIdentity::OldestWins => ProbeResult::NotProbed,
+                        DuplicateIdentity::Probe => self.probe(&holder, meter_id).await,
+                    }
                 };
-                let holder_keeps = match policy {
-                    DuplicateIdentity::NewestWins => false,
-                    DuplicateIdentity::OldestWins => true,
-                    DuplicateIdentity::Probe => probe == ProbeResult::Answered,
+                let holder_keeps = match (probe, policy) {
+                    (ProbeResult::Certificate, _) => holder_info.certified,
+                    (_, DuplicateIdentity::NewestWins) => false,
+                    (_, DuplicateIdentity::OldestWins) => true,
+                    (_, DuplicateIdentity::Probe) => probe == ProbeResult::Answered,
                 };
                 let taken = if holder_keeps {
                     None
@@ -422,6 +444,35 @@ impl Conn {
         }
     }
 
+    /// A claim of `meter_id` that this connection's client certificate does not name: counted, logged, and an
+    /// `identity_conflict` security event on the id's events topic (someone holding a certificate of the
+    /// gateway's CA claimed a meter it was not issued for).
+    fn refuse_uncertified(&self, meter_id: &MeterId, names: &[String]) {
+        self.ctx.metrics.identity_refused(IdentityRefusal::CertificateMismatch);
+        if lock(&self.ctx.admission).should_log(self.peer.ip(), std::time::Instant::now()) {
+            tracing::warn!(
+                meter = %meter_id,
+                peer = %self.peer,
+                certificate = ?names,
+                "identity_conflict: a TLS meter claimed an id its client certificate does not name; refused (logged once per IP per minute)"
+            );
+        }
+        self.ctx.hub.publish(HubEvent::Event(MeterEvent {
+            meter_id: meter_id.clone(),
+            event: "identity_conflict".into(),
+            severity: Some(Severity::Warning),
+            data: json!({
+                "policy": "certificate",
+                "probe": ProbeResult::Certificate.as_str(),
+                "outcome": ConflictOutcome::Refused.as_str(),
+                "reason": Refusal::CertificateMismatch.as_str(),
+                "certificate": names,
+                "newcomer": {"ip": self.peer.ip().to_string(), "port": self.peer.port(), "conn": self.conn_id},
+            }),
+            ts: now_ms(),
+        }));
+    }
+
     /// The `identity_conflict` security event (MQTT events topic, log, counter).
     fn publish_conflict(
         &self,
@@ -459,9 +510,13 @@ impl Conn {
 
     /// Fails with `identity_contested` when `meter_id` was contested within `meters.secrets_quiet_secs`: call it
     /// before sending a password, an operator code or a key to the meter.
+    /// A connection whose client certificate names the id (TLS meter port) has proven it: secrets go to it.
     pub(crate) fn secrets_allowed(&self, meter_id: &MeterId) -> Result<(), OpError> {
         let quiet = self.ctx.config.meters.secrets_quiet_secs;
-        if quiet > 0 && self.ctx.registry.contested_within(meter_id, Duration::from_secs(quiet)) {
+        if quiet > 0
+            && self.certified.is_none()
+            && self.ctx.registry.contested_within(meter_id, Duration::from_secs(quiet))
+        {
             self.ctx.metrics.secrets_withheld.inc();
             tracing::warn!(meter = %meter_id, peer = %self.peer, "secret withheld: the meter's identity was contested recently");
             return Err(OpError::new(
@@ -513,16 +568,8 @@ impl Conn {
         while let Ok(request) = requests.try_recv() {
             let _ = request.reply.send(Err(OpError::new(ErrorCode::ConnectionClosed, "the meter's connection closed")));
         }
-        let _ = self.stream.shutdown().await;
-        let identified = !self.meters.is_empty();
-        if !identified {
-            self.ctx.metrics.connections_unidentified.inc();
-        }
-        let penalised =
-            lock(&self.ctx.admission).ended(self.peer.ip(), self.conn_id, identified, std::time::Instant::now());
-        if penalised {
-            tracing::warn!(ip = %self.peer.ip(), "source penalised: too many connections without a meter; its unidentified connections are now capped");
-        }
+        self.stream.shutdown().await;
+        record_end(&self.ctx, self.peer, self.conn_id, !self.meters.is_empty());
         let ts = now_ms();
         for meter_id in &self.meters {
             let Some(ended) = self.ctx.registry.unregister(meter_id, self.conn_id) else { continue };
@@ -546,5 +593,17 @@ impl Conn {
             }));
         }
         self.ctx.metrics.meters_online.set(self.ctx.registry.len() as i64);
+    }
+}
+
+/// Books the end of connection `conn_id` from `peer` with the admission limits: one that never identified a meter
+/// (silence, garbage, a failed TLS handshake, a refused identification) is a strike against its source IP.
+pub(crate) fn record_end(ctx: &MeterContext, peer: SocketAddr, conn_id: u64, identified: bool) {
+    if !identified {
+        ctx.metrics.connections_unidentified.inc();
+    }
+    let penalised = lock(&ctx.admission).ended(peer.ip(), conn_id, identified, std::time::Instant::now());
+    if penalised {
+        tracing::warn!(ip = %peer.ip(), "source penalised: too many connections without a meter; its unidentified connections are now capped");
     }
 }

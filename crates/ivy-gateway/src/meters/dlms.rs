@@ -4,9 +4,9 @@
 //! [`Association`]; this module only moves bytes and time.
 
 use super::conn::{Conn, EndReason, ReadOutcome};
-use super::dlms_health::{AssociationChange, RejectionBackoff, WarnLimiter};
+use super::dlms_health::{AssociationChange, RejectionBackoff};
 use super::dlms_values::{self, ValueContext};
-use super::driver::{self, Driver, Failure, Reads};
+use super::driver::{self, Driver, Failure, Reads, WARN_EVERY, WarnLimiter};
 use super::poll::{self, PollTimer};
 use super::{RelayConfirmation, RelayDetail, RelayMode, RelayState, TimeSet};
 use crate::error::{ErrorCode, ErrorDetails, OpError};
@@ -35,8 +35,6 @@ use tokio::time::Instant;
 const FLUSH_AFTER: Duration = Duration::from_millis(200);
 /// Pushes kept while the meter is not identified yet.
 const MAX_PENDING_PUSHES: usize = 32;
-/// At most one warning of a kind per meter per this period.
-const WARN_EVERY: Duration = Duration::from_secs(60);
 
 struct DlmsDriver<'a> {
     conn: &'a mut Conn,
@@ -65,7 +63,9 @@ struct DlmsDriver<'a> {
     positional: Vec<Obis>,
     /// Back-off after association rejections.
     backoff: RejectionBackoff,
-    /// Warnings at most once a minute: unplaceable push elements, skewed capture times, malformed replies.
+    /// Warnings at most once a minute: unplaceable push elements, skewed capture times, and what malformed or
+    /// missing replies cause (malformed APDUs, failed associations and polls share one: a meter answering garbage
+    /// writes one line a minute, not one per frame or per poll).
     push_warn: WarnLimiter,
     clock_warn: WarnLimiter,
     parse_warn: WarnLimiter,
@@ -298,7 +298,9 @@ impl DlmsDriver<'_> {
                 }
             }
             other => {
-                tracing::warn!(peer = %self.conn.peer, failure = %other, "DLMS association failed");
+                if let Some(held_back) = self.parse_warn.allow(Instant::now()) {
+                    tracing::warn!(peer = %self.conn.peer, failure = %other, held_back, "DLMS association failed");
+                }
                 self.publish_event("dlms-error", Severity::Warning, json!({"error": other.to_string()}));
             }
         }
@@ -555,7 +557,9 @@ impl DlmsDriver<'_> {
                 PollOutcome::Ok
             }
             Err(Failure::Op(e)) => {
-                tracing::warn!(meter = %meter, error = %e, "DLMS poll failed");
+                if let Some(held_back) = self.parse_warn.allow(Instant::now()) {
+                    tracing::warn!(meter = %meter, error = %e, held_back, "DLMS poll failed");
+                }
                 if e.code == ErrorCode::Timeout { PollOutcome::Timeout } else { PollOutcome::Failed }
             }
             Err(Failure::End(r)) => return Err(r),

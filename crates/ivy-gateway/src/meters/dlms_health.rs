@@ -115,35 +115,6 @@ impl RejectionBackoff {
     }
 }
 
-/// At most one warning per period; counts what it held back.
-#[derive(Debug, Clone)]
-pub(crate) struct WarnLimiter {
-    period: Duration,
-    last: Option<Instant>,
-    held_back: u64,
-}
-
-impl WarnLimiter {
-    /// One warning per `period`.
-    pub(crate) fn new(period: Duration) -> Self {
-        WarnLimiter { period, last: None, held_back: 0 }
-    }
-
-    /// `Some(warnings held back since the last one)` when a warning may be logged at `now`.
-    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now < t + self.period => {
-                self.held_back += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.held_back))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,15 +173,5 @@ mod tests {
             })
             .collect();
         assert_eq!(delays, [400, 800, 1600, 1600, 1600]);
-    }
-
-    #[test]
-    fn warnings_once_per_period() {
-        let t0 = Instant::now();
-        let mut w = WarnLimiter::new(Duration::from_secs(60));
-        assert_eq!(w.allow(t0), Some(0));
-        assert_eq!(w.allow(t0 + Duration::from_secs(1)), None);
-        assert_eq!(w.allow(t0 + Duration::from_secs(59)), None);
-        assert_eq!(w.allow(t0 + Duration::from_secs(60)), Some(2));
     }
 }

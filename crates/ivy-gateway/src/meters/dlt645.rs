@@ -4,7 +4,7 @@
 //! moves bytes and time, and normalises values. One exchange at a time: polls and commands never interleave.
 
 use super::conn::{Conn, EndReason, ReadOutcome};
-use super::driver::{self, Driver, Failure, Reads};
+use super::driver::{self, Driver, Failure, Reads, WARN_EVERY, WarnLimiter};
 use super::poll::{self, PollTimer};
 use super::{RelayConfirmation, RelayDetail, RelayMode, RelayState, TimeSet};
 use crate::config::Parsed;
@@ -34,6 +34,8 @@ struct Meter {
     plan: Vec<Di>,
     /// DIs the meter said it does not have: not polled again on this connection.
     skip: HashSet<Di>,
+    /// What this meter's replies (or their absence) keep triggering is logged at most once a minute.
+    warn: WarnLimiter,
 }
 
 struct Dlt645Driver<'a> {
@@ -147,10 +149,9 @@ impl Dlt645Driver<'_> {
         }
         let Some(index) = self.identify(f.address).await? else { return Ok(()) };
         if let Reply::Data { di, value, .. } = f.reply()
-            && let Some(m) = self.meters.get(index)
-            && let Some(reading) = self.decode(&m.id.clone(), di, value)
+            && let Some(reading) = self.decode(index, di, value)
+            && let Some(id) = self.meters.get(index).map(|m| m.id.clone())
         {
-            let id = m.id.clone();
             driver::publish(self.conn, &id, Source::Dlt645, vec![reading]);
         }
         Ok(())
@@ -158,7 +159,8 @@ impl Dlt645Driver<'_> {
 
     /// Finds or registers the meter at `address`; `None` for addresses that cannot be meter ids, that this
     /// connection lost to another, or whose identification was refused. A refusal ends a connection that holds no
-    /// other meter (one DTU may hold several; the others keep working).
+    /// other meter (one DTU may hold several; the others keep working), and a TLS connection that claimed more ids
+    /// its certificate does not name than `meters.max_ids_per_connection`.
     async fn identify(&mut self, address: Address) -> Result<Option<usize>, EndReason> {
         if let Some(i) = self.meters.iter().position(|m| m.address == address) {
             // A later frame from a meter this connection lost to a reconnect elsewhere is not ours any more.
@@ -173,7 +175,7 @@ impl Dlt645Driver<'_> {
         }
         let Ok(id) = MeterId::new(address.to_string()) else { return Ok(None) };
         if let Err(refusal) = self.conn.identify(&id, Source::Dlt645).await {
-            if self.meters.is_empty() {
+            if self.meters.is_empty() || self.conn.too_many_certificate_mismatches() {
                 return Err(EndReason::IdentityRefused(refusal));
             }
             // Bounded like the ids themselves.
@@ -184,7 +186,7 @@ impl Dlt645Driver<'_> {
         }
         let plan = self.conn.ctx.resolver.get().dlt_poll_plan(&id);
         let timer = PollTimer::start(&self.conn.ctx, &id, !plan.is_empty());
-        self.meters.push(Meter { id, address, timer, plan, skip: HashSet::new() });
+        self.meters.push(Meter { id, address, timer, plan, skip: HashSet::new(), warn: WarnLimiter::new(WARN_EVERY) });
         Ok(Some(self.meters.len() - 1))
     }
 
@@ -260,8 +262,10 @@ impl Dlt645Driver<'_> {
         }
     }
 
-    /// A normalised reading for `di`, or `None` (logged, counted) when the value does not decode.
-    fn decode(&self, meter: &MeterId, di: Di, value: &[u8]) -> Option<Reading> {
+    /// A normalised reading for `di` of meter `index`, or `None` when the value does not decode (counted; logged
+    /// at most once a minute per meter).
+    fn decode(&mut self, index: usize, di: Di, value: &[u8]) -> Option<Reading> {
+        let meter = &self.meters.get(index)?.id.clone();
         let resolver = self.conn.ctx.resolver.get();
         let catalogue = &resolver.catalogue;
         let def = catalogue.by_di(di);
@@ -269,7 +273,9 @@ impl Dlt645Driver<'_> {
             Ok(v) => v,
             Err(e) => {
                 self.conn.ctx.metrics.parse_error(e.kind());
-                tracing::warn!(meter = %meter, di = %di, error = %e, "DL/T 645 value does not decode");
+                if let Some(held_back) = self.warn(index) {
+                    tracing::warn!(meter = %meter, di = %di, error = %e, held_back, "DL/T 645 value does not decode");
+                }
                 return None;
             }
         };
@@ -331,7 +337,7 @@ impl Dlt645Driver<'_> {
         let mut outcome = PollOutcome::Ok;
         for di in plan {
             match self.call(Request::Read { address, di }, Instant::now() + per_register).await? {
-                Ok(Ok(Response::Data { value, .. })) => readings.extend(self.decode(&id, di, &value)),
+                Ok(Ok(Response::Data { value, .. })) => readings.extend(self.decode(index, di, &value)),
                 Ok(Ok(_)) => outcome = PollOutcome::Partial,
                 Ok(Err(refused)) => {
                     outcome = PollOutcome::Partial;
@@ -346,7 +352,9 @@ impl Dlt645Driver<'_> {
                 Err(TransportError::Timeout { .. } | TransportError::Deadline) => {
                     // A meter that does not answer one register (after retries) will not answer the next ones.
                     outcome = PollOutcome::Timeout;
-                    tracing::warn!(meter = %id, di = %di, "poll timed out");
+                    if let Some(held_back) = self.warn(index) {
+                        tracing::warn!(meter = %id, di = %di, held_back, "poll timed out");
+                    }
                     break;
                 }
                 Err(e) => {
@@ -361,6 +369,11 @@ impl Dlt645Driver<'_> {
             m.timer.schedule_next(&self.conn.ctx.config.polling, started);
         }
         Ok(())
+    }
+
+    /// `Some(lines held back)` when meter `index` may log a warning now (see [`WarnLimiter`]).
+    fn warn(&mut self, index: usize) -> Option<u64> {
+        self.meters.get_mut(index).and_then(|m| m.warn.allow(Instant::now()))
     }
 
     fn register_key(&self, di: Di) -> String {
@@ -392,6 +405,7 @@ impl Driver for Dlt645Driver<'_> {
             Ok(a) => a,
             Err(f) => return Reads::stopped(f),
         };
+        let index = self.meters.iter().position(|m| &m.id == meter).unwrap_or(usize::MAX);
         let mut reads = Reads::default();
         for target in targets {
             let Target::Dlt645(di) = target else {
@@ -408,7 +422,7 @@ impl Driver for Dlt645Driver<'_> {
             };
             let result = match outcome {
                 Ok(Ok(Response::Data { value, .. })) => self
-                    .decode(meter, di, &value)
+                    .decode(index, di, &value)
                     .ok_or_else(|| OpError::new(ErrorCode::MeterError, format!("the value of {key} does not decode"))),
                 Ok(Ok(_)) => Err(OpError::new(ErrorCode::MeterError, "unexpected reply to read data")),
                 Ok(Err(refused)) => Err(meter_error(refused.flags())),

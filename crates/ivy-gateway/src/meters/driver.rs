@@ -10,6 +10,7 @@ use crate::model::{Reading, Source};
 use crate::registers::Target;
 use ivy_protocol::dlms::{AttributeDescriptor, Data};
 use ivy_protocol::registration::MeterId;
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// Why an operation did not produce its answer, in two layers (as in tokio-modbus): the operation failed but the
@@ -163,6 +164,40 @@ pub(crate) fn publish(conn: &Conn, meter: &MeterId, source: Source, readings: Ve
     conn.ctx.hub.publish(HubEvent::Readings { meter_id: meter.clone(), source, readings, snapshot: true });
 }
 
+/// At most one warning per period; counts what it held back. A meter that keeps sending malformed replies (or
+/// stops answering) must not write a log line per frame or per poll: each driver keeps one per meter for what a
+/// meter's data can trigger again and again, and logs at most once per [`WARN_EVERY`] with the number held back.
+#[derive(Debug, Clone)]
+pub(crate) struct WarnLimiter {
+    period: Duration,
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl WarnLimiter {
+    /// One warning per `period`.
+    pub(crate) fn new(period: Duration) -> Self {
+        WarnLimiter { period, last: None, held_back: 0 }
+    }
+
+    /// `Some(warnings held back since the last one)` when a warning may be logged at `now`.
+    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now < t + self.period => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
+}
+
+/// How often a meter's repeated trouble is logged at most.
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// The meter did not answer before the deadline.
 pub(crate) fn timeout() -> OpError {
     OpError::new(ErrorCode::Timeout, "the meter did not answer in time")
@@ -181,4 +216,19 @@ pub(crate) fn unexpected(what: &str) -> Failure {
 /// The operation does not exist in this protocol.
 pub(crate) fn unsupported(message: &str) -> Failure {
     Failure::Op(OpError::new(ErrorCode::UnsupportedForProtocol, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_once_per_period() {
+        let t0 = Instant::now();
+        let mut w = WarnLimiter::new(Duration::from_secs(60));
+        assert_eq!(w.allow(t0), Some(0));
+        assert_eq!(w.allow(t0 + Duration::from_secs(1)), None);
+        assert_eq!(w.allow(t0 + Duration::from_secs(59)), None);
+        assert_eq!(w.allow(t0 + Duration::from_secs(60)), Some(2));
+    }
 }

@@ -2,6 +2,7 @@
 
 use super::context::MeterContext;
 use super::session;
+use super::transport::MeterTls;
 use crate::lock::lock;
 use crate::metrics::RejectReason;
 use std::net::SocketAddr;
@@ -36,8 +37,9 @@ fn configure(stream: &TcpStream, keepalive_secs: u64) {
     }
 }
 
-/// Runs the accept loop until shutdown.
-pub(crate) async fn run(listener: TcpListener, ctx: Arc<MeterContext>) {
+/// Runs the accept loop until shutdown; `tls` makes it the TLS meter port. Both ports share the admission limits
+/// (a source's connections count together whichever port they use).
+pub(crate) async fn run(listener: TcpListener, ctx: Arc<MeterContext>, tls: Option<MeterTls>) {
     let mut sweep = tokio::time::interval(Duration::from_secs(ctx.config.meters.sweep_interval_secs.max(1)));
     loop {
         let (stream, peer) = tokio::select! {
@@ -81,9 +83,10 @@ pub(crate) async fn run(listener: TcpListener, ctx: Arc<MeterContext>) {
         configure(&stream, ctx.config.meters.tcp_keepalive_secs);
         let slot = AdmissionSlot { ctx: ctx.clone(), peer };
         let ctx = ctx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            session::run(ctx, stream, peer).await;
+            session::run(ctx, stream, peer, tls).await;
         });
     }
 }

@@ -16,6 +16,7 @@ pub(crate) mod meter_time;
 pub(crate) mod poll;
 pub mod registry;
 pub(crate) mod session;
+pub(crate) mod transport;
 
 use crate::error::OpError;
 use crate::model::Reading;

@@ -24,6 +24,8 @@ pub struct MeterInfo {
     pub port: u16,
     /// When the meter was identified on this connection (ms since epoch).
     pub connected_at: u64,
+    /// Identified on the TLS meter port by a client certificate that names it (proven, unlike plain TCP).
+    pub certified: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -1,9 +1,10 @@
 //! One task per meter connection: detect the protocol (and registration packets), then hand the connection to
 //! the protocol's driver, and clean up when it ends.
 
-use super::CloseCause;
-use super::conn::{Conn, EndReason, ReadOutcome};
+use super::conn::{Conn, EndReason, ReadOutcome, record_end};
 use super::context::MeterContext;
+use super::transport::{self, MeterStream, MeterTls};
+use super::{CloseCause, SessionHandle};
 use crate::lock::lock;
 use crate::metrics::RejectReason;
 use crate::model::Source;
@@ -14,16 +15,30 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Runs a whole meter connection.
-pub(crate) async fn run(ctx: Arc<MeterContext>, stream: TcpStream, peer: SocketAddr) {
+/// Runs a whole meter connection; `tls` on the TLS meter port (the handshake runs here, off the accept loop, and
+/// counts as unidentified time like any other: a penalised source's stuck handshakes are evicted first).
+pub(crate) async fn run(ctx: Arc<MeterContext>, tcp: TcpStream, peer: SocketAddr, tls: Option<MeterTls>) {
     let conn_id = ctx.next_conn_id();
-    let (mut conn, mut requests) = Conn::new(ctx.clone(), conn_id, peer, stream);
-    let evicted = lock(&ctx.admission).track_unidentified(peer.ip(), conn.handle.clone(), std::time::Instant::now());
+    let (handle, mut requests, close) = SessionHandle::new(conn_id, ctx.config.commands.queue_depth.get());
+    let evicted = lock(&ctx.admission).track_unidentified(peer.ip(), handle.clone(), std::time::Instant::now());
     if let Some(oldest) = evicted {
         ctx.metrics.rejected(RejectReason::RateLimited);
         oldest.close_for(CloseCause::Evicted);
     }
-    tracing::debug!(peer = %peer, conn = conn_id, "meter connection accepted");
+    tracing::debug!(peer = %peer, conn = conn_id, tls = tls.is_some(), "meter connection accepted");
+    let (stream, certified) = match &tls {
+        None => (MeterStream::Plain(tcp), None),
+        Some(tls) => match transport::accept(&ctx, tcp, peer, tls, &close).await {
+            Some((stream, names)) => (stream, Some(names)),
+            None => {
+                // Failed, timed out, evicted or shut down before any meter could identify.
+                requests.close();
+                record_end(&ctx, peer, conn_id, false);
+                return;
+            }
+        },
+    };
+    let mut conn = Conn::new(ctx.clone(), peer, stream, certified, handle, close);
     let reason = match detect(&mut conn).await {
         Ok((Protocol::Dlt645, leftover)) => {
             ctx.metrics.frame("detect_dlt645");

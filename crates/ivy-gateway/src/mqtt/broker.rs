@@ -342,11 +342,18 @@ impl EmbeddedBroker {
 
         let tcp = listener("tcp", cfg.tcp_addr, cfg).bind().map_err(bind_err(cfg.tcp_addr))?;
         let tcp = tcp.tcp().map_err(bind_err(cfg.tcp_addr))?;
+        let mut refusals: Vec<super::ListenerRefusals> = Vec::new();
+        let mut count_refusals = |l: &rmqtt::net::Listener| {
+            let count = l.connection_count();
+            refusals.push(super::ListenerRefusals(Box::new(move || count.refused())));
+        };
+        count_refusals(&tcp);
         let mut addrs = BoundAddrs { tcp: tcp.local_addr().unwrap_or(cfg.tcp_addr), ws: None, tls: None, wss: None };
         let mut server = MqttServer::new(scx.clone()).listener(tcp);
         if let Some(addr) = cfg.ws_addr {
             let ws = listener("ws", addr, cfg).bind().and_then(|l| l.ws()).map_err(bind_err(addr))?;
             addrs.ws = Some(ws.local_addr().unwrap_or(addr));
+            count_refusals(&ws);
             server = server.listener(ws);
         }
         if let Some(tls) = &cfg.tls {
@@ -360,6 +367,7 @@ impl EmbeddedBroker {
                     .and_then(|l| l.tls())
                     .map_err(bind_err(addr))?;
                 addrs.tls = Some(l.local_addr().unwrap_or(addr));
+                count_refusals(&l);
                 server = server.listener(l);
             }
             if let Some(addr) = tls.wss_addr {
@@ -370,9 +378,11 @@ impl EmbeddedBroker {
                     .and_then(|l| l.wss())
                     .map_err(bind_err(addr))?;
                 addrs.wss = Some(l.local_addr().unwrap_or(addr));
+                count_refusals(&l);
                 server = server.listener(l);
             }
         }
+        *counters.listener_refusals.lock().unwrap_or_else(|p| p.into_inner()) = refusals;
         let server = server.build();
         let server = tokio::spawn(async move {
             if let Err(e) = server.run().await {

@@ -78,6 +78,18 @@ pub struct BrokerCounters {
     pub session_drops_total: AtomicU64,
     /// The same per (user, client id); at most [`MAX_DROP_CLIENTS`] clients, later ones under client `_other`.
     pub session_drops: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
+    /// Per listener, connections closed at accept because it had `mqtt.max_connections` open (read from the
+    /// broker's listeners when asked).
+    pub listener_refusals: std::sync::Mutex<Vec<ListenerRefusals>>,
+}
+
+/// Reads how many connections one listener closed at its cap since start.
+pub struct ListenerRefusals(pub Box<dyn Fn() -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for ListenerRefusals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ListenerRefusals({})", (self.0)())
+    }
 }
 
 /// Distinct clients whose drops are counted by name (client ids are chosen by clients: the label set is bounded).
@@ -127,6 +139,8 @@ pub struct BrokerStats {
     pub denied_sessions: u64,
     /// Messages dropped for subscribers that do not read.
     pub session_dropped: u64,
+    /// Connections closed at accept because their listener had `mqtt.max_connections` open.
+    pub connections_refused: u64,
 }
 
 impl BrokerCounters {
@@ -143,6 +157,13 @@ impl BrokerCounters {
             denied_wills: self.denied_wills.load(Ordering::Relaxed),
             denied_sessions: self.denied_sessions.load(Ordering::Relaxed),
             session_dropped: self.session_drops_total.load(Ordering::Relaxed),
+            connections_refused: self
+                .listener_refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|refused| (refused.0)())
+                .sum(),
         }
     }
 }

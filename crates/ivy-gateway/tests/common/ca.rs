@@ -4,8 +4,10 @@
 // Each test target uses a part of it.
 #![allow(dead_code)]
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::CertificateDer;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -53,6 +55,52 @@ impl TestCa {
     pub fn client(&self) -> Arc<rustls::ClientConfig> {
         trusting(self.cert.clone())
     }
+
+    /// A certificate signed by this CA, with `sans` as subject alternative names (DNS names or IP addresses; none:
+    /// no SAN extension), `cn` as subject CN and `usage` as its only extended key usage: (certificate PEM, key PEM).
+    pub fn issue(&self, sans: &[&str], cn: &str, usage: ExtendedKeyUsagePurpose) -> (String, String) {
+        let mut params = CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client configuration that trusts only this CA, before its client certificate is chosen.
+    pub fn client_builder(&self) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.clone()).unwrap();
+        rustls::ClientConfig::builder_with_provider(ivy_gateway::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+    }
+
+    /// A meter's client configuration: trusts `server_ca`, presents a client certificate of this CA with `sans`
+    /// and `cn`.
+    pub fn meter_client(&self, server_ca: &TestCa, sans: &[&str], cn: &str) -> Arc<rustls::ClientConfig> {
+        let (cert, key) = self.issue(sans, cn, ExtendedKeyUsagePurpose::ClientAuth);
+        with_certificate(server_ca, &cert, &key)
+    }
+}
+
+/// A client configuration that trusts `server_ca` and presents the PEM certificate `cert` with key `key`.
+pub fn with_certificate(server_ca: &TestCa, cert: &str, key: &str) -> Arc<rustls::ClientConfig> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pem_der(key).to_vec()));
+    Arc::new(server_ca.client_builder().with_client_auth_cert(vec![pem_der(cert)], key).unwrap())
+}
+
+/// The DER of the first PEM block of `pem`.
+pub fn pem_der(pem: &str) -> CertificateDer<'static> {
+    use base64::Engine;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    CertificateDer::from(base64::engine::general_purpose::STANDARD.decode(body).unwrap())
 }
 
 /// A client configuration that trusts only `root`.

@@ -35,7 +35,7 @@ async fn concurrent_acknowledgements(store: bool) {
     meter.set(0x0201_0100, 262.0);
     meter.set(CURRENT_A, 75.0);
     meter.set(ACTIVE_POWER_TOTAL, 17.25);
-    let sim = Dlt645Sim::connect(gw.addrs().meters, Dlt645Config::talk_first(vec![meter])).await.unwrap();
+    let sim = Dlt645Sim::connect(gw.addrs().meters.unwrap(), Dlt645Config::talk_first(vec![meter])).await.unwrap();
     eventually("the meter online", 10, || gw.meters().registry.len() == 1).await;
     for _ in 0..100 {
         if gw.alarms().lock().unwrap().active().len() >= 3 {

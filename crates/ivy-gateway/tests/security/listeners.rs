@@ -115,13 +115,73 @@ async fn silent_meter_connections_are_closed_at_the_detection_timeout() {
     report("silent meter connections past the detection timeout", 10, closed);
 }
 
-/// Known gap: rmqtt 0.24 reads the first packet of a connection (`Dispatcher::probe_version`) without a timeout, so a
-/// connection that never sends a byte holds one of the listener's `mqtt.max_connections` slots until the peer goes
-/// away. The cap keeps it from reaching the meters' or HTTP's descriptors; other MQTT clients can be crowded out.
+/// Connections to the MQTT ports that never send their CONNECT are closed at `mqtt.handshake_timeout_secs`: 1100
+/// silent TCP connections to the MQTT port, 1100 to the WebSocket port (550 silent from the start, 550 silent
+/// after a completed WebSocket upgrade), and a CONNECT cut short. Meanwhile and afterwards a real client connects.
 #[tokio::test]
-#[ignore = "known gap in rmqtt 0.24: no timeout before the first MQTT packet (docs/SECURITY.md)"]
 async fn silent_mqtt_connections_are_closed_at_the_handshake_timeout() {
-    let gw = start(|c| c.mqtt.handshake_timeout_secs = 1).await;
-    let closed = silent_closed(gw.mqtt(), 10).await;
-    report("silent MQTT connections past the handshake timeout", 10, closed);
+    let ws_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let gw = start(|c| {
+        c.mqtt.handshake_timeout_secs = 1;
+        c.mqtt.ws_port = ws_port;
+    })
+    .await;
+    let ws = gw.gw.addrs().mqtt_ws.expect("WebSocket listener");
+    let started = std::time::Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..1100 {
+        silent.push(TcpStream::connect(gw.mqtt()).await.unwrap());
+    }
+    for n in 0..1100 {
+        let mut s = TcpStream::connect(ws).await.unwrap();
+        if n % 2 == 0 {
+            s.write_all(WS_UPGRADE).await.unwrap();
+        }
+        silent.push(s);
+    }
+    // Half a CONNECT (fixed header announcing 16 bytes, then 4 of them).
+    let mut partial = TcpStream::connect(gw.mqtt()).await.unwrap();
+    partial.write_all(&[0x10, 0x10, 0x00, 0x04, b'M', b'Q']).await.unwrap();
+    silent.push(partial);
+    // A real client gets in while they are open.
+    assert_eq!(connack(gw.mqtt(), OPERATOR).await, Ok(rumqttc::ConnectReturnCode::Success));
+    let mut closed = 0;
+    for s in silent.iter_mut() {
+        closed += usize::from(closed_within(s, 5000).await);
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "closing took {took:?}");
+    assert_eq!(connack(gw.mqtt(), OPERATOR).await, Ok(rumqttc::ConnectReturnCode::Success));
+    report("silent MQTT and WebSocket connections past the handshake timeout", 2201, closed);
+}
+
+/// A WebSocket upgrade request for MQTT (RFC 6455 sample key).
+const WS_UPGRADE: &[u8] = b"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+
+/// `mqtt.max_connections` caps each MQTT listener: over it a connection is closed at accept, and once the
+/// connections holding the listener are gone (here: closed at the handshake timeout) clients get in again.
+#[tokio::test]
+async fn mqtt_connections_over_the_listener_cap_are_closed_at_accept() {
+    let gw = start(|c| {
+        c.mqtt.max_connections = std::num::NonZeroUsize::new(20).unwrap();
+        c.mqtt.handshake_timeout_secs = 2;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        held.push(TcpStream::connect(gw.mqtt()).await.unwrap());
+    }
+    let mut refused = 0;
+    for s in held.iter_mut().skip(20) {
+        refused += usize::from(closed_within(s, 500).await);
+    }
+    for s in held.iter_mut().take(20) {
+        assert!(closed_within(s, 5000).await, "a silent connection under the cap outlived the handshake timeout");
+    }
+    assert_eq!(connack(gw.mqtt(), OPERATOR).await, Ok(rumqttc::ConnectReturnCode::Success));
+    let metrics = reqwest::get(format!("http://{}/metrics", gw.gw.addrs().http.unwrap())).await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains("ivy_mqtt_connections_refused_total 10"), "{metrics}");
+    report("MQTT connections over the listener cap (30 silent, cap 20)", 10, refused);
 }

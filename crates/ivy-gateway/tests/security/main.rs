@@ -15,6 +15,7 @@ mod broker;
 mod data;
 mod http;
 mod listeners;
+mod logs;
 mod memory;
 mod raw;
 

@@ -19,7 +19,7 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub fn meters(&self) -> SocketAddr {
-        self.gw.addrs().meters
+        self.gw.addrs().meters.expect("the plaintext meter port listens")
     }
     pub fn mqtt(&self) -> SocketAddr {
         self.gw.addrs().mqtt.expect("the embedded broker is on")
