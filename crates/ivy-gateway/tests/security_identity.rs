@@ -34,16 +34,7 @@ const IMPOSTOR_HEARTBEAT: [u8; 26] = [
 ];
 
 fn em(id: &str, mute: bool) -> DlmsConfig {
-    DlmsConfig {
-        meter: Arc::new(DlmsMeter::em114070(id)),
-        heartbeat: true,
-        heartbeat_interval: None,
-        push: None,
-        latency: Default::default(),
-        mute,
-        stamp: false,
-        faults: Default::default(),
-    }
+    DlmsConfig { heartbeat: true, mute, ..DlmsConfig::new(Arc::new(DlmsMeter::em114070(id))) }
 }
 
 fn dlt(address: &str, mute: bool) -> (Arc<Dlt645Meter>, Dlt645Config) {

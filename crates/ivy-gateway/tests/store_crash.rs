@@ -80,14 +80,9 @@ async fn kill_9_during_sustained_writes_loses_at_most_the_last_batch() {
     let mut sims = Vec::new();
     for n in 0..8 {
         let cfg = ivy_sim::dlms::DlmsConfig {
-            meter: Arc::new(ivy_sim::dlms::DlmsMeter::em114070(&format!("3115011140{n:02}"))),
             heartbeat: true,
-            heartbeat_interval: None,
             push: Some((Duration::from_millis(20), ivy_sim::dlms::PushForm::DataNotification)),
-            latency: Default::default(),
-            mute: false,
-            stamp: false,
-            faults: Default::default(),
+            ..ivy_sim::dlms::DlmsConfig::new(Arc::new(ivy_sim::dlms::DlmsMeter::em114070(&format!("3115011140{n:02}"))))
         };
         sims.push(ivy_sim::dlms::DlmsSim::connect(addr, cfg).await.unwrap());
     }

@@ -298,6 +298,22 @@ pub struct DlmsConfig {
     pub faults: crate::Faults,
 }
 
+impl DlmsConfig {
+    /// A connection to `meter` that only answers: no heartbeat, no pushes, no latency, no stamp, no faults.
+    pub fn new(meter: Arc<DlmsMeter>) -> Self {
+        DlmsConfig {
+            meter,
+            heartbeat: false,
+            heartbeat_interval: None,
+            push: None,
+            latency: ReplyLatency::default(),
+            mute: false,
+            stamp: false,
+            faults: crate::Faults::default(),
+        }
+    }
+}
+
 /// The object that carries the send time of a stamped DataNotification (manufacturer-specific range).
 pub const STAMP_OBIS: Obis = Obis([0, 0, 96, 240, 0, 255]);
 

@@ -41,16 +41,7 @@ async fn setup(
     };
     let dlt_sim = Dlt645Sim::connect(gw.meters(), cfg).await.unwrap();
     let dlms = Arc::new(dlms);
-    let dcfg = DlmsConfig {
-        meter: dlms.clone(),
-        heartbeat: true,
-        heartbeat_interval: None,
-        push: None,
-        latency: Default::default(),
-        mute: false,
-        stamp: false,
-        faults: Default::default(),
-    };
+    let dcfg = DlmsConfig { heartbeat: true, ..DlmsConfig::new(dlms.clone()) };
     let dlms_sim = DlmsSim::connect(gw.meters(), dcfg).await.unwrap();
     for id in [DLT, DLMS] {
         let topic = format!("ivy/v1/meters/{id}/status");
@@ -187,16 +178,7 @@ async fn dlms_relay_failures_are_never_success() {
 
     // A DLMS meter that answers nothing: timeout, never success.
     let muted = Arc::new(DlmsMeter::em114070("000000000321"));
-    let cfg = DlmsConfig {
-        meter: muted,
-        heartbeat: true,
-        heartbeat_interval: None,
-        push: None,
-        latency: Default::default(),
-        mute: true,
-        stamp: false,
-        faults: Default::default(),
-    };
+    let cfg = DlmsConfig { heartbeat: true, mute: true, ..DlmsConfig::new(muted) };
     let _m = DlmsSim::connect(_gw.meters(), cfg).await.unwrap();
     c.wait("online", 10, |m| m.topic == "ivy/v1/meters/000000000321/status").await;
     let r =

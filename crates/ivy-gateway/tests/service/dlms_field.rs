@@ -35,16 +35,7 @@ fn wrapped(hex: &str) -> Vec<u8> {
 }
 
 fn em(meter: Arc<DlmsMeter>, heartbeat: bool) -> DlmsConfig {
-    DlmsConfig {
-        meter,
-        heartbeat,
-        heartbeat_interval: None,
-        push: None,
-        latency: Default::default(),
-        mute: false,
-        stamp: false,
-        faults: Default::default(),
-    }
+    DlmsConfig { heartbeat, ..DlmsConfig::new(meter) }
 }
 
 async fn online(c: &mut Client, meter: &str) {

@@ -18,16 +18,7 @@ fn dlt(address: &str, identify: Identify) -> Dlt645Config {
 }
 
 fn em(id: &str) -> DlmsConfig {
-    DlmsConfig {
-        meter: Arc::new(DlmsMeter::em114070(id)),
-        heartbeat: true,
-        heartbeat_interval: None,
-        push: None,
-        latency: Default::default(),
-        mute: false,
-        stamp: false,
-        faults: Default::default(),
-    }
+    DlmsConfig { heartbeat: true, ..DlmsConfig::new(Arc::new(DlmsMeter::em114070(id))) }
 }
 
 async fn online(c: &mut Client, meter: &str) -> Msg {

@@ -64,16 +64,7 @@ async fn objects_the_meter_does_not_have_are_not_polled_again() {
     })
     .await;
     let mut c = client(gw.mqtt(), OPERATOR, &["ivy/v1/meters/+/snapshot"]).await;
-    let cfg = DlmsConfig {
-        meter: Arc::new(DlmsMeter::em114070("000000000606")),
-        heartbeat: true,
-        heartbeat_interval: None,
-        push: None,
-        latency: Default::default(),
-        mute: false,
-        stamp: false,
-        faults: Default::default(),
-    };
+    let cfg = DlmsConfig { heartbeat: true, ..DlmsConfig::new(Arc::new(DlmsMeter::em114070("000000000606"))) };
     let sim = DlmsSim::connect(gw.meters(), cfg).await.unwrap();
     for _ in 0..3 {
         c.wait("a poll cycle", 10, |m| m.topic.ends_with("/snapshot")).await;

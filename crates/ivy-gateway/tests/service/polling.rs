@@ -87,16 +87,7 @@ async fn dlms_all_group_in_active_mode_is_scaled_into_spec_units() {
     .await;
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/meters/+/telemetry", "ivy/v1/meters/+/snapshot"]).await;
     let meter = em("311501114070");
-    let cfg = DlmsConfig {
-        meter: meter.clone(),
-        heartbeat: true,
-        heartbeat_interval: None,
-        push: None,
-        latency: Default::default(),
-        mute: false,
-        stamp: false,
-        faults: Default::default(),
-    };
+    let cfg = DlmsConfig { heartbeat: true, ..DlmsConfig::new(meter.clone()) };
     let sim = DlmsSim::connect(gw.meters(), cfg).await.unwrap();
     let msgs = c.until("snapshot", 10, |m| m.topic.ends_with("/snapshot")).await;
     let by_reg = telemetry_by_register(&msgs);
@@ -137,16 +128,7 @@ async fn dlms_all_group_in_active_mode_is_scaled_into_spec_units() {
 async fn dlms_pushes_produce_one_telemetry_message_per_value() {
     let gw = start(|_| {}).await;
     let mut c = client(gw.mqtt(), ADMIN, &["ivy/v1/meters/+/telemetry", "ivy/v1/meters/+/status"]).await;
-    let cfg = DlmsConfig {
-        meter: em("000000000777"),
-        heartbeat: true,
-        heartbeat_interval: None,
-        push: None,
-        latency: Default::default(),
-        mute: false,
-        stamp: false,
-        faults: Default::default(),
-    };
+    let cfg = DlmsConfig { heartbeat: true, ..DlmsConfig::new(em("000000000777")) };
     let sim = DlmsSim::connect(gw.meters(), cfg).await.unwrap();
     c.wait("online", 10, |m| m.topic.ends_with("/status")).await;
 
