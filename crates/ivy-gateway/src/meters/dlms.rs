@@ -162,9 +162,11 @@ impl DlmsDriver<'_> {
                     ReadOutcome::Data => self.received(),
                     ReadOutcome::End(reason) => return Err(reason),
                 },
+                // Commands, poll cycles and the identification read are boxed for their duration: inline, their
+                // state would make every connection's task as large as the largest of them for its whole life.
                 request = requests.recv() => {
                     if let Some(request) = request {
-                        driver::execute(self, *request).await?;
+                        Box::pin(driver::execute(self, *request)).await?;
                     }
                 }
                 _ = tokio::time::sleep_until(self.flush_at.unwrap_or(far)), if self.flush_at.is_some() => {
@@ -173,10 +175,10 @@ impl DlmsDriver<'_> {
                 }
                 _ = tokio::time::sleep_until(self.timer.due_at().unwrap_or(far)), if self.timer.due_at().is_some() => {
                     let _permit = poll::permit(self.conn).await?;
-                    self.poll().await?;
+                    Box::pin(self.poll()).await?;
                 }
                 _ = tokio::time::sleep_until(self.identify_at.unwrap_or(far)), if self.identify_at.is_some() => {
-                    self.identify_by_name().await?;
+                    Box::pin(self.identify_by_name()).await?;
                 }
             }
         }

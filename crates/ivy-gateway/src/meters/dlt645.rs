@@ -101,13 +101,15 @@ impl Dlt645Driver<'_> {
                     ReadOutcome::Data => self.framer.push(&self.conn.input),
                     ReadOutcome::End(reason) => return Err(reason),
                 },
+                // A command or a poll cycle is boxed for its duration: inline, its state would make every
+                // connection's task as large as the largest of them for its whole life, waiting or not.
                 request = requests.recv() => {
                     if let Some(request) = request {
-                        driver::execute(self, *request).await?;
+                        Box::pin(driver::execute(self, *request)).await?;
                     }
                 }
                 _ = tokio::time::sleep_until(poll_due.unwrap_or(far)), if poll_due.is_some() => {
-                    self.poll_due().await?;
+                    Box::pin(self.poll_due()).await?;
                 }
                 _ = tokio::time::sleep_until(self.probe_at), if unidentified => {
                     // A silent connection: ask whoever is there for its address.

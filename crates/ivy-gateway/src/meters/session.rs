@@ -28,7 +28,7 @@ pub(crate) async fn run(ctx: Arc<MeterContext>, tcp: TcpStream, peer: SocketAddr
     tracing::debug!(peer = %peer, conn = conn_id, tls = tls.is_some(), "meter connection accepted");
     let (stream, certified) = match &tls {
         None => (MeterStream::Plain(tcp), None),
-        Some(tls) => match transport::accept(&ctx, tcp, peer, tls, &close).await {
+        Some(tls) => match Box::pin(transport::accept(&ctx, tcp, peer, tls, &close)).await {
             Some((stream, names)) => (stream, Some(names)),
             None => {
                 // Failed, timed out, evicted or shut down before any meter could identify.
@@ -39,16 +39,19 @@ pub(crate) async fn run(ctx: Arc<MeterContext>, tcp: TcpStream, peer: SocketAddr
         },
     };
     let mut conn = Conn::new(ctx.clone(), peer, stream, certified, handle, close);
-    let reason = match detect(&mut conn).await {
+    // Detection, each driver and the ending are boxed: a future is as large as its largest state, so inline
+    // every connection's task would keep the size of the larger driver (and of the TLS handshake, the detection
+    // and the ending) for its whole life; boxed, a connection holds the state of the stage it is in.
+    let reason = match Box::pin(detect(&mut conn)).await {
         Ok((Protocol::Dlt645, leftover)) => {
             ctx.metrics.frame("detect_dlt645");
-            super::dlt645::run(&mut conn, &mut requests, leftover).await
+            Box::pin(super::dlt645::run(&mut conn, &mut requests, leftover)).await
         }
-        Ok((_, leftover)) => super::dlms::run(&mut conn, &mut requests, leftover).await,
+        Ok((_, leftover)) => Box::pin(super::dlms::run(&mut conn, &mut requests, leftover)).await,
         Err(reason) => reason,
     };
     tracing::debug!(peer = %peer, conn = conn_id, reason = %reason.as_str(), "meter connection ended");
-    conn.finish(reason, requests).await;
+    Box::pin(conn.finish(reason, requests)).await;
 }
 
 /// Detects the protocol; returns it with the bytes buffered so far.
