@@ -86,10 +86,20 @@ impl GatewayProcess {
 
     /// Resident set size in bytes.
     pub fn rss_bytes(&self) -> Option<u64> {
+        self.status_kb("VmRSS:").map(|kb| kb * 1024)
+    }
+
+    /// The two parts of the resident set, in bytes: anonymous memory (heap, stacks: what the process costs) and
+    /// file-backed pages (mostly the binary's code and constants, shared with the page cache and reclaimable).
+    pub fn rss_parts_bytes(&self) -> Option<(u64, u64)> {
+        Some((self.status_kb("RssAnon:")? * 1024, self.status_kb("RssFile:")? * 1024))
+    }
+
+    /// A `kB` field of `/proc/PID/status`.
+    fn status_kb(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb * 1024)
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// CPU time used so far (user + system), in seconds.

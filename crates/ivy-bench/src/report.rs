@@ -297,7 +297,13 @@ pub fn rows(results: &[Value]) -> Vec<[String; 5]> {
         }
     }
     if let Some(i) = find(results, "idle") {
-        row("idle", "RSS (MB)", num(i, "/rss_mb"), "< 20", f(i, "/rss_mb").map(|r| r < 20.0));
+        row(
+            "idle",
+            "RSS (MB): anonymous + file-backed (the binary's code)",
+            format!("{} ({} + {})", num(i, "/rss_mb"), num(i, "/rss_anon_mb"), num(i, "/rss_file_mb")),
+            "< 20",
+            f(i, "/rss_mb").map(|r| r < 20.0),
+        );
         row(
             "idle",
             "start-up, median of runs (ms)",

@@ -35,10 +35,10 @@ pub struct Scale {
     pub push_rates: Vec<u64>,
     /// Seconds per push step.
     pub push_step_secs: u64,
-    /// Poll runs: (meters, reply latency ms, poll interval ms).
-    pub poll_runs: Vec<(usize, u64, u64)>,
-    /// Full cycles to observe per poll run.
-    pub poll_cycles: usize,
+    /// Poll runs: (meters, reply latency ms, poll interval ms, full cycles to observe). A CPU-bound run (latency
+    /// 0) lasts a few hundred milliseconds and is disturbed by anything else on the machine: it needs enough cycles
+    /// for a stable median.
+    pub poll_runs: Vec<(usize, u64, u64, usize)>,
     /// Meters to hold.
     pub hold_meters: usize,
     /// Commands sent while holding.
@@ -76,12 +76,12 @@ impl Scale {
             push_meters: 1000,
             push_rates: vec![25_000, 50_000, 75_000, 100_000, 125_000, 150_000, 175_000, 200_000],
             push_step_secs: 10,
-            poll_runs: vec![(1000, 0, 5000), (10_000, 200, 20_000)],
-            poll_cycles: 3,
+            poll_runs: vec![(1000, 0, 5000, 12), (10_000, 200, 20_000, 3)],
             hold_meters: 19_000,
             hold_commands: 1000,
             command_meters: 100,
-            commands: 1000,
+            // 5000 so that the p99 is the 50th slowest, not one scheduler hiccup (the 10th of 1000).
+            commands: 5000,
             command_concurrency: 10,
             idle_runs: 5,
             idle_settle_secs: 30,
@@ -102,8 +102,7 @@ impl Scale {
             push_meters: 10,
             push_rates: vec![500],
             push_step_secs: 2,
-            poll_runs: vec![(20, 0, 2000)],
-            poll_cycles: 1,
+            poll_runs: vec![(20, 0, 2000, 1)],
             hold_meters: 50,
             hold_commands: 20,
             command_meters: 5,
@@ -163,6 +162,7 @@ pub async fn idle(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
     // The allocator returns the password check's 19 MiB argon2 scratch to the system after a while.
     tokio::time::sleep(Duration::from_secs(scale.idle_settle_secs)).await;
     let settled = gw.rss_bytes();
+    let parts = gw.rss_parts_bytes();
     drop(bus);
     gw.stop();
     Ok(json!({
@@ -172,6 +172,8 @@ pub async fn idle(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
         "startup_ms_max": ms(startups.last().copied()),
         "rss_mb_after_login": mb(early),
         "rss_mb": mb(settled),
+        "rss_anon_mb": mb(parts.map(|p| p.0)),
+        "rss_file_mb": mb(parts.map(|p| p.1)),
         "settle_secs": scale.idle_settle_secs,
     }))
 }
@@ -469,7 +471,7 @@ pub async fn upstream(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError>
 /// DL/T 645 meters polled in aligned cycles: how long one cycle of every meter takes.
 pub async fn poll(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
     let mut runs = Vec::new();
-    for &(meters, rtt_ms, interval_ms) in &scale.poll_runs {
+    for &(meters, rtt_ms, interval_ms, cycles_wanted) in &scale.poll_runs {
         let gw = GatewayProcess::spawn(
             bin,
             &[
@@ -498,7 +500,7 @@ pub async fn poll(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
         bus.reset(Some(interval_ms), true);
         let usage = Usage::start(&gw);
         let expected = meters as u64 * 9;
-        let deadline = Instant::now() + Duration::from_millis(interval_ms * (scale.poll_cycles as u64 + 2) + 30_000);
+        let deadline = Instant::now() + Duration::from_millis(interval_ms * (cycles_wanted as u64 + 2) + 30_000);
         let full_cycles = |bus: &Bus| -> Vec<(u64, u64, u64)> {
             let Ok(t) = bus.tally.lock() else { return Vec::new() };
             let mut v: Vec<(u64, u64, u64)> =
@@ -508,7 +510,7 @@ pub async fn poll(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
         };
         loop {
             let done = full_cycles(&bus).iter().filter(|(_, n, _)| *n >= expected).count();
-            if done >= scale.poll_cycles || Instant::now() >= deadline {
+            if done >= cycles_wanted || Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
