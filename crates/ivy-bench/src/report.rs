@@ -300,7 +300,13 @@ pub fn rows(results: &[Value]) -> Vec<[String; 5]> {
         row(
             "idle",
             "RSS (MB): anonymous + file-backed (the binary's code)",
-            format!("{} ({} + {})", num(i, "/rss_mb"), num(i, "/rss_anon_mb"), num(i, "/rss_file_mb")),
+            match (i.pointer("/rss_anon_mb"), i.pointer("/rss_file_mb")) {
+                (Some(Value::Number(_)), Some(Value::Number(_))) => {
+                    format!("{} ({} + {})", num(i, "/rss_mb"), num(i, "/rss_anon_mb"), num(i, "/rss_file_mb"))
+                }
+                // Results of a bench from before the split.
+                _ => num(i, "/rss_mb"),
+            },
             "< 20",
             f(i, "/rss_mb").map(|r| r < 20.0),
         );
@@ -422,6 +428,9 @@ mod tests {
         assert_eq!(rows[0][4], "met");
         assert_eq!(rows[1][2], "12.5");
         assert_eq!(rows[2][4], "**missed**");
+        let split =
+            super::rows(&[json!({"scenario": "idle", "rss_mb": 14.6, "rss_anon_mb": 2.7, "rss_file_mb": 11.8})]);
+        assert_eq!(split[0][2], "14.6 (2.7 + 11.8)");
     }
 
     #[test]
