@@ -35,10 +35,8 @@ pub struct Scale {
     pub push_rates: Vec<u64>,
     /// Seconds per push step.
     pub push_step_secs: u64,
-    /// Poll runs: (meters, reply latency ms, poll interval ms, full cycles to observe). A CPU-bound run (latency
-    /// 0) lasts a few hundred milliseconds and is disturbed by anything else on the machine: it needs enough cycles
-    /// for a stable median.
-    pub poll_runs: Vec<(usize, u64, u64, usize)>,
+    /// Poll runs, one gateway each.
+    pub poll_runs: Vec<PollRun>,
     /// Meters to hold.
     pub hold_meters: usize,
     /// Commands sent while holding.
@@ -69,6 +67,20 @@ pub struct Scale {
     pub upstream_outage_rate_max: u64,
 }
 
+/// One poll run of the poll scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct PollRun {
+    /// DL/T 645 meters polled (9 registers each).
+    pub meters: usize,
+    /// Reply latency of the simulated meters, ms.
+    pub rtt_ms: u64,
+    /// Poll interval, ms.
+    pub interval_ms: u64,
+    /// Full cycles to observe. A CPU-bound run (latency 0) lasts a few hundred milliseconds and is disturbed by
+    /// anything else on the machine: it needs enough cycles for a stable median.
+    pub cycles: usize,
+}
+
 impl Scale {
     /// The sizes of the targets.
     pub fn full() -> Scale {
@@ -76,7 +88,10 @@ impl Scale {
             push_meters: 1000,
             push_rates: vec![25_000, 50_000, 75_000, 100_000, 125_000, 150_000, 175_000, 200_000],
             push_step_secs: 10,
-            poll_runs: vec![(1000, 0, 5000, 12), (10_000, 200, 20_000, 3)],
+            poll_runs: vec![
+                PollRun { meters: 1000, rtt_ms: 0, interval_ms: 5000, cycles: 12 },
+                PollRun { meters: 10_000, rtt_ms: 200, interval_ms: 20_000, cycles: 3 },
+            ],
             hold_meters: 19_000,
             hold_commands: 1000,
             command_meters: 100,
@@ -102,7 +117,7 @@ impl Scale {
             push_meters: 10,
             push_rates: vec![500],
             push_step_secs: 2,
-            poll_runs: vec![(20, 0, 2000, 1)],
+            poll_runs: vec![PollRun { meters: 20, rtt_ms: 0, interval_ms: 2000, cycles: 1 }],
             hold_meters: 50,
             hold_commands: 20,
             command_meters: 5,
@@ -471,7 +486,7 @@ pub async fn upstream(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError>
 /// DL/T 645 meters polled in aligned cycles: how long one cycle of every meter takes.
 pub async fn poll(bin: &Path, scale: &Scale) -> Result<Value, ScenarioError> {
     let mut runs = Vec::new();
-    for &(meters, rtt_ms, interval_ms, cycles_wanted) in &scale.poll_runs {
+    for &PollRun { meters, rtt_ms, interval_ms, cycles: cycles_wanted } in &scale.poll_runs {
         let gw = GatewayProcess::spawn(
             bin,
             &[
