@@ -1086,18 +1086,9 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("TCP_PORT", "meters.port", |c, v| set(&mut c.meters.port, v)),
     ("TCP_PLAINTEXT", "meters.plaintext", |c, v| set_bool(&mut c.meters.plaintext, v)),
     ("TCP_TLS_PORT", "meters.tls_port", |c, v| set(&mut c.meters.tls_port, v)),
-    ("TCP_TLS_CERT", "meters.tls_cert", |c, v| {
-        c.meters.tls_cert = non_empty(v).map(PathBuf::from);
-        Ok(())
-    }),
-    ("TCP_TLS_KEY", "meters.tls_key", |c, v| {
-        c.meters.tls_key = non_empty(v).map(PathBuf::from);
-        Ok(())
-    }),
-    ("TCP_TLS_CLIENT_CA", "meters.tls_client_ca", |c, v| {
-        c.meters.tls_client_ca = non_empty(v).map(PathBuf::from);
-        Ok(())
-    }),
+    ("TCP_TLS_CERT", "meters.tls_cert", |c, v| set_path(&mut c.meters.tls_cert, v)),
+    ("TCP_TLS_KEY", "meters.tls_key", |c, v| set_path(&mut c.meters.tls_key, v)),
+    ("TCP_TLS_CLIENT_CA", "meters.tls_client_ca", |c, v| set_path(&mut c.meters.tls_client_ca, v)),
     ("TCP_CONNECTION_TIMEOUT", "meters.idle_timeout_secs (ms)", |c, v| {
         c.meters.idle_timeout_secs = parse_u64(v)?.div_ceil(1000);
         Ok(())
@@ -1176,14 +1167,8 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("MQTT_SESSION_QUEUE_MESSAGES", "mqtt.session_queue_messages", |c, v| set(&mut c.mqtt.session_queue_messages, v)),
     ("MQTT_TLS_PORT", "mqtt.tls_port", |c, v| set(&mut c.mqtt.tls_port, v)),
     ("MQTT_WSS_PORT", "mqtt.wss_port", |c, v| set(&mut c.mqtt.wss_port, v)),
-    ("MQTT_TLS_CERT", "mqtt.tls_cert", |c, v| {
-        c.mqtt.tls_cert = non_empty(v).map(PathBuf::from);
-        Ok(())
-    }),
-    ("MQTT_TLS_KEY", "mqtt.tls_key", |c, v| {
-        c.mqtt.tls_key = non_empty(v).map(PathBuf::from);
-        Ok(())
-    }),
+    ("MQTT_TLS_CERT", "mqtt.tls_cert", |c, v| set_path(&mut c.mqtt.tls_cert, v)),
+    ("MQTT_TLS_KEY", "mqtt.tls_key", |c, v| set_path(&mut c.mqtt.tls_key, v)),
     ("MQTT_EMBEDDED", "mqtt.embedded", |c, v| set_bool(&mut c.mqtt.embedded, v)),
     ("MQTT_UPSTREAM_URL", "mqtt.upstream.url", |c, v| {
         c.mqtt.upstream.url = non_empty(v);
@@ -1202,18 +1187,9 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         c.mqtt.upstream.client_id = non_empty(v);
         Ok(())
     }),
-    ("MQTT_UPSTREAM_CA", "mqtt.upstream.ca", |c, v| {
-        c.mqtt.upstream.ca = non_empty(v).map(PathBuf::from);
-        Ok(())
-    }),
-    ("MQTT_UPSTREAM_CERT", "mqtt.upstream.cert", |c, v| {
-        c.mqtt.upstream.cert = non_empty(v).map(PathBuf::from);
-        Ok(())
-    }),
-    ("MQTT_UPSTREAM_KEY", "mqtt.upstream.key", |c, v| {
-        c.mqtt.upstream.key = non_empty(v).map(PathBuf::from);
-        Ok(())
-    }),
+    ("MQTT_UPSTREAM_CA", "mqtt.upstream.ca", |c, v| set_path(&mut c.mqtt.upstream.ca, v)),
+    ("MQTT_UPSTREAM_CERT", "mqtt.upstream.cert", |c, v| set_path(&mut c.mqtt.upstream.cert, v)),
+    ("MQTT_UPSTREAM_KEY", "mqtt.upstream.key", |c, v| set_path(&mut c.mqtt.upstream.key, v)),
     ("MQTT_UPSTREAM_KEEPALIVE", "mqtt.upstream.keepalive_secs", |c, v| set(&mut c.mqtt.upstream.keepalive_secs, v)),
     ("MQTT_UPSTREAM_PROTOCOL", "mqtt.upstream.protocol", |c, v| {
         c.mqtt.upstream.protocol = v.trim().to_owned();
@@ -1225,14 +1201,8 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("HTTP_PORT", "http.port", |c, v| set(&mut c.http.port, v)),
     ("HTTP_RATE_LIMIT", "http.rate_limit_per_minute", |c, v| set(&mut c.http.rate_limit_per_minute, v)),
     ("HTTP_MAX_CONNECTIONS", "http.max_connections", |c, v| set(&mut c.http.max_connections, v)),
-    ("HTTP_TLS_CERT", "http.tls_cert", |c, v| {
-        c.http.tls_cert = non_empty(v).map(PathBuf::from);
-        Ok(())
-    }),
-    ("HTTP_TLS_KEY", "http.tls_key", |c, v| {
-        c.http.tls_key = non_empty(v).map(PathBuf::from);
-        Ok(())
-    }),
+    ("HTTP_TLS_CERT", "http.tls_cert", |c, v| set_path(&mut c.http.tls_cert, v)),
+    ("HTTP_TLS_KEY", "http.tls_key", |c, v| set_path(&mut c.http.tls_key, v)),
     ("DATA_DIR", "gateway.data_dir", |c, v| {
         c.gateway.data_dir = PathBuf::from(v.trim());
         Ok(())
@@ -1327,6 +1297,12 @@ fn expected<T>() -> &'static str {
 fn set_u16_hex(slot: &mut u16, v: &str) -> Result<(), String> {
     let n = parse_u64(v)?;
     *slot = u16::try_from(n).map_err(|_| format!("{n} does not fit in 16 bits"))?;
+    Ok(())
+}
+
+/// A file path setting: an empty value unsets it.
+fn set_path(slot: &mut Option<PathBuf>, v: &str) -> Result<(), String> {
+    *slot = non_empty(v).map(PathBuf::from);
     Ok(())
 }
 
